@@ -1,0 +1,54 @@
+#!/bin/bash
+# Checks scripts/odp-vm itself: argument and environment errors on the host
+# (no guest), then one guest for exit status, output streams, --share, and
+# the timeout path; and that nothing is left behind.
+set -u
+odp_vm=$1
+passes=0
+failures=0
+expect() { # name expected-status actual-status [condition]
+    if [[ $2 == "$3" ]] && { [[ $# -lt 4 ]] || eval "$4"; }; then
+        echo "PASS $1"
+        passes=$((passes + 1))
+    else
+        echo "FAIL $1 (exit $3, expected $2)"
+        failures=$((failures + 1))
+    fi
+}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+leftovers_before=$(ls -d /tmp/odp-vm.* 2>/dev/null | wc -l)
+
+ODP_VM_QEMU=/nonexistent/qemu-system-x86_64 "$odp_vm" --kernel 6.1 -- true 2>"$out/err"
+expect missing_qemu_names_package 125 $? \
+    '[[ $(wc -l <"$out/err") -eq 1 ]] && grep -q "install the Debian package qemu-system-x86" "$out/err"'
+
+ODP_CACHE_DIR=/nonexistent "$odp_vm" --kernel 6.12 -- true 2>"$out/err"
+expect missing_kernel_says_run_setup 125 $? 'grep -q "guest kernel 6.12 .*run scripts/setup" "$out/err"'
+
+"$odp_vm" --kernel 5.4 -- true 2>"$out/err"
+expect unknown_kernel_refused 125 $? 'grep -q "unknown kernel .5.4." "$out/err"'
+
+"$odp_vm" --kernel 6.1 2>"$out/err"
+expect missing_command_refused 125 $? 'grep -q "no command given" "$out/err"'
+
+"$odp_vm" --kernel 6.1 --timeout 3 -- sleep 600 >"$out/stdout" 2>"$out/err"
+expect timeout_exits_124 124 $? 'grep -q "did not finish within 3 s" "$out/err"'
+
+mkdir -p "$out/share"
+"$odp_vm" --kernel 6.1 --share "$out/share" -- bash -c \
+    'echo to-stdout; echo to-stderr >&2; echo "$ODP_VM_KERNEL $PWD" >'"$out"'/share/seen; exit 7' \
+    >"$out/stdout" 2>"$out/err"
+status=$?
+expect exit_status_carried 7 $status
+expect stdout_carried 7 $status '[[ $(cat "$out/stdout") == to-stdout ]]'
+expect stderr_carried 7 $status 'grep -qx to-stderr "$out/err"'
+expect share_written_back 7 $status '[[ $(cat "$out/share/seen" 2>/dev/null) == "6.1 $PWD" ]]'
+
+sleep 1
+leftovers_after=$(ls -d /tmp/odp-vm.* 2>/dev/null | wc -l)
+expect no_run_folder_left 0 0 '[[ $leftovers_after -le $leftovers_before ]]'
+expect no_qemu_left 0 0 '! pgrep -f "$out/share" >/dev/null'
+
+echo "runner: $passes passed, $failures failed"
+[[ $failures -eq 0 ]]
