@@ -13,12 +13,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 #include <condition_variable>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <odp/error.hpp>
@@ -46,6 +46,10 @@ std::string_view to_string(MonitorKind kind) noexcept {
     return "unknown";
 }
 
+namespace {
+std::atomic<std::uint64_t> next_watch_id{1};
+}  // namespace
+
 class Mirror::Core final : public detail::EventSink, public std::enable_shared_from_this<Core> {
   public:
     Core(std::unique_ptr<detail::Source> source, boost::asio::io_context* io)
@@ -61,7 +65,9 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
         std::uint64_t id = 0;
         {
             const std::lock_guard lock(registry_mutex_);
-            id = next_id_++;
+            // Unique in the process, across Mirrors: the module's ring is per
+            // process, and a dying Mirror's leftovers must not match a new watch.
+            id = next_watch_id.fetch_add(1, std::memory_order_relaxed);
             entries_.emplace(id, Entry{range, &listener, {}});
         }
         try {
@@ -325,7 +331,6 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
     mutable std::mutex registry_mutex_;
     std::condition_variable registry_cv_;
     std::map<std::uint64_t, Entry> entries_;
-    std::uint64_t next_id_ = 1;
     std::uint64_t running_id_ = 0;  // the watch whose callback runs now (0: none)
 
     std::mutex dispatch_mutex_;
@@ -353,6 +358,8 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
 namespace {
 
 std::mutex acquire_mutex;
+std::condition_variable teardown_done;
+int mirrors_dying = 0;              // under acquire_mutex
 std::weak_ptr<Mirror> live_mirror;  // the get-unless-zero lookup: lock() fails once dying
 
 std::unique_ptr<detail::Source> open_source(const MirrorOptions& options) {
@@ -402,18 +409,27 @@ Mirror::Mirror(const MirrorOptions& options, Private /*unused*/) {
 }
 
 Mirror::~Mirror() {
-    if (!core_ || core_->source().ready_fd() < 0) {
-        return;
+    {
+        const std::lock_guard lock(acquire_mutex);
+        ++mirrors_dying;
     }
-    if (core_->io() != nullptr) {
-        core_->stop_async();
-    } else {
-        core_->stop_thread();
+    if (core_->source().ready_fd() >= 0) {
+        if (core_->io() != nullptr) {
+            core_->stop_async();
+        } else {
+            core_->stop_thread();
+        }
     }
+    core_.reset();  // closes the source unless a detached dispatcher still runs
+    {
+        const std::lock_guard lock(acquire_mutex);
+        --mirrors_dying;
+    }
+    teardown_done.notify_all();
 }
 
 std::shared_ptr<Mirror> Mirror::acquire(const MirrorOptions& options) {
-    const std::lock_guard lock(acquire_mutex);
+    std::unique_lock lock(acquire_mutex);
     if (std::shared_ptr<Mirror> mirror = live_mirror.lock();
         mirror && mirror->core_->pid() == ::getpid()) {
         if (options.kind != MonitorKind::Auto && options.kind != mirror->kind()) {
@@ -431,7 +447,10 @@ std::shared_ptr<Mirror> Mirror::acquire(const MirrorOptions& options) {
         return mirror;
     }
     // None alive (or only a copy inherited over fork, whose threads do not
-    // exist in this process): a fresh one.
+    // exist in this process): a fresh one, once a dying one has closed its
+    // source (the module's event ring and userfaultfd registrations are per
+    // process).
+    teardown_done.wait(lock, [] { return mirrors_dying == 0; });
     auto mirror = std::make_shared<Mirror>(options, Private{});
     live_mirror = mirror;
     return mirror;

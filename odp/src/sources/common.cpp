@@ -4,6 +4,7 @@
 
 #include <bit>
 #include <cerrno>
+#include <cstring>
 #include <odp/error.hpp>
 
 #include "source.hpp"

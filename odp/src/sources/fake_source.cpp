@@ -10,7 +10,7 @@ namespace odp::detail {
 namespace {
 
 class FakeSource final : public Source {
-public:
+  public:
     explicit FakeSource(const MirrorOptions& options)
         : ring_(options.event_capacity), unwatchable_(options.fake_unwatchable) {}
 
@@ -72,7 +72,7 @@ public:
         wake_.signal();
     }
 
-private:
+  private:
     [[nodiscard]] std::vector<Unwatched> overlapping(Range range) const {
         std::vector<Unwatched> result;
         for (const Unwatched& bad : unwatchable_) {

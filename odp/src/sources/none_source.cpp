@@ -6,7 +6,7 @@ namespace odp::detail {
 namespace {
 
 class NoneSource final : public Source {
-public:
+  public:
     [[nodiscard]] MonitorKind kind() const noexcept override { return MonitorKind::None; }
     [[nodiscard]] std::string_view description() const noexcept override {
         return "none: no invalidation source; sees nothing. The application promised never to "
@@ -23,6 +23,8 @@ public:
 
 }  // namespace
 
-std::unique_ptr<Source> make_none_source() { return std::make_unique<NoneSource>(); }
+std::unique_ptr<Source> make_none_source() {
+    return std::make_unique<NoneSource>();
+}
 
 }  // namespace odp::detail

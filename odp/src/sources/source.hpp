@@ -2,11 +2,10 @@
 // the invalidation sources (module, userfaultfd, none, fake). Internal.
 #pragma once
 
-#include <odp/mirror.hpp>
-
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <odp/mirror.hpp>
 #include <string_view>
 #include <vector>
 
@@ -22,17 +21,17 @@ struct Event {
 
 // Implemented by the Mirror; called only from Source::drain().
 class EventSink {
-public:
+  public:
     virtual void deliver(const Event& event) noexcept = 0;
     // Events were lost: every listener must treat everything as stale.
     virtual void deliver_overflow() noexcept = 0;
 
-protected:
+  protected:
     ~EventSink() = default;
 };
 
 class Source {
-public:
+  public:
     virtual ~Source() = default;
 
     [[nodiscard]] virtual MonitorKind kind() const noexcept = 0;
@@ -72,13 +71,13 @@ std::unique_ptr<Source> make_module_source(const MirrorOptions& options);
 // A bounded single-producer single-consumer queue of events; never blocks and
 // never allocates after construction, so the userfaultfd reader can use it.
 class EventRing {
-public:
+  public:
     explicit EventRing(std::size_t capacity);
     // False when full (the caller reports an overflow).
     bool try_push(const Event& event) noexcept;
     bool try_pop(Event& event) noexcept;
 
-private:
+  private:
     std::vector<Event> slots_;
     std::size_t mask_;
     alignas(64) std::atomic<std::uint64_t> head_{0};  // written by the producer
@@ -87,7 +86,7 @@ private:
 
 // A file descriptor owned by exactly one object.
 class UniqueFd {
-public:
+  public:
     UniqueFd() noexcept = default;
     explicit UniqueFd(int fd) noexcept : fd_(fd) {}
     UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
@@ -98,20 +97,20 @@ public:
     [[nodiscard]] int get() const noexcept { return fd_; }
     int release() noexcept;
 
-private:
+  private:
     int fd_ = -1;
 };
 
 // An eventfd used as a wake-up flag: signal() from any thread (one write
 // system call, no lock), clear() from the waiter.
 class WakeFd {
-public:
+  public:
     WakeFd();  // throws odp::Error
     void signal() const noexcept;
     void clear() const noexcept;
     [[nodiscard]] int get() const noexcept { return fd_.get(); }
 
-private:
+  private:
     UniqueFd fd_;
 };
 

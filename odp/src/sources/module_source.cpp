@@ -1,0 +1,269 @@
+// MonitorKind::Module: /dev/odp_mirror (kernel-glue/odp_mirror.ko, ABI in
+// kernel-glue/include/uapi/odp_mirror.h, documented in docs/kernel-abi.md).
+//
+// One REGISTER per watch (cookie = watch id) puts an mmu interval notifier on
+// exactly the watched addresses, mapped or not, so every change of any
+// mapping there is reported: nothing to arm. Events are read from the
+// read-only ring mapped into this process and consumed by storing the tail in
+// the consumer page: draining takes no system call; poll() only wakes the
+// dispatcher. The kernel never waits for us: a full ring drops the event and
+// counts it in `lost`, which we turn into on_invalidate_all(Overflow).
+#include <fcntl.h>
+#include <odp_mirror.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <odp/error.hpp>
+#include <utility>
+
+#include "source.hpp"
+
+namespace odp::detail {
+namespace {
+
+// A shared mapping of one of the module's areas.
+class ModuleMapping {
+  public:
+    ModuleMapping() noexcept = default;
+    ModuleMapping(int fd, std::uint64_t offset, std::size_t length, int protection,
+                  const char* what)
+        : length_(length) {
+        void* address =
+            ::mmap(nullptr, length, protection, MAP_SHARED, fd, static_cast<off_t>(offset));
+        if (address == MAP_FAILED) {
+            throw Error(errno, std::string("mmap of the odp_mirror ") + what + " (" +
+                                   format_bytes(length) + "): " + std::strerror(errno) +
+                                   " (module and library ABI mismatch? rebuild both)");
+        }
+        address_ = address;
+    }
+    ModuleMapping(ModuleMapping&& other) noexcept
+        : address_(std::exchange(other.address_, nullptr)), length_(other.length_) {}
+    ModuleMapping& operator=(ModuleMapping&&) = delete;
+    ModuleMapping(const ModuleMapping&) = delete;
+    ModuleMapping& operator=(const ModuleMapping&) = delete;
+    ~ModuleMapping() {
+        if (address_ != nullptr && ::munmap(address_, length_) != 0) {
+            log_error(std::string("munmap of an odp_mirror area: ") + std::strerror(errno));
+        }
+    }
+    [[nodiscard]] void* get() const noexcept { return address_; }
+
+  private:
+    void* address_ = nullptr;
+    std::size_t length_ = 0;
+};
+
+template <typename Struct>
+Struct sized() {
+    Struct value{};
+    value.size = sizeof(Struct);
+    return value;
+}
+
+UniqueFd open_device(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        const int error = errno;
+        std::string hint;
+        if (error == ENOENT || error == ENODEV || error == ENXIO) {
+            hint =
+                "the odp_mirror module is not loaded: insmod odp_mirror.ko (built as "
+                "<build>/kernel-glue/<kernel>/odp_mirror.ko)";
+        } else if (error == EACCES || error == EPERM) {
+            hint = "no permission: give this user read-write access to " + path +
+                   " (e.g. a udev rule)";
+        } else {
+            hint = "unexpected error";
+        }
+        throw Error(error, "open(" + path + "): " + std::strerror(error) + " (" + hint + ")");
+    }
+    return UniqueFd(fd);
+}
+
+InvalidationReason to_reason(std::uint16_t reason) noexcept {
+    switch (reason) {
+        case ODP_MIRROR_REASON_UNMAP:
+            return InvalidationReason::Unmap;
+        case ODP_MIRROR_REASON_CLEAR:
+            return InvalidationReason::Clear;
+        case ODP_MIRROR_REASON_PROTECTION:
+            return InvalidationReason::Protection;
+        case ODP_MIRROR_REASON_MIGRATION:
+            return InvalidationReason::Migration;
+        case ODP_MIRROR_REASON_TEARDOWN:
+            return InvalidationReason::Teardown;
+        default:
+            return InvalidationReason::Other;
+    }
+}
+
+class ModuleSource final : public Source {
+  public:
+    explicit ModuleSource(const MirrorOptions& options)
+        : path_(options.module_path),
+          fd_(open_device(path_)),
+          query_(query(fd_.get(), path_)),
+          ring_(fd_.get(), ODP_MIRROR_MMAP_RING, query_.ring_mmap_size, PROT_READ, "event ring"),
+          consumer_(fd_.get(), ODP_MIRROR_MMAP_CONSUMER, query_.consumer_mmap_size,
+                    PROT_READ | PROT_WRITE, "consumer page") {
+        header_ = static_cast<const odp_mirror_ring_header*>(ring_.get());
+        events_ = reinterpret_cast<const odp_mirror_event*>(static_cast<const char*>(ring_.get()) +
+                                                            ODP_MIRROR_RING_EVENTS_OFFSET);
+        cons_ = static_cast<odp_mirror_ring_consumer*>(consumer_.get());
+        entries_ = header_->entries;
+        if (entries_ == 0 || (entries_ & (entries_ - 1)) != 0 ||
+            ODP_MIRROR_RING_EVENTS_OFFSET + std::uint64_t{entries_} * sizeof(odp_mirror_event) >
+                query_.ring_mmap_size) {
+            throw Error(EPROTO, path_ + ": the event ring header says " + std::to_string(entries_) +
+                                    " entries, which does not fit the ring area (module and "
+                                    "library ABI mismatch? rebuild both)");
+        }
+        // Start after anything queued before we existed (another Mirror of
+        // this process that just died may have left events for its regions).
+        tail_ = __atomic_load_n(&header_->head, __ATOMIC_ACQUIRE);
+        __atomic_store_n(&cons_->tail, tail_, __ATOMIC_RELEASE);
+        lost_seen_ = __atomic_load_n(&header_->lost, __ATOMIC_ACQUIRE);
+        base_ = tail_ + lost_seen_;
+    }
+
+    [[nodiscard]] MonitorKind kind() const noexcept override { return MonitorKind::Module; }
+
+    [[nodiscard]] std::string_view description() const noexcept override {
+        return "module (odp_mirror.ko): an mmu interval notifier on exactly the watched "
+               "addresses sees every change of the mapping there, whatever the memory type: "
+               "munmap, mremap, mmap(MAP_FIXED), brk, shmdt, madvise, mprotect, fork "
+               "copy-on-write, page migration, reclaim, truncation and process exit. The "
+               "kernel never waits for the reader; a full event ring is reported as an "
+               "overflow (everything stale). Nothing needs arming.";
+    }
+
+    [[nodiscard]] int ready_fd() const noexcept override { return fd_.get(); }
+
+    // head + lost: every event the kernel produced, queued or dropped.
+    [[nodiscard]] std::uint64_t recorded() const noexcept override {
+        const std::uint64_t head = __atomic_load_n(&header_->head, __ATOMIC_ACQUIRE);
+        const std::uint64_t lost = __atomic_load_n(&header_->lost, __ATOMIC_ACQUIRE);
+        return head + lost - base_;
+    }
+
+    std::uint64_t drain(EventSink& sink) override {
+        const std::uint64_t head = __atomic_load_n(&header_->head, __ATOMIC_ACQUIRE);
+        for (; tail_ != head; ++tail_) {
+            const odp_mirror_event& slot = events_[tail_ & (entries_ - 1)];
+            const odp_mirror_event event = slot;  // the kernel never rewrites an unconsumed slot
+            sink.deliver(
+                Event{Range{event.start, event.end}, to_reason(event.reason), event.cookie});
+        }
+        __atomic_store_n(&cons_->tail, tail_, __ATOMIC_RELEASE);
+        const std::uint64_t lost = __atomic_load_n(&header_->lost, __ATOMIC_ACQUIRE);
+        if (lost != lost_seen_) {
+            lost_seen_ = lost;
+            sink.deliver_overflow();
+        }
+        return head + lost - base_;
+    }
+
+    std::vector<Unwatched> add(std::uint64_t id, Range range) override {
+        const Range aligned = page_align(range);
+        auto request = sized<odp_mirror_register>();
+        request.start = aligned.begin;
+        request.length = aligned.length();
+        request.cookie = id;
+        if (::ioctl(fd_.get(), ODP_MIRROR_IOC_REGISTER, &request) != 0) {
+            const int error = errno;
+            std::string hint;
+            if (error == ENOSPC) {
+                hint = "this process has " + std::to_string(query_.max_regions) +
+                       " regions registered already, the module's limit: raise its parameter "
+                       "or register fewer, larger regions";
+            } else if (error == ERANGE) {
+                hint = "the range ends above the top of the user address space";
+            } else if (error == EPERM) {
+                hint = "the device file belongs to another process (inherited over fork?)";
+            } else {
+                hint = "see docs/kernel-abi.md";
+            }
+            throw Error(error, "odp_mirror REGISTER " + describe(aligned) + ": " +
+                                   std::strerror(error) + " (" + hint + ")");
+        }
+        const std::lock_guard lock(mutex_);
+        regions_[id] = request.id;
+        return {};
+    }
+
+    void remove(std::uint64_t id) noexcept override {
+        std::uint32_t region = 0;
+        {
+            const std::lock_guard lock(mutex_);
+            const auto found = regions_.find(id);
+            if (found == regions_.end()) {
+                return;
+            }
+            region = found->second;
+            regions_.erase(found);
+        }
+        auto request = sized<odp_mirror_unregister>();
+        request.id = region;
+        if (::ioctl(fd_.get(), ODP_MIRROR_IOC_UNREGISTER, &request) != 0) {
+            log_error("odp_mirror UNREGISTER of region " + std::to_string(region) + ": " +
+                      std::strerror(errno));
+        }
+    }
+
+    void arm(std::uint64_t /*id*/, Range /*sub*/) override {}
+
+  private:
+    static odp_mirror_query query(int fd, const std::string& path) {
+        auto query = sized<odp_mirror_query>();
+        if (::ioctl(fd, ODP_MIRROR_IOC_QUERY, &query) != 0) {
+            throw Error(errno, "odp_mirror QUERY on " + path + ": " + std::strerror(errno));
+        }
+        if (query.abi_version != ODP_MIRROR_ABI_VERSION) {
+            throw Error(EPROTO, path + " speaks odp_mirror ABI " +
+                                    std::to_string(query.abi_version) + ", this library " +
+                                    std::to_string(ODP_MIRROR_ABI_VERSION) +
+                                    ": load the odp_mirror.ko built with this library");
+        }
+        const std::uint64_t needed = ODP_MIRROR_FEATURE_EVENT_RING | ODP_MIRROR_FEATURE_POLL;
+        if ((query.features & needed) != needed) {
+            throw Error(ENOTSUP, path +
+                                     " lacks the event ring or poll support: load the "
+                                     "odp_mirror.ko built with this library");
+        }
+        if (query.event_size != sizeof(odp_mirror_event)) {
+            throw Error(EPROTO, path + ": event size " + std::to_string(query.event_size) + " != " +
+                                    std::to_string(sizeof(odp_mirror_event)) + " (ABI mismatch)");
+        }
+        return query;
+    }
+
+    std::string path_;
+    UniqueFd fd_;
+    odp_mirror_query query_;
+    ModuleMapping ring_;
+    ModuleMapping consumer_;
+    const odp_mirror_ring_header* header_ = nullptr;
+    const odp_mirror_event* events_ = nullptr;
+    odp_mirror_ring_consumer* cons_ = nullptr;
+    std::uint32_t entries_ = 0;
+    // Dispatch context only:
+    std::uint64_t tail_ = 0;
+    std::uint64_t lost_seen_ = 0;
+    std::uint64_t base_ = 0;  // head + lost when we attached
+
+    std::mutex mutex_;
+    std::map<std::uint64_t, std::uint32_t> regions_;  // watch id -> module region id
+};
+
+}  // namespace
+
+std::unique_ptr<Source> make_module_source(const MirrorOptions& options) {
+    return std::make_unique<ModuleSource>(options);
+}
+
+}  // namespace odp::detail

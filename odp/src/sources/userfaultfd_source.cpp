@@ -1,0 +1,423 @@
+// MonitorKind::Userfaultfd: userfaultfd's non-cooperative events.
+//
+// Registration: UFFDIO_REGISTER_MODE_WP and nothing else, and no page is ever
+// write-protected (no UFFDIO_WRITEPROTECT, no UFFD_FEATURE_WP_UNPOPULATED or
+// WP_ASYNC). MODE_MISSING would route every first touch of anonymous memory
+// to us; MODE_WP with nothing protected routes no fault at all, yet the VMA
+// carries our context, which is all the UNMAP/REMOVE/REMAP events need.
+//
+// The kernel makes a thread that munmaps, mremaps or madvise(DONTNEED)s
+// registered memory sleep until this process has read the event. So the
+// reader below runs on a thread of its own, takes no lock and allocates
+// nothing: it reads, copies events into a bounded ring (a full ring is an
+// overflow, never a wait) and wakes the dispatcher. A listener therefore can
+// never stall an unmapping thread, and an unmapping thread holding any lock
+// (malloc's arena lock when free() trims the heap, a region lock) can never
+// stall the reader. (libfabric's userfaultfd monitor hung in free() for want
+// of exactly this: ofiwg/libfabric#5554, #5662.)
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <mutex>
+#include <odp/error.hpp>
+#include <thread>
+
+#include "proc_maps.hpp"
+#include "source.hpp"
+
+namespace odp::detail {
+namespace {
+
+constexpr std::uint64_t required_features =
+    UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP;
+
+// A part that cannot be registered, with the errno that says why.
+struct Refusal {
+    Range range;
+    int errno_value;
+    std::string why;
+};
+
+std::string errno_text(int errno_value) {
+    return std::strerror(errno_value);
+}
+
+// userfaultfd(2) with UFFD_USER_MODE_ONLY first: we never handle faults, and
+// that flag is allowed without privilege even when vm.unprivileged_userfaultfd
+// is 0. Then without it, then /dev/userfaultfd (Linux 6.1+, file permissions
+// instead of the sysctl).
+UniqueFd open_userfaultfd(std::string& how) {
+    const int flags = O_CLOEXEC | O_NONBLOCK;
+    int fd = static_cast<int>(::syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY));
+    if (fd >= 0) {
+        how = "userfaultfd(UFFD_USER_MODE_ONLY)";
+        return UniqueFd(fd);
+    }
+    const int user_mode_errno = errno;
+    fd = static_cast<int>(::syscall(SYS_userfaultfd, flags));
+    if (fd >= 0) {
+        how = "userfaultfd()";
+        return UniqueFd(fd);
+    }
+    const int syscall_errno = errno;
+    int device_errno = 0;
+    const UniqueFd device(::open("/dev/userfaultfd", O_RDWR | O_CLOEXEC));
+    if (device.get() >= 0) {
+        fd = ::ioctl(device.get(), USERFAULTFD_IOC_NEW, flags);
+        if (fd >= 0) {
+            how = "/dev/userfaultfd";
+            return UniqueFd(fd);
+        }
+    }
+    device_errno = errno;
+    std::string hint;
+    if (syscall_errno == ENOSYS) {
+        hint =
+            "the kernel has no CONFIG_USERFAULTFD or a seccomp filter (e.g. a container "
+            "runtime's default profile) blocks the system call";
+    } else if (syscall_errno == EPERM) {
+        hint = "vm.unprivileged_userfaultfd is 0 and the process lacks CAP_SYS_PTRACE";
+    } else {
+        hint = "unexpected error";
+    }
+    throw Error(syscall_errno,
+                "cannot create a userfaultfd: userfaultfd(UFFD_USER_MODE_ONLY): " +
+                    errno_text(user_mode_errno) + "; userfaultfd(): " + errno_text(syscall_errno) +
+                    "; /dev/userfaultfd: " + errno_text(device_errno) + " (" + hint + ")");
+}
+
+class UserfaultfdSource final : public Source {
+  public:
+    explicit UserfaultfdSource(const MirrorOptions& options)
+        : uffd_(open_userfaultfd(how_)), ring_(options.event_capacity) {
+        uffdio_api api{};
+        api.api = UFFD_API;
+        api.features = required_features;
+        if (::ioctl(uffd_.get(), UFFDIO_API, &api) != 0) {
+            throw Error(errno, "UFFDIO_API(EVENT_UNMAP|EVENT_REMOVE|EVENT_REMAP) on " + how_ +
+                                   ": " + errno_text(errno) +
+                                   " (the kernel lacks non-cooperative userfaultfd events; "
+                                   "load odp_mirror.ko instead)");
+        }
+        if ((api.features & required_features) != required_features) {
+            throw Error(ENOTSUP,
+                        "userfaultfd on this kernel lacks EVENT_UNMAP, EVENT_REMOVE or "
+                        "EVENT_REMAP; load odp_mirror.ko instead");
+        }
+        if ((api.ioctls & (1ULL << _UFFDIO_REGISTER)) == 0) {
+            throw Error(ENOTSUP, "userfaultfd on this kernel has no UFFDIO_REGISTER");
+        }
+        reader_ = std::thread([this] { read_loop(); });
+    }
+
+    ~UserfaultfdSource() override {
+        stop_.signal();
+        reader_.join();
+        // Closing the descriptor (member destructor) drops every registration
+        // and releases any thread still waiting for an event to be read.
+    }
+
+    UserfaultfdSource(const UserfaultfdSource&) = delete;
+    UserfaultfdSource& operator=(const UserfaultfdSource&) = delete;
+
+    [[nodiscard]] MonitorKind kind() const noexcept override { return MonitorKind::Userfaultfd; }
+
+    [[nodiscard]] std::string_view description() const noexcept override {
+        return "userfaultfd: sees munmap, mremap (move, shrink), mmap(MAP_FIXED) over, brk "
+               "shrink and madvise(DONTNEED/FREE/REMOVE) of anonymous and shmem memory that was "
+               "watched or armed. Cannot see: System V shared memory (shmdt sends no event; "
+               "refused), file-backed mappings (refused), mprotect, fork and copy-on-write, page "
+               "migration, truncation or hole punching of a shmem file, and mappings created in a "
+               "watched range after it was armed (armed again before pinning). Unmapping threads "
+               "wait until the reader thread has read their event.";
+    }
+
+    [[nodiscard]] int ready_fd() const noexcept override { return ready_.get(); }
+
+    [[nodiscard]] std::uint64_t recorded() const noexcept override {
+        return begun_.load(std::memory_order_acquire);
+    }
+
+    std::uint64_t drain(EventSink& sink) override {
+        ready_.clear();
+        // Everything of batches up to `through` is in the ring before this load.
+        const std::uint64_t through = read_through_.load(std::memory_order_acquire);
+        if (overflow_.exchange(false, std::memory_order_acq_rel)) {
+            sink.deliver_overflow();
+        }
+        Event event;
+        while (ring_.try_pop(event)) {
+            sink.deliver(event);
+        }
+        return through;
+    }
+
+    std::vector<Unwatched> add(std::uint64_t id, Range range) override {
+        const Range aligned = page_align(range);
+        const std::lock_guard lock(mutex_);
+        std::vector<Refusal> refusals = register_range(aligned);
+        watches_.emplace(id, aligned);
+        std::vector<Unwatched> unwatched;
+        unwatched.reserve(refusals.size());
+        for (Refusal& refusal : refusals) {
+            unwatched.push_back(Unwatched{refusal.range, std::move(refusal.why)});
+        }
+        return unwatched;
+    }
+
+    void remove(std::uint64_t id) noexcept override {
+        try {
+            const std::lock_guard lock(mutex_);
+            const auto found = watches_.find(id);
+            if (found == watches_.end()) {
+                return;
+            }
+            const Range removed = found->second;
+            watches_.erase(found);
+            for (const Range& piece : uncovered(removed)) {
+                unregister_range(piece);
+            }
+        } catch (const std::exception& error) {
+            log_error(std::string("userfaultfd: unregistering a watch: ") + error.what());
+        }
+    }
+
+    void arm(std::uint64_t /*id*/, Range sub) override {
+        const Range aligned = page_align(sub);
+        const std::lock_guard lock(mutex_);
+        const std::vector<Refusal> refusals = register_range(aligned);
+        if (!refusals.empty()) {
+            const Refusal& first = refusals.front();
+            throw Error(first.errno_value,
+                        "cannot watch " + describe(first.range) +
+                            " with userfaultfd: " + first.why +
+                            ". Load odp_mirror.ko (it watches any mapping), or register this "
+                            "memory in Pinned mode");
+        }
+    }
+
+  private:
+    // Registers every mapping in `range`; holes are skipped (nothing to pin
+    // there), and what cannot be registered is returned.
+    std::vector<Refusal> register_range(Range range) const {
+        std::vector<Refusal> refusals;
+        for (const Mapping& mapping : read_mappings(range)) {
+            const Range piece = mapping.range.intersect(range);
+            if (mapping.path.starts_with("/SYSV")) {
+                refusals.push_back(Refusal{piece, ENOTSUP,
+                                           "System V shared memory (" + mapping.path +
+                                               "): shmdt() sends no userfaultfd event"});
+                continue;
+            }
+            uffdio_register request{};
+            request.range.start = piece.begin;
+            request.range.len = piece.length();
+            request.mode = UFFDIO_REGISTER_MODE_WP;
+            if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &request) == 0) {
+                continue;
+            }
+            const int error = errno;
+            refusals.push_back(Refusal{piece, error, why_refused(error, mapping)});
+        }
+        return refusals;
+    }
+
+    static std::string why_refused(int error, const Mapping& mapping) {
+        const std::string what =
+            (mapping.path.empty() ? std::string("anonymous mapping") : mapping.path) + " " +
+            mapping.permissions;
+        switch (error) {
+            case EINVAL:
+                return what +
+                       ": not anonymous, shmem or hugetlbfs memory (file-backed or "
+                       "special mapping), which userfaultfd cannot watch";
+            case EPERM:
+                return what +
+                       ": a mapping that can never become writable (read-only file), "
+                       "which userfaultfd refuses";
+            case EBUSY:
+                return what +
+                       ": already registered with another userfaultfd (another memory "
+                       "monitor in this process, such as a libfabric provider's)";
+            case ENOMEM:
+                return what +
+                       ": out of memory, or vm.max_map_count reached while splitting "
+                       "mappings";
+            default:
+                return what + ": UFFDIO_REGISTER failed: " + errno_text(error);
+        }
+    }
+
+    void unregister_range(Range range) const noexcept {
+        uffdio_range request{range.begin, range.length()};
+        if (::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &request) == 0) {
+            return;
+        }
+        // A hole-free range of registrable mappings never gets here; with file
+        // mappings in between, unregister the rest mapping by mapping.
+        try {
+            for (const Mapping& mapping : read_mappings(range)) {
+                const Range piece = mapping.range.intersect(range);
+                uffdio_range one{piece.begin, piece.length()};
+                ::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &one);  // refused ones were never ours
+            }
+        } catch (const std::exception& error) {
+            log_error(std::string("userfaultfd: unregistering ") + describe(range) + ": " +
+                      error.what());
+        }
+    }
+
+    // The parts of `removed` that no remaining watch covers.
+    [[nodiscard]] std::vector<Range> uncovered(Range removed) const {
+        std::vector<Range> pieces{removed};
+        for (const auto& [id, other] : watches_) {
+            std::vector<Range> next;
+            for (const Range& piece : pieces) {
+                if (!piece.overlaps(other)) {
+                    next.push_back(piece);
+                    continue;
+                }
+                if (piece.begin < other.begin) {
+                    next.push_back(Range{piece.begin, other.begin});
+                }
+                if (other.end < piece.end) {
+                    next.push_back(Range{other.end, piece.end});
+                }
+            }
+            pieces = std::move(next);
+        }
+        return pieces;
+    }
+
+    // The reader thread. No lock, no allocation, no call into user code.
+    void read_loop() noexcept {
+        pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+        uffd_msg messages[64];
+        for (;;) {
+            if (::poll(fds, 2, -1) < 0) {
+                if (errno != EINTR) {
+                    report_loss_and_pause();
+                }
+                continue;
+            }
+            if ((fds[1].revents & POLLIN) != 0) {
+                return;
+            }
+            if ((fds[0].revents & POLLIN) == 0) {
+                report_loss_and_pause();  // POLLERR: should not happen once the API is set
+                continue;
+            }
+            // Announce the batch before reading: a thread released by the read
+            // returns from munmap only after this, so up_to_date() is false
+            // until the batch has been delivered.
+            const std::uint64_t batch = begun_.fetch_add(1, std::memory_order_acq_rel) + 1;
+            for (;;) {
+                const ssize_t got = ::read(uffd_.get(), messages, sizeof messages);
+                if (got < 0) {
+                    if (errno == EINTR) {
+                        continue;
+                    }
+                    if (errno != EAGAIN) {
+                        overflow_.store(true, std::memory_order_release);
+                    }
+                    break;
+                }
+                const auto count = static_cast<std::size_t>(got) / sizeof(uffd_msg);
+                for (std::size_t i = 0; i < count; ++i) {
+                    handle(messages[i]);
+                }
+            }
+            read_through_.store(batch, std::memory_order_release);
+            ready_.signal();
+        }
+    }
+
+    void handle(const uffd_msg& message) noexcept {
+        switch (message.event) {
+            case UFFD_EVENT_UNMAP:
+                push(Range{message.arg.remove.start, message.arg.remove.end},
+                     InvalidationReason::Unmap);
+                break;
+            case UFFD_EVENT_REMOVE:
+                push(Range{message.arg.remove.start, message.arg.remove.end},
+                     InvalidationReason::Clear);
+                break;
+            case UFFD_EVENT_REMAP: {
+                const auto& remap = message.arg.remap;
+                // The pages left `from`; whatever `to` held was replaced.
+                push(Range{remap.from, remap.from + remap.len}, InvalidationReason::Unmap);
+                push(Range{remap.to, remap.to + remap.len}, InvalidationReason::Unmap);
+                break;
+            }
+            case UFFD_EVENT_PAGEFAULT:
+                // Never expected (nothing is write-protected). Never leave the
+                // faulting thread asleep: unprotect and wake it.
+                release_fault(message.arg.pagefault.address, message.arg.pagefault.flags);
+                break;
+            default:
+                // Not asked for; treat as unknown change of everything.
+                overflow_.store(true, std::memory_order_release);
+                break;
+        }
+    }
+
+    void push(Range range, InvalidationReason reason) noexcept {
+        if (range.empty()) {
+            return;
+        }
+        if (!ring_.try_push(Event{range, reason, 0})) {
+            overflow_.store(true, std::memory_order_release);
+        }
+    }
+
+    void release_fault(std::uint64_t address, std::uint64_t flags) const noexcept {
+        const std::uint64_t page = address & ~static_cast<std::uint64_t>(page_size() - 1);
+        if ((flags & UFFD_PAGEFAULT_FLAG_WP) != 0) {
+            uffdio_writeprotect unprotect{};
+            unprotect.range = uffdio_range{page, page_size()};
+            unprotect.mode = 0;  // clear write protection and wake
+            if (::ioctl(uffd_.get(), UFFDIO_WRITEPROTECT, &unprotect) == 0) {
+                return;
+            }
+        }
+        uffdio_range wake{page, page_size()};
+        ::ioctl(uffd_.get(), UFFDIO_WAKE, &wake);
+    }
+
+    void report_loss_and_pause() noexcept {
+        overflow_.store(true, std::memory_order_release);
+        begun_.fetch_add(1, std::memory_order_acq_rel);
+        read_through_.store(begun_.load(std::memory_order_acquire), std::memory_order_release);
+        ready_.signal();
+        const timespec pause{0, 1'000'000};
+        ::nanosleep(&pause, nullptr);
+    }
+
+    std::string how_;
+    UniqueFd uffd_;
+    WakeFd ready_;  // reader -> dispatcher
+    WakeFd stop_;   // destructor -> reader
+    EventRing ring_;
+    std::atomic<std::uint64_t> begun_{0};         // read batches started
+    std::atomic<std::uint64_t> read_through_{0};  // last batch fully in the ring
+    std::atomic<bool> overflow_{false};
+    std::thread reader_;
+
+    std::mutex mutex_;                        // watches_ and registration (application threads)
+    std::map<std::uint64_t, Range> watches_;  // page-aligned watched ranges
+};
+
+}  // namespace
+
+std::unique_ptr<Source> make_userfaultfd_source(const MirrorOptions& options) {
+    return std::make_unique<UserfaultfdSource>(options);
+}
+
+}  // namespace odp::detail
