@@ -16,6 +16,14 @@ function(odp_add_unit_test target)
   add_executable(${target} ${ARG_SOURCES})
   target_link_libraries(${target} PRIVATE ${ARG_LIBS} GTest::gtest GTest::gmock GTest::gtest_main odp_warnings)
   gtest_discover_tests(${target} PROPERTIES LABELS unit TIMEOUT 120 DISCOVERY_TIMEOUT 60)
+  set_property(GLOBAL APPEND PROPERTY ODP_UNIT_TEST_TARGETS ${target})
+endfunction()
+
+# `ninja unit-tests` builds every host test binary and nothing else (the
+# sanitizer runs in scripts/test use it).
+function(odp_add_unit_tests_target)
+  get_property(targets GLOBAL PROPERTY ODP_UNIT_TEST_TARGETS)
+  add_custom_target(unit-tests DEPENDS ${targets})
 endfunction()
 
 function(odp_add_vm_test suite)

@@ -17,7 +17,9 @@ expect() { # name expected-status actual-status [condition]
 }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-leftovers_before=$(ls -d /tmp/odp-vm.* 2>/dev/null | wc -l)
+# The runner's own run folders go here, so leftovers can be counted exactly.
+mkdir -p "$out/tmp"
+export TMPDIR=$out/tmp
 
 ODP_VM_QEMU=/nonexistent/qemu-system-x86_64 "$odp_vm" --kernel 6.1 -- true 2>"$out/err"
 expect missing_qemu_names_package 125 $? \
@@ -45,9 +47,21 @@ expect stdout_carried 7 $status '[[ $(cat "$out/stdout") == to-stdout ]]'
 expect stderr_carried 7 $status 'grep -qx to-stderr "$out/err"'
 expect share_written_back 7 $status '[[ $(cat "$out/share/seen" 2>/dev/null) == "6.1 $PWD" ]]'
 
-sleep 1
-leftovers_after=$(ls -d /tmp/odp-vm.* 2>/dev/null | wc -l)
-expect no_run_folder_left 0 0 '[[ $leftovers_after -le $leftovers_before ]]'
+# Two guests on a virtual wire: RC traffic crosses it, both outputs come back.
+"$odp_vm" --kernel 6.1 --hosts 2 --timeout 400 -- bash -c '
+    if [[ $ODP_VM_HOST == 0 ]]; then
+        timeout 200 ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n 50
+    else
+        sleep 3
+        timeout 200 ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n 50 "$ODP_VM_PEER_ADDR"
+    fi' >"$out/stdout" 2>"$out/err"
+status=$?
+cat "$out/stdout"
+expect two_hosts_rc_over_wire 0 $status \
+    'grep -q "^\[host0\] 50 iters in" "$out/stdout" && grep -q "^\[host1\] 50 iters in" "$out/stdout" &&
+     grep -q "^\[host1\]   remote address: .* GID ::ffff:192.0.2.1" "$out/stdout"'
+
+expect no_run_folder_left 0 0 '[[ -z $(ls -A "$out/tmp") ]]'
 expect no_qemu_left 0 0 '! pgrep -f "$out/share" >/dev/null'
 
 echo "runner: $passes passed, $failures failed"
