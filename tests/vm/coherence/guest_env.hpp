@@ -1,0 +1,27 @@
+// What the guest command script (run-coherence.sh) tells the tests.
+#pragma once
+
+#include <cstdlib>
+#include <string>
+
+namespace odp::guest {
+
+// run-coherence.sh loaded odp_mirror.ko (6.1, 6.12): the Module source must work.
+inline bool module_expected() {
+    const char* value = std::getenv("ODP_COHERENCE_MODULE");
+    return value != nullptr && std::string(value) == "1";
+}
+
+// The guest kernel (6.1, 6.12, 7.3), or "" outside a guest.
+inline std::string kernel() {
+    const char* value = std::getenv("ODP_VM_KERNEL");
+    return value == nullptr ? std::string() : std::string(value);
+}
+
+// The verbs device under test.
+inline std::string device() {
+    const char* value = std::getenv("ODP_COHERENCE_DEVICE");
+    return value == nullptr ? std::string("rxe0") : std::string(value);
+}
+
+}  // namespace odp::guest

@@ -1,0 +1,47 @@
+#!/bin/bash
+# Runs inside an odp-vm guest as root:
+#   run-coherence.sh <kernel-glue build dir> <odp_coherence_tests> [gtest args...]
+# On kernels the module is built for (6.1, 6.12) loads odp_mirror.ko so that
+# the emulated+module mode runs (and must work), runs every coherence case in
+# this one guest, unloads the module and fails on a BUG/WARNING/Oops in the
+# kernel log.
+set -u
+kglue=$1
+tests=$2
+shift 2
+fail() {
+    echo "run-coherence: FAIL: $*" >&2
+    exit 1
+}
+[ -n "${ODP_VM_KERNEL:-}" ] || fail "ODP_VM_KERNEL is not set: run me through scripts/odp-vm"
+[ -x "$tests" ] || fail "$tests is missing: build target odp_coherence_tests"
+
+log_start=$(dmesg | wc -l)
+ko=$kglue/$ODP_VM_KERNEL/odp_mirror.ko
+export ODP_COHERENCE_MODULE=0
+case $ODP_VM_KERNEL in
+6.1 | 6.12)
+    [ -f "$ko" ] || fail "$ko is missing: build target odp_mirror_ko_${ODP_VM_KERNEL/./_}"
+    insmod "$ko" || fail "insmod $ko"
+    for _ in $(seq 50); do [ -c /dev/odp_mirror ] && break; sleep 0.1; done
+    [ -c /dev/odp_mirror ] || fail "/dev/odp_mirror did not appear after insmod"
+    export ODP_COHERENCE_MODULE=1
+    ;;
+*)
+    echo "run-coherence: kernel $ODP_VM_KERNEL takes no out-of-tree module: emulated mode runs with userfaultfd only"
+    ;;
+esac
+# Pinned chunks and pinned MRs count against RLIMIT_MEMLOCK.
+ulimit -l unlimited
+
+"$tests" "$@"
+status=$?
+
+if [ "$ODP_COHERENCE_MODULE" = 1 ]; then
+    rmmod odp_mirror || fail "rmmod odp_mirror (a reference leaked?)"
+fi
+if dmesg | tail -n +"$((log_start + 1))" | grep -E 'BUG|WARNING|Oops|general protection|refcount_t' >&2; then
+    fail "the kernel log shows the problems above"
+fi
+[ "$status" -eq 0 ] || fail "the tests failed (exit $status)"
+echo "run-coherence: kernel $ODP_VM_KERNEL: all cases passed, kernel log clean"
