@@ -60,7 +60,6 @@
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
-#include <linux/version.h>
 #include <linux/vmalloc.h>
 #include <linux/wait.h>
 #include <linux/xarray.h>
@@ -232,13 +231,14 @@ static void odp_count(struct odp_mm *omm, enum odp_counter idx, s64 delta)
 }
 
 /*
- * vma->vm_flags became read-only in 6.3 (vm_flags_set/clear take care of the
+ * vma->vm_flags became read-only in 6.3 (vm_flags_mod() takes care of the
  * VMA lock); 6.1 still modifies it directly under the mmap write lock.
+ * Kbuild defines ODP_HAVE_VM_FLAGS_MOD when the headers have it.
  */
 static void odp_vma_flags_mod(struct vm_area_struct *vma, vm_flags_t set,
 			      vm_flags_t clear)
 {
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+#ifdef ODP_HAVE_VM_FLAGS_MOD
 	vm_flags_mod(vma, set, clear);
 #else
 	vma->vm_flags = (vma->vm_flags | set) & ~clear;
@@ -372,6 +372,7 @@ static void odp_ring_push(struct odp_mm *omm, struct odp_mirror_event *ev)
 	tail = smp_load_acquire(&omm->consumer->tail);
 	if (head - tail >= omm->ring_entries) {
 		/* Full, or a bogus tail from userspace: drop, never wait. */
+		/* Pairs with the reader's acquire of lost. */
 		smp_store_release(&hdr->lost, hdr->lost + 1);
 		WRITE_ONCE(hdr->overflow, 1);
 		odp_count(omm, ODP_C_EVENTS_LOST, 1);
@@ -379,6 +380,7 @@ static void odp_ring_push(struct odp_mm *omm, struct odp_mirror_event *ev)
 		ev->seq = head;
 		omm->events[head & (omm->ring_entries - 1)] = *ev;
 		WRITE_ONCE(hdr->overflow, 0);
+		/* Publish: the reader's acquire of head sees the whole slot. */
 		smp_store_release(&hdr->head, head + 1);
 		odp_count(omm, ODP_C_EVENTS, 1);
 		queued = true;
@@ -410,6 +412,7 @@ static bool odp_region_invalidate(struct mmu_interval_notifier *mni,
 		return true;
 	}
 	generation = omm->generations[region->slot] + 1;
+	/* Pairs with the reader's acquire load of its slot (see the uapi header). */
 	smp_store_release(&omm->generations[region->slot], generation);
 
 	ev.reason = odp_reason(range);
@@ -477,6 +480,7 @@ static void odp_region_kill(struct odp_mm *omm, struct odp_region *region)
 	xa_erase(&omm->regions, region->id);
 	spin_lock(&region->lock);
 	region->live = false;
+	/* Pairs with the reader's acquire load of its slot. */
 	smp_store_release(&omm->generations[region->slot],
 			  omm->generations[region->slot] + 1);
 	spin_unlock(&region->lock);
@@ -535,7 +539,7 @@ static long odp_ioctl_query(struct odp_mm *omm, void __user *uarg)
 	if (q.abi_version || q.features || q.page_size || q.max_regions ||
 	    q.ring_entries || q.event_size || q.ring_mmap_size ||
 	    q.consumer_mmap_size || q.generations_mmap_size ||
-	    q.max_fault_bytes || odp_reserved_set(q.reserved))
+	    q.max_fault_bytes || q.address_limit || odp_reserved_set(q.reserved))
 		return -EINVAL;
 	q.abi_version = ODP_MIRROR_ABI_VERSION;
 	q.features = ODP_MIRROR_FEATURE_EVENT_RING | ODP_MIRROR_FEATURE_GENERATIONS |
@@ -549,6 +553,7 @@ static long odp_ioctl_query(struct odp_mm *omm, void __user *uarg)
 	q.consumer_mmap_size = PAGE_SIZE;
 	q.generations_mmap_size = omm->generations_size;
 	q.max_fault_bytes = ODP_MAX_FAULT_BYTES;
+	q.address_limit = omm->mm->task_size;
 	return odp_return_arg(uarg, &q, sizeof(q));
 }
 
@@ -1026,6 +1031,7 @@ static __poll_t odp_poll(struct file *file, poll_table *wait)
 	if (current->mm != omm->mm)
 		return EPOLLERR;
 	poll_wait(file, &omm->wq, wait);
+	/* Pairs with the release of head in odp_ring_push(). */
 	if (smp_load_acquire(&omm->ring->head) != READ_ONCE(omm->consumer->tail))
 		return EPOLLIN | EPOLLRDNORM;
 	return 0;

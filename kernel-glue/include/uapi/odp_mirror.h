@@ -27,7 +27,7 @@
  *  - fails with EINVAL if size is smaller than the ABI version 1 size,
  *  - fails with E2BIG if size is larger than the struct it knows and any byte
  *    past the known struct is non-zero (larger, zero-filled structs from a
- *    newer userspace are accepted),
+ *    newer userspace are accepted), or if size is larger than the page size,
  *  - fails with EINVAL if a reserved field or an unknown flag is non-zero,
  *  - writes back at most `size` bytes,
  *  - fails with EFAULT if the struct (or a buffer it points to) is not
@@ -39,7 +39,7 @@
  * multiples of the page size (ODP_MIRROR_IOC_QUERY.page_size), length must be
  * non-zero (EINVAL otherwise).  start + length wrapping around 2^64 fails
  * with EOVERFLOW; a range ending above the top of the user address space
- * fails with ERANGE.
+ * (ODP_MIRROR_IOC_QUERY.address_limit) fails with ERANGE.
  *
  * Events never block the kernel.  When the ring is full the event is dropped,
  * `lost` in the ring header is incremented and `overflow` is set; a reader
@@ -193,7 +193,8 @@ struct odp_mirror_query {
 	__u64 consumer_mmap_size;	/* out: bytes of the ODP_MIRROR_MMAP_CONSUMER area */
 	__u64 generations_mmap_size;	/* out: bytes of the ODP_MIRROR_MMAP_GENERATIONS area */
 	__u64 max_fault_bytes;		/* out: FAULT/SNAPSHOT length limit per call */
-	__u64 reserved[4];		/* in: zero; out: zero */
+	__u64 address_limit;		/* out: end of the user address space (ERANGE past it) */
+	__u64 reserved[3];		/* in: zero; out: zero */
 };
 
 /*

@@ -1,0 +1,46 @@
+#!/bin/bash
+# Runs inside an odp-vm guest as root:
+#   run-mirror-tests.sh <kernel-glue build dir> <gtest binary> [gtest args...]
+# Loads the odp_mirror.ko built for $ODP_VM_KERNEL, runs the tests, checks that
+# every module gauge is back to zero, unloads the module, and fails if the
+# kernel log shows a BUG, WARNING, Oops or leak since the module was loaded.
+set -u
+kglue=$1
+tests=$2
+shift 2
+fail() {
+    echo "run-mirror-tests: FAIL: $*" >&2
+    exit 1
+}
+[ -n "${ODP_VM_KERNEL:-}" ] || fail "ODP_VM_KERNEL is not set: run me through scripts/odp-vm"
+ko=$kglue/$ODP_VM_KERNEL/odp_mirror.ko
+[ -f "$ko" ] || fail "$ko is missing: build target odp_mirror_ko_${ODP_VM_KERNEL/./_}"
+[ -x "$tests" ] || fail "$tests is missing: build it first"
+
+log_start=$(dmesg | wc -l)
+insmod "$ko" || fail "insmod $ko"
+for _ in $(seq 50); do [ -c /dev/odp_mirror ] && break; sleep 0.1; done
+[ -c /dev/odp_mirror ] || fail "/dev/odp_mirror did not appear"
+mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug
+[ -r /sys/kernel/debug/odp_mirror/stats ] || fail "debugfs stats missing"
+
+# Swap on zram so that MADV_PAGEOUT can push anonymous pages out (optional:
+# the pageout test skips with a reason without it).
+if modprobe zram num_devices=1 2>/dev/null && [ -e /sys/block/zram0/disksize ]; then
+    echo 64M >/sys/block/zram0/disksize && mkswap /dev/zram0 >/dev/null &&
+        swapon /dev/zram0 || echo "run-mirror-tests: no zram swap, the pageout test will skip" >&2
+fi
+
+"$tests" "$@"
+status=$?
+
+swapoff /dev/zram0 2>/dev/null
+gauges=$(grep -E '^module\.(open_files|mms|regions|faults_in_flight) ' /sys/kernel/debug/odp_mirror/stats)
+echo "$gauges" | awk '$2 != 0 { bad = 1 } END { exit bad }' ||
+    { echo "$gauges" >&2 && fail "module gauges not zero after the tests"; }
+rmmod odp_mirror || fail "rmmod odp_mirror"
+if dmesg | tail -n +"$((log_start + 1))" | grep -E 'BUG|WARNING|Oops|leak|general protection|refcount_t|odp_mirror.*error' >&2; then
+    fail "the kernel log shows the problems above"
+fi
+[ "$status" -eq 0 ] || fail "the tests failed (exit $status)"
+echo "run-mirror-tests: kernel $ODP_VM_KERNEL: tests passed, counters zero, rmmod clean, kernel log clean"
