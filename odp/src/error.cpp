@@ -9,9 +9,6 @@ Error::Error(int errno_value, const std::string& message)
     : std::system_error(errno_value, std::generic_category(), message) {}
 
 void throw_error(int errno_value, const std::string& message) {
-    if (errno_value == EAGAIN) {
-        throw BackPressure(errno_value, message);
-    }
     throw Error(errno_value, message);
 }
 

@@ -34,6 +34,11 @@ void FakeNic::set_check_mapping(bool check) noexcept {
     check_mapping_ = check;
 }
 
+void FakeNic::set_on_register(std::function<void(Range)> hook) {
+    const std::scoped_lock lock(mutex_);
+    on_register_ = std::move(hook);
+}
+
 FakeNic::Counters FakeNic::counters() const {
     const std::scoped_lock lock(mutex_);
     return counters_;
@@ -55,29 +60,39 @@ bool FakeNic::covers(std::uint32_t lkey, std::uintptr_t address, std::size_t len
 }
 
 NicMr FakeNic::register_memory(std::uintptr_t address, std::size_t length, int ibv_access) {
-    const std::scoped_lock lock(mutex_);
-    const std::string what = "fake ibv_reg_mr(" + format_address(address) + ", " +
-                             format_bytes(length) + ") on " + name_;
-    if (fail_count_ > 0) {
-        --fail_count_;
-        ++counters_.failures;
-        throw_error(fail_errno_, what + " (injected failure)");
+    NicMr mr;
+    std::function<void(Range)> hook;
+    {
+        const std::scoped_lock lock(mutex_);
+        const std::string what = "fake ibv_reg_mr(" + format_address(address) + ", " +
+                                 format_bytes(length) + ") on " + name_;
+        if (fail_count_ > 0) {
+            --fail_count_;
+            ++counters_.failures;
+            throw_error(fail_errno_, what + " (injected failure)");
+        }
+        if ((ibv_access & IBV_ACCESS_ON_DEMAND) != 0 && !caps_.odp) {
+            ++counters_.failures;
+            throw_error(EOPNOTSUPP, what + ": no ODP on this device");
+        }
+        const bool implicit = address == 0 && length == SIZE_MAX;
+        if (!implicit &&
+            (length == 0 || (check_mapping_ && (ibv_access & IBV_ACCESS_ON_DEMAND) == 0 &&
+                             !is_mapped(address, length)))) {
+            ++counters_.failures;
+            throw_error(EFAULT, what + ": memory not mapped");
+        }
+        const std::uint32_t key = next_key_++;
+        live_.emplace(key, implicit ? Range{0, UINTPTR_MAX} : Range{address, address + length});
+        ++counters_.registrations;
+        counters_.bytes_registered += implicit ? 0 : length;
+        mr = NicMr{nullptr, key, key};
+        hook = on_register_;
     }
-    if ((ibv_access & IBV_ACCESS_ON_DEMAND) != 0 && !caps_.odp) {
-        ++counters_.failures;
-        throw_error(EOPNOTSUPP, what + ": no ODP on this device");
+    if (hook) {
+        hook(Range{address, address + length});
     }
-    const bool implicit = address == 0 && length == SIZE_MAX;
-    if (!implicit && (length == 0 || (check_mapping_ && (ibv_access & IBV_ACCESS_ON_DEMAND) == 0 &&
-                                      !is_mapped(address, length)))) {
-        ++counters_.failures;
-        throw_error(EFAULT, what + ": memory not mapped");
-    }
-    const std::uint32_t key = next_key_++;
-    live_.emplace(key, implicit ? Range{0, UINTPTR_MAX} : Range{address, address + length});
-    ++counters_.registrations;
-    counters_.bytes_registered += implicit ? 0 : length;
-    return NicMr{nullptr, key, key};
+    return mr;
 }
 
 void FakeNic::deregister(const NicMr& mr) noexcept {

@@ -72,20 +72,6 @@ std::string_view to_string(Mode mode) noexcept {
     return "unknown";
 }
 
-std::string_view to_string(Monitor monitor) noexcept {
-    switch (monitor) {
-        case Monitor::Auto:
-            return "auto";
-        case Monitor::Module:
-            return "module";
-        case Monitor::Userfaultfd:
-            return "userfaultfd";
-        case Monitor::None:
-            return "none";
-    }
-    return "unknown";
-}
-
 int to_ibv_access(Access access) noexcept {
     int flags = 0;
     if (has(access, Access::LocalWrite)) {

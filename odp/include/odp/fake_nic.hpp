@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <odp/nic.hpp>
@@ -30,6 +31,13 @@ class FakeNic final : public Nic {
     // EFAULT like ibv_reg_mr does (checked with mincore(), which never faults
     // pages in). Off: any range registers (benchmarks over huge fake ranges).
     void set_check_mapping(bool check) noexcept;
+    // Called (without the fake's lock) after each successful register_memory,
+    // with the range: lets tests change the world in the middle of a fault.
+    void set_on_register(std::function<void(Range)> hook);
+    // Whether the fake claims to pin memory (default no: budgets above
+    // RLIMIT_MEMLOCK are allowed). Set it before handing the fake to a Device.
+    void set_pins_memory(bool pins) noexcept { pins_memory_ = pins; }
+    [[nodiscard]] bool pins_memory() const noexcept override { return pins_memory_; }
 
     [[nodiscard]] Counters counters() const;
     // Registrations not yet deregistered, by range.
@@ -55,6 +63,8 @@ class FakeNic final : public Nic {
     int fail_errno_ = 0;
     std::size_t fail_count_ = 0;
     bool check_mapping_ = true;
+    bool pins_memory_ = false;
+    std::function<void(Range)> on_register_;
 };
 
 }  // namespace odp

@@ -68,6 +68,9 @@ class Nic {
     virtual void deregister(const NicMr& mr) noexcept = 0;
     // ibv_advise_mr; throws odp::Error(EOPNOTSUPP) if the device cannot.
     virtual void advise(Prefetch advice, std::span<const ibv_sge> sges) = 0;
+    // True if registering memory pins it (a real NIC): the pinned budget is
+    // then capped by RLIMIT_MEMLOCK, which the kernel enforces.
+    [[nodiscard]] virtual bool pins_memory() const noexcept { return true; }
     // The verbs objects behind a real NIC; nullptr for a fake.
     [[nodiscard]] virtual ibv_context* context() const noexcept = 0;
     [[nodiscard]] virtual ibv_pd* pd() const noexcept = 0;

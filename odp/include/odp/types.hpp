@@ -66,17 +66,6 @@ enum class Mode : std::uint8_t {
 };
 [[nodiscard]] std::string_view to_string(Mode mode) noexcept;
 
-// Which invalidation source an emulated region asks the per-process Mirror for.
-// The Mirror owns the choice (and reports it); Auto prefers the odp_mirror
-// module, then userfaultfd.
-enum class Monitor : std::uint8_t {
-    Auto,
-    Module,       // /dev/odp_mirror (kernel-glue/odp_mirror.ko)
-    Userfaultfd,  // userfaultfd non-cooperative events (UNMAP, REMOVE, REMAP)
-    None,         // the application promises never to change mapped buffers
-};
-[[nodiscard]] std::string_view to_string(Monitor monitor) noexcept;
-
 // What a region may be used for (a bit set; maps to IBV_ACCESS_* flags).
 // Every region may be used locally as a send/write source; LocalWrite lets the
 // NIC write into it (receives, RDMA READ responses).

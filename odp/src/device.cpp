@@ -1,0 +1,282 @@
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <odp/device.hpp>
+#include <odp/error.hpp>
+
+#include "region_core.hpp"
+
+namespace odp {
+
+namespace detail {
+
+namespace {
+
+constexpr std::uintptr_t user_address_space_end =
+#if defined(__x86_64__)
+    std::uintptr_t{1} << 47;
+#else
+    std::uintptr_t{1} << 48;
+#endif
+
+}  // namespace
+
+DeviceState::DeviceState(std::unique_ptr<Nic> nic_in, const DeviceOptions& options)
+    : nic(std::move(nic_in)) {
+    rlimit limit{};
+    check_syscall(getrlimit(RLIMIT_MEMLOCK, &limit), "getrlimit(RLIMIT_MEMLOCK)");
+    const bool unlimited = limit.rlim_cur == RLIM_INFINITY;
+    const auto pages = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES));
+    const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    if (options.max_pinned_bytes) {
+        const std::uint64_t wanted = *options.max_pinned_bytes;
+        if (wanted == 0) {
+            throw_error(EINVAL, "max_pinned_bytes 0 on " + std::string(nic->name()) +
+                                    ": nothing could ever be registered; leave it unset for "
+                                    "the RLIMIT_MEMLOCK default");
+        }
+        if (!unlimited && nic->pins_memory() && wanted > limit.rlim_cur) {
+            throw_error(EINVAL, "max_pinned_bytes " + format_bytes(wanted) + " on " +
+                                    std::string(nic->name()) + " is above RLIMIT_MEMLOCK (" +
+                                    format_bytes(limit.rlim_cur) +
+                                    "): raise the limit (`ulimit -l`) or ask for less");
+        }
+        max_pinned = wanted;
+        budget_source = "explicit (" + format_bytes(wanted) + ")";
+    } else if (unlimited) {
+        max_pinned = pages * page / 2;
+        budget_source =
+            "half of RAM (" + format_bytes(max_pinned) + "; RLIMIT_MEMLOCK is unlimited)";
+    } else {
+        max_pinned = limit.rlim_cur;
+        budget_source = "RLIMIT_MEMLOCK (" + format_bytes(max_pinned) + ")";
+    }
+}
+
+void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
+                                 const std::string& what) {
+    if (bytes > max_pinned) {
+        requester.count_back_pressure();
+        throw_error(ENOBUFS, what + ": needs " + format_bytes(bytes) +
+                                 " pinned but max_pinned_bytes is " + format_bytes(max_pinned) +
+                                 " (" + budget_source +
+                                 "): raise the budget, use smaller chunks or a smaller region");
+    }
+    std::vector<EvictionCandidate> candidates;
+    bool swept = false;
+    bool scanned = false;
+    std::size_t next = 0;
+    for (;;) {
+        const std::uint64_t current = pinned.load(std::memory_order_acquire);
+        if (current + bytes <= max_pinned) {
+            // Only the slow path (this lock) adds: no other reservation can
+            // slip in between the check and the add.
+            const std::uint64_t now = pinned.fetch_add(bytes, std::memory_order_acq_rel) + bytes;
+            std::uint64_t peak = peak_pinned.load(std::memory_order_relaxed);
+            while (now > peak && !peak_pinned.compare_exchange_weak(peak, now)) {
+            }
+            return;
+        }
+        if (!swept) {
+            swept = true;
+            for (RegionCore* region : regions) {
+                region->sweep_stale_locked();
+            }
+            continue;
+        }
+        if (!scanned) {
+            scanned = true;
+            for (RegionCore* region : regions) {
+                region->collect_eviction_candidates_locked(candidates);
+            }
+            std::sort(candidates.begin(), candidates.end(),
+                      [](const auto& a, const auto& b) { return a.last_use < b.last_use; });
+        }
+        // Evict the least recently used unleased chunk of any region (one
+        // that was leased or invalidated since the scan is skipped).
+        bool evicted = false;
+        while (next < candidates.size() && !evicted) {
+            const EvictionCandidate& candidate = candidates[next++];
+            evicted = candidate.region->evict_locked(*candidate.pin);
+        }
+        if (!evicted) {
+            requester.count_back_pressure();
+            throw BackPressure(EAGAIN, what + ": the pinned budget of " + format_bytes(max_pinned) +
+                                           " (" + budget_source + ") is full of leased chunks (" +
+                                           format_bytes(pinned.load()) +
+                                           " pinned): release leases (complete work requests) and "
+                                           "retry, or raise max_pinned_bytes");
+        }
+    }
+}
+
+}  // namespace detail
+
+std::shared_ptr<Device> Device::open(const DeviceOptions& options) {
+    return open(open_verbs_nic(options.name), options);
+}
+
+std::shared_ptr<Device> Device::open(std::unique_ptr<Nic> nic, const DeviceOptions& options) {
+    if (!nic) {
+        throw_error(EINVAL, "Device::open: no NIC given");
+    }
+    return std::make_shared<Device>(Key{}, std::move(nic), options);
+}
+
+Device::Device(Key, std::unique_ptr<Nic> nic, const DeviceOptions& options)
+    : state_(std::make_unique<detail::DeviceState>(std::move(nic), options)) {}
+
+Device::~Device() {
+    // Regions hold the device alive, so none can be left here.
+    if (!state_->regions.empty()) {
+        log_error("device " + std::string(name()) + " destroyed with regions open");
+    }
+}
+
+std::string_view Device::name() const noexcept {
+    return state_->nic->name();
+}
+const DeviceCaps& Device::caps() const noexcept {
+    return state_->nic->caps();
+}
+Nic& Device::nic() const noexcept {
+    return *state_->nic;
+}
+ibv_context* Device::context() const noexcept {
+    return state_->nic->context();
+}
+ibv_pd* Device::pd() const noexcept {
+    return state_->nic->pd();
+}
+std::uint64_t Device::max_pinned_bytes() const noexcept {
+    return state_->max_pinned;
+}
+const std::string& Device::budget_source() const noexcept {
+    return state_->budget_source;
+}
+std::uint64_t Device::pinned_bytes() const noexcept {
+    return state_->pinned.load(std::memory_order_relaxed);
+}
+
+namespace {
+
+// The RC operations whose ODP support `access` needs, as "op" names missing.
+std::string missing_ops(const DeviceCaps& caps, Access access) {
+    std::string missing;
+    const auto need = [&](bool supported, const char* op) {
+        if (!supported) {
+            missing += missing.empty() ? "" : ", ";
+            missing += op;
+        }
+    };
+    if (!caps.odp) {
+        return "ODP itself";
+    }
+    need(caps.rc.send, "send");
+    need(caps.rc.recv, "recv");
+    if (has(access, Access::LocalWrite) || has(access, Access::RemoteRead)) {
+        need(caps.rc.read, "read");
+    }
+    if (has(access, Access::RemoteWrite)) {
+        need(caps.rc.write, "write");
+    }
+    if (has(access, Access::RemoteAtomic)) {
+        need(caps.rc.atomic, "atomic");
+    }
+    return missing;
+}
+
+}  // namespace
+
+bool Device::native_covers(Access access) const noexcept {
+    try {
+        return missing_ops(caps(), access).empty();
+    } catch (...) {
+        return false;
+    }
+}
+
+Mode Device::resolve(Mode requested, Access access) const {
+    switch (requested) {
+        case Mode::Auto:
+            return native_covers(access) ? Mode::Native : Mode::Emulated;
+        case Mode::Native:
+            if (const std::string missing = missing_ops(caps(), access); !missing.empty()) {
+                throw_error(EOPNOTSUPP, std::string(name()) + " has no native ODP for RC " +
+                                            missing + " (access " + to_string(access) +
+                                            "): use Mode::Emulated or Mode::Auto");
+            }
+            return Mode::Native;
+        case Mode::Pinned:
+        case Mode::Emulated:
+            return requested;
+    }
+    return requested;
+}
+
+Region Device::register_region(const void* address, std::size_t length, Access access, Mode mode) {
+    RegionOptions options;
+    options.mode = mode;
+    return register_region(address, length, access, options);
+}
+
+Region Device::register_region(const void* address, std::size_t length, Access access,
+                               const RegionOptions& options) {
+    detail::RegionCore::Config config;
+    config.range = Range::from_length(address, length);
+    config.access = access;
+    config.mode = resolve(options.mode, access);
+    config.chunk_size = options.chunk_size;
+    config.monitor = options.monitor;
+    config.mirror = options.mirror;
+    return Region(detail::RegionCore::create(shared_from_this(), config));
+}
+
+Region Device::register_address_space(Access access, const RegionOptions& options) {
+    detail::RegionCore::Config config;
+    const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+    config.range = Range{page, detail::user_address_space_end};
+    config.access = access;
+    config.chunk_size = options.chunk_size;
+    config.monitor = options.monitor;
+    config.mirror = options.mirror;
+    config.implicit = true;
+    switch (options.mode) {
+        case Mode::Pinned:
+            throw_error(EINVAL, "register_address_space on " + std::string(name()) +
+                                    ": the whole address space cannot be pinned; use "
+                                    "Mode::Auto, Native or Emulated");
+        case Mode::Native:
+            if (!caps().implicit_odp) {
+                throw_error(EOPNOTSUPP, std::string(name()) +
+                                            " has no implicit ODP: use Mode::Emulated or "
+                                            "Mode::Auto for the whole address space");
+            }
+            config.mode = resolve(Mode::Native, access);
+            break;
+        case Mode::Auto:
+            config.mode =
+                caps().implicit_odp && native_covers(access) ? Mode::Native : Mode::Emulated;
+            break;
+        case Mode::Emulated:
+            config.mode = Mode::Emulated;
+            break;
+    }
+    return Region(detail::RegionCore::create(shared_from_this(), config));
+}
+
+Stats Device::stats() const {
+    const std::scoped_lock lock(state_->mutex);
+    Stats total = state_->retired;
+    for (const detail::RegionCore* region : state_->regions) {
+        Stats part = region->stats();
+        part.pinned_bytes = 0;
+        detail::accumulate(total, part);
+    }
+    total.pinned_bytes = state_->pinned.load(std::memory_order_relaxed);
+    total.peak_pinned_bytes = state_->peak_pinned.load(std::memory_order_relaxed);
+    return total;
+}
+
+}  // namespace odp

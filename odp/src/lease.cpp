@@ -1,0 +1,154 @@
+#include <odp/lease.hpp>
+#include <utility>
+
+#include "region_core.hpp"
+
+namespace odp {
+
+Lease::Lease(Lease&& other) noexcept {
+    *this = std::move(other);
+}
+
+Lease& Lease::operator=(Lease&& other) noexcept {
+    if (this != &other) {
+        release();
+        core_ = std::exchange(other.core_, nullptr);
+        sge_count_ = std::exchange(other.sge_count_, 0);
+        pin_count_ = std::exchange(other.pin_count_, 0);
+        heap_ = std::exchange(other.heap_, false);
+        inline_sges_ = other.inline_sges_;
+        inline_rkeys_ = other.inline_rkeys_;
+        inline_pins_ = other.inline_pins_;
+        heap_sges_ = std::move(other.heap_sges_);
+        heap_rkeys_ = std::move(other.heap_rkeys_);
+        heap_pins_ = std::move(other.heap_pins_);
+    }
+    return *this;
+}
+
+Lease::~Lease() {
+    release();
+}
+
+void Lease::begin(detail::RegionCore* core, std::size_t sge_count, std::size_t pin_count) {
+    core_ = core;
+    sge_count_ = 0;
+    pin_count_ = 0;
+    if (sge_count > inline_capacity || pin_count > inline_capacity) {
+        heap_ = true;
+        heap_sges_ = std::make_unique<ibv_sge[]>(sge_count);
+        heap_rkeys_ = std::make_unique<std::uint32_t[]>(sge_count);
+        heap_pins_ = std::make_unique<detail::Pin*[]>(pin_count);
+    }
+}
+
+ibv_sge* Lease::sge_data() noexcept {
+    return heap_ ? heap_sges_.get() : inline_sges_.data();
+}
+const ibv_sge* Lease::sge_data() const noexcept {
+    return heap_ ? heap_sges_.get() : inline_sges_.data();
+}
+std::uint32_t* Lease::rkey_data() noexcept {
+    return heap_ ? heap_rkeys_.get() : inline_rkeys_.data();
+}
+const std::uint32_t* Lease::rkey_data() const noexcept {
+    return heap_ ? heap_rkeys_.get() : inline_rkeys_.data();
+}
+detail::Pin** Lease::pin_data() noexcept {
+    return heap_ ? heap_pins_.get() : inline_pins_.data();
+}
+
+void Lease::add_sge(std::uint64_t address, std::uint32_t length, std::uint32_t lkey,
+                    std::uint32_t rkey) noexcept {
+    sge_data()[sge_count_] = ibv_sge{address, length, lkey};
+    rkey_data()[sge_count_] = rkey;
+    ++sge_count_;
+}
+
+void Lease::add_pin(detail::Pin* pin) noexcept {
+    pin_data()[pin_count_++] = pin;
+}
+
+std::span<const ibv_sge> Lease::sges() const noexcept {
+    return {sge_data(), sge_count_};
+}
+
+std::span<const std::uint32_t> Lease::rkeys() const noexcept {
+    return {rkey_data(), sge_count_};
+}
+
+std::size_t Lease::length() const noexcept {
+    std::size_t total = 0;
+    for (const ibv_sge& sge : sges()) {
+        total += sge.length;
+    }
+    return total;
+}
+
+bool Lease::release() noexcept {
+    detail::RegionCore* core = std::exchange(core_, nullptr);
+    if (core == nullptr) {
+        return false;
+    }
+    bool changed = false;
+    detail::Pin** pins = pin_data();
+    const std::uint32_t count = std::exchange(pin_count_, 0);
+    // Each pin holds a reference on the core: releasing the last one may
+    // delete it, so nothing touches `core` after the loop.
+    for (std::uint32_t i = 0; i < count; ++i) {
+        changed |= core->release_pin(pins[i]);
+    }
+    sge_count_ = 0;
+    return changed;
+}
+
+Exposure::Exposure() noexcept = default;
+Exposure::Exposure(Exposure&& other) noexcept {
+    *this = std::move(other);
+}
+
+Exposure& Exposure::operator=(Exposure&& other) noexcept {
+    if (this != &other) {
+        release();
+        lease_ = std::move(other.lease_);
+        range_ = std::exchange(other.range_, Range{});
+        segments_ = std::move(other.segments_);
+        other.segments_.clear();
+        state_ = std::move(other.state_);
+    }
+    return *this;
+}
+
+Exposure::~Exposure() {
+    release();
+}
+
+bool Exposure::changed() const noexcept {
+    return state_ && state_->changed.load(std::memory_order_acquire);
+}
+
+bool Exposure::release() noexcept {
+    if (!lease_.held()) {
+        return false;
+    }
+    bool changed = false;
+    if (state_) {
+        lease_.core_->remove_exposure(state_);
+        {
+            // Waits for a callback running on another thread; a callback that
+            // releases its own exposure holds this (recursive) lock already.
+            const std::scoped_lock lock(state_->mutex);
+            state_->released = true;
+        }
+        changed = state_->changed.load(std::memory_order_acquire);
+    }
+    // Exact (range-based) when the exposure was registered in time; the
+    // chunk-granular answer of the lease is only used without a state.
+    const bool chunk_changed = lease_.release();
+    changed = state_ ? changed : chunk_changed;
+    state_.reset();
+    segments_.clear();
+    return changed;
+}
+
+}  // namespace odp

@@ -1,0 +1,279 @@
+// Internals of regions and devices. Nothing here is public.
+//
+// Concurrency design (see docs/guide.md, "Inside"):
+//  * A Pin is one registration that leases hold: a chunk (emulated) or the
+//    whole region (pinned, native). Its 64-bit state word packs the lease
+//    count, the stale/changed/dead/free flags and an incarnation number.
+//  * Emulated regions find chunk pins through a two-level table (top array
+//    of leaves of 4096 slots, leaves created on first use): the hit path is
+//    two loads, one CAS on the pin's state and a verifying load. No lock, no
+//    system call.
+//  * Invalidation (the mirror's thread) takes no lock: it bumps the leaf's
+//    sequence number, sets the stale bit and detaches the pin from its slot.
+//    ibv_dereg_mr happens when the last lease is released, or at the next
+//    slow-path call for pins nobody leased.
+//  * The slow path (fault, evict, sweep, region open/close) runs under the
+//    device's mutex, which no invalidation ever takes. A fault re-checks the
+//    leaf sequence after publishing its pin (the read_begin/retry pattern of
+//    mmu_interval_notifier) so that a concurrent invalidation is never lost.
+//  * Pins are never freed while their region lives (type-stable memory): a
+//    hit path that read a recycled pin notices through the verifying load.
+//  * A region core counts one reference for its handle plus one per pin not
+//    free; the last one deletes it. Leases therefore keep it (and through it
+//    the device and the mirror) alive without touching a shared counter.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <odp/device.hpp>
+#include <odp/error.hpp>
+#include <odp/lease.hpp>
+#include <odp/listener.hpp>
+#include <odp/nic.hpp>
+#include <odp/region.hpp>
+#include <odp/stats.hpp>
+#include <string>
+#include <vector>
+
+namespace odp::detail {
+
+// Stripe of the calling thread for StripedCounter.
+unsigned thread_stripe() noexcept;
+
+// A counter many threads bump without sharing a cache line.
+class StripedCounter {
+  public:
+    static constexpr unsigned stripes = 16;
+    void add(std::uint64_t n) noexcept {
+        cells_[thread_stripe()].value.fetch_add(n, std::memory_order_relaxed);
+    }
+    [[nodiscard]] std::uint64_t sum() const noexcept {
+        std::uint64_t total = 0;
+        for (const Cell& cell : cells_) {
+            total += cell.value.load(std::memory_order_relaxed);
+        }
+        return total;
+    }
+
+  private:
+    struct alignas(64) Cell {
+        std::atomic<std::uint64_t> value{0};
+    };
+    std::array<Cell, stripes> cells_{};
+};
+
+struct Piece {
+    Range range;
+    NicMr mr;
+};
+
+struct Pin {
+    static constexpr std::uint64_t lease_mask = (std::uint64_t{1} << 24) - 1;
+    static constexpr std::uint64_t stale_bit = std::uint64_t{1} << 24;    // no new leases
+    static constexpr std::uint64_t changed_bit = std::uint64_t{1} << 25;  // mapping changed
+    static constexpr std::uint64_t dead_bit = std::uint64_t{1} << 26;     // being deregistered
+    static constexpr std::uint64_t free_bit = std::uint64_t{1} << 27;     // unused, in the pool
+    static constexpr std::uint64_t unusable = stale_bit | dead_bit | free_bit;
+    static constexpr std::uint64_t incarnation_unit = std::uint64_t{1} << 32;
+    static constexpr std::size_t whole_region = static_cast<std::size_t>(-1);
+
+    alignas(64) std::atomic<std::uint64_t> state{free_bit};
+    std::atomic<std::uint64_t> last_use{0};  // device clock at the last lease (LRU)
+    // Written by the slow path before the pin is published, read by lease
+    // holders; stable while any lease is held.
+    std::size_t chunk = whole_region;
+    std::vector<Piece> pieces;
+    std::uint64_t pinned_bytes = 0;
+    Pin* next_reclaimed = nullptr;
+
+    [[nodiscard]] const Piece* find(Range part) const noexcept {
+        for (const Piece& piece : pieces) {
+            if (piece.range.contains(part)) {
+                return &piece;
+            }
+        }
+        return nullptr;
+    }
+};
+
+struct ExposureState {
+    std::recursive_mutex mutex;  // held while the callback runs; release() takes it
+    bool released = false;
+    bool fired = false;
+    std::atomic<bool> changed{false};
+    ExposureCallback callback;
+    Range range;
+};
+
+class RegionCore;
+
+struct EvictionCandidate {
+    std::uint64_t last_use = 0;
+    RegionCore* region = nullptr;
+    Pin* pin = nullptr;
+};
+
+struct DeviceState {
+    DeviceState(std::unique_ptr<Nic> nic_in, const DeviceOptions& options);
+
+    std::unique_ptr<Nic> nic;
+    std::uint64_t max_pinned = 0;
+    std::string budget_source;
+    std::atomic<std::uint64_t> pinned{0};
+    std::atomic<std::uint64_t> peak_pinned{0};
+    std::atomic<std::uint64_t> clock{1};  // LRU time: advances at every fault
+
+    // The slow-path lock: faults, eviction, sweeping, the region list and
+    // every region's pin pool. Never taken by invalidation.
+    std::mutex mutex;
+    std::vector<RegionCore*> regions;  // open regions
+    Stats retired;                     // totals of closed regions
+
+    // Reserves `bytes` of the budget, sweeping stale pins and evicting LRU
+    // chunks of any region if needed. Throws BackPressure when everything
+    // left is leased. Caller holds `mutex`.
+    void reserve_locked(std::uint64_t bytes, RegionCore& requester, const std::string& what);
+    void unreserve(std::uint64_t bytes) noexcept {
+        pinned.fetch_sub(bytes, std::memory_order_acq_rel);
+    }
+};
+
+class RegionCore final : public InvalidationListener {
+  public:
+    struct Config {
+        Range range;
+        Access access = Access::None;
+        Mode mode = Mode::Emulated;  // resolved
+        std::size_t chunk_size = std::size_t{2} << 20;
+        bool implicit = false;
+        MonitorKind monitor = MonitorKind::Auto;
+        std::shared_ptr<Mirror> mirror;
+    };
+
+    // Registers (pinned/native) or sets up the table (emulated). The returned
+    // core holds the handle's reference.
+    [[nodiscard]] static RegionCore* create(std::shared_ptr<Device> device, const Config& config);
+
+    RegionCore(const RegionCore&) = delete;
+    RegionCore& operator=(const RegionCore&) = delete;
+
+    // The handle is gone: invalidate everything (Teardown), deregister what is
+    // not leased, drop the handle's reference.
+    void close() noexcept;
+
+    [[nodiscard]] Lease translate(std::uintptr_t address, std::size_t length, std::size_t max_sge);
+    [[nodiscard]] Exposure expose(std::uintptr_t address, std::size_t length,
+                                  ExposureCallback callback);
+    void prefetch(std::uintptr_t address, std::size_t length, Prefetch advice);
+    void collect();
+    [[nodiscard]] Stats stats() const;
+    [[nodiscard]] std::string monitor_description() const;
+    [[nodiscard]] std::string describe() const;
+    [[nodiscard]] const Config& config() const noexcept { return config_; }
+
+    void on_invalidate(Range range, InvalidationReason reason) noexcept override;
+    void on_invalidate_all(InvalidationReason reason) noexcept override;
+
+    // Lease support: drops one lease; true if the pin's mapping changed.
+    bool release_pin(Pin* pin) noexcept;
+    void remove_exposure(const std::shared_ptr<ExposureState>& state) noexcept;
+
+    // Budget support (device mutex held).
+    std::uint64_t sweep_stale_locked() noexcept;
+    void collect_eviction_candidates_locked(std::vector<EvictionCandidate>& out);
+    bool evict_locked(Pin& pin) noexcept;  // false if it was leased or stale meanwhile
+    void count_back_pressure() noexcept { back_pressure_.fetch_add(1, std::memory_order_relaxed); }
+
+  private:
+    static constexpr unsigned leaf_shift = 12;
+    static constexpr std::size_t leaf_size = std::size_t{1} << leaf_shift;
+    static constexpr std::size_t leaf_mask = leaf_size - 1;
+    struct Slot {
+        std::atomic<Pin*> pin{nullptr};
+        std::atomic<std::uint64_t> seq{0};  // bumped by every invalidation of the chunk
+    };
+    struct Leaf {
+        std::array<Slot, leaf_size> slots{};
+    };
+    struct Hit {
+        Pin* pin = nullptr;
+        const Piece* piece = nullptr;
+    };
+
+    RegionCore(std::shared_ptr<Device> device, const Config& config);
+    ~RegionCore();
+
+    [[nodiscard]] Range checked_part(std::uintptr_t address, std::size_t length,
+                                     const char* operation) const;
+    [[nodiscard]] std::size_t chunk_of(std::uintptr_t address) const noexcept {
+        return (address >> chunk_shift_) - base_chunk_;
+    }
+    [[nodiscard]] Range chunk_range(std::size_t chunk) const noexcept;
+    [[nodiscard]] Slot* slot_if_present(std::size_t chunk) const noexcept;
+
+    void register_whole();
+    void acquire_whole(Range want, std::size_t max_sge, Lease& lease);
+    Hit try_acquire(std::size_t chunk, Range part) noexcept;
+    Hit acquire_slow(std::size_t chunk, Range part);
+    Leaf& ensure_leaf_locked(std::size_t chunk);
+    Pin& allocate_pin_locked();
+    void return_unused_pin_locked(Pin& pin) noexcept;
+    void register_pieces_locked(Pin& pin, Range span, Range part);
+    [[noreturn]] void throw_unmapped(Range part) const;
+    bool mark_stale(Pin& pin, bool changed) noexcept;
+    bool try_claim(Pin& pin, bool require_stale) noexcept;
+    std::uint64_t destroy_pin(Pin& pin) noexcept;  // after try_claim; may delete this
+    void drop_reference() noexcept;
+    void note_pinned(std::uint64_t bytes) noexcept;
+    [[nodiscard]] std::string what(const char* operation, Range part) const;
+
+    std::shared_ptr<Device> device_;
+    DeviceState& dev_;
+    const Config config_;
+    const unsigned chunk_shift_;
+    const std::size_t base_chunk_;
+    const std::size_t chunk_count_;
+    std::string monitor_;
+
+    std::atomic<std::int64_t> references_{1};
+    std::atomic<std::uint64_t> epoch_{0};  // bumped by invalidate_all
+
+    // The chunk table (emulated).
+    std::unique_ptr<std::atomic<Leaf*>[]> top_;
+    std::size_t top_size_ = 0;
+    std::vector<std::unique_ptr<Leaf>> leaves_;  // owner; under the device mutex
+
+    // Pins: the pool owns them all (device mutex); free ones are listed in
+    // free_, and pins freed by lock-free releasers wait on reclaimed_.
+    std::vector<std::unique_ptr<Pin>> pool_;
+    std::vector<Pin*> free_;
+    std::atomic<Pin*> reclaimed_{nullptr};
+    std::atomic<std::uint64_t> stale_pending_{0};
+    Pin* whole_ = nullptr;  // pinned / native
+
+    std::mutex exposures_mutex_;
+    std::vector<std::shared_ptr<ExposureState>> exposures_;
+    std::atomic<std::size_t> exposure_count_{0};
+
+    // Statistics.
+    StripedCounter hits_;
+    std::atomic<std::uint64_t> misses_{0};
+    std::atomic<std::uint64_t> chunk_faults_{0};
+    std::atomic<std::uint64_t> bytes_registered_{0};
+    std::atomic<std::uint64_t> prefetches_{0};
+    std::array<std::atomic<std::uint64_t>, invalidation_reason_count> invalidations_{};
+    std::atomic<std::uint64_t> chunks_invalidated_{0};
+    std::atomic<std::uint64_t> stale_while_leased_{0};
+    std::atomic<std::uint64_t> evictions_{0};
+    std::atomic<std::uint64_t> back_pressure_{0};
+    std::atomic<std::uint64_t> pinned_{0};
+    std::atomic<std::uint64_t> peak_pinned_{0};
+};
+
+void accumulate(Stats& total, const Stats& part) noexcept;
+
+}  // namespace odp::detail

@@ -1,0 +1,182 @@
+// The pinned budget: default from RLIMIT_MEMLOCK, LRU eviction, back-pressure.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <odp/device.hpp>
+#include <odp/region.hpp>
+
+#include "test_support.hpp"
+
+namespace odp {
+namespace {
+
+using test::expect_error;
+using test::MiB;
+
+TEST(Budget, DefaultsToMemlockLimit) {
+    rlimit limit{};
+    ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &limit), 0);
+    auto device = Device::open(std::make_unique<FakeNic>());
+    if (limit.rlim_cur == RLIM_INFINITY) {
+        EXPECT_NE(device->budget_source().find("half of RAM"), std::string::npos);
+    } else {
+        EXPECT_EQ(device->max_pinned_bytes(), limit.rlim_cur);
+        EXPECT_NE(device->budget_source().find("RLIMIT_MEMLOCK"), std::string::npos);
+    }
+}
+
+TEST(Budget, NeverAboveMemlockLimit) {
+    rlimit limit{};
+    ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &limit), 0);
+    if (limit.rlim_cur == RLIM_INFINITY) {
+        GTEST_SKIP() << "RLIMIT_MEMLOCK is unlimited here: no limit to exceed";
+    }
+    const auto pinning_fake = [] {
+        auto fake = std::make_unique<FakeNic>();
+        fake->set_pins_memory(true);  // like a real NIC
+        return fake;
+    };
+    DeviceOptions options;
+    options.max_pinned_bytes = limit.rlim_cur + 4096;
+    const std::string message =
+        expect_error(EINVAL, [&] { (void)Device::open(pinning_fake(), options); });
+    EXPECT_NE(message.find("RLIMIT_MEMLOCK"), std::string::npos) << message;
+    options.max_pinned_bytes = limit.rlim_cur;
+    EXPECT_EQ(Device::open(pinning_fake(), options)->max_pinned_bytes(), limit.rlim_cur);
+    // A fake that pins nothing is not bound by the limit (host tests).
+    options.max_pinned_bytes = limit.rlim_cur + 4096;
+    EXPECT_NO_THROW((void)Device::open(std::make_unique<FakeNic>(), options));
+    options.max_pinned_bytes = 0;
+    expect_error(EINVAL, [&] { (void)Device::open(pinning_fake(), options); });
+}
+
+class Budget3Chunks : public ::testing::Test {
+  protected:
+    test::FakeDevice dev = test::make_device(6 * MiB);
+    test::Mapping buffer{16 * MiB};
+    Region region = dev.device->register_region(buffer.data(), buffer.size(), Access::LocalWrite,
+                                                test::emulated());
+
+    Lease chunk(std::size_t index) { return region.translate(buffer.data() + index * 2 * MiB, 64); }
+    bool registered(std::size_t index) const {
+        for (const Range& range : dev.fake->live_registrations()) {
+            if (range.begin == buffer.address() + index * 2 * MiB) {
+                return true;
+            }
+        }
+        return false;
+    }
+};
+
+TEST_F(Budget3Chunks, EvictsLeastRecentlyUsedUnleasedChunk) {
+    chunk(0).release();
+    chunk(1).release();
+    chunk(2).release();
+    chunk(0).release();  // 1 is now the least recently used
+    EXPECT_EQ(dev.device->pinned_bytes(), 6 * MiB);
+    Lease fourth = chunk(3);
+    EXPECT_TRUE(registered(0));
+    EXPECT_FALSE(registered(1));
+    EXPECT_TRUE(registered(2));
+    EXPECT_TRUE(registered(3));
+    EXPECT_EQ(region.stats().evictions, 1U);
+    EXPECT_EQ(dev.device->pinned_bytes(), 6 * MiB);
+    EXPECT_EQ(dev.device->stats().peak_pinned_bytes, 6 * MiB) << "never above the budget";
+    chunk(4).release();  // evicts 2 (0 was used after 2)
+    EXPECT_FALSE(registered(2));
+    EXPECT_TRUE(registered(0));
+}
+
+TEST_F(Budget3Chunks, LeasedChunksAreNeverEvicted) {
+    Lease a = chunk(0);
+    Lease b = chunk(1);
+    chunk(2).release();
+    chunk(3).release();  // must evict 2, the only unleased one
+    EXPECT_TRUE(registered(0));
+    EXPECT_TRUE(registered(1));
+    EXPECT_FALSE(registered(2));
+    EXPECT_TRUE(dev.fake->covers(a.sges()[0].lkey, a.sges()[0].addr, 64));
+}
+
+TEST_F(Budget3Chunks, BackPressureWhenEverythingIsLeased) {
+    Lease a = chunk(0);
+    Lease b = chunk(1);
+    Lease c = chunk(2);
+    try {
+        (void)chunk(3);
+        FAIL() << "expected BackPressure";
+    } catch (const BackPressure& error) {
+        EXPECT_EQ(error.errno_value(), EAGAIN);
+        EXPECT_NE(std::string(error.what()).find("release leases"), std::string::npos)
+            << error.what();
+    }
+    EXPECT_EQ(region.stats().back_pressure, 1U);
+    EXPECT_EQ(dev.device->pinned_bytes(), 6 * MiB);
+    EXPECT_EQ(dev.fake->live_registrations().size(), 3U);
+    // A multi-chunk request that does not fit gives back what it took.
+    b.release();
+    expect_error(EAGAIN, [&] { (void)region.translate(buffer.data() + 6 * MiB, 4 * MiB); });
+    EXPECT_LE(dev.device->pinned_bytes(), 6 * MiB);
+    EXPECT_EQ(dev.fake->live_registrations().size(), 3U);
+    c.release();
+    Lease fits = region.translate(buffer.data() + 6 * MiB, 4 * MiB);
+    EXPECT_EQ(fits.sges().size(), 2U);
+    EXPECT_EQ(dev.device->stats().peak_pinned_bytes, 6 * MiB);
+}
+
+TEST_F(Budget3Chunks, RequestLargerThanTheBudgetIsRefused) {
+    test::FakeDevice small = test::make_device(MiB);
+    Region big = small.device->register_region(buffer.data(), buffer.size(), Access::LocalWrite,
+                                               test::emulated());
+    const std::string message =
+        expect_error(ENOBUFS, [&] { (void)big.translate(buffer.data(), 1); });
+    EXPECT_NE(message.find("max_pinned_bytes is 1 MiB"), std::string::npos) << message;
+}
+
+TEST_F(Budget3Chunks, StaleChunksAreSweptBeforeEvicting) {
+    chunk(0).release();
+    chunk(1).release();
+    chunk(2).release();
+    region.invalidate(Range::from_length(buffer.address() + 4 * MiB, 1), InvalidationReason::Unmap);
+    chunk(3).release();
+    EXPECT_EQ(region.stats().evictions, 0U) << "the stale chunk made room";
+    EXPECT_TRUE(registered(0));
+    EXPECT_TRUE(registered(1));
+    EXPECT_FALSE(registered(2));
+}
+
+TEST_F(Budget3Chunks, EvictionCrossesRegions) {
+    test::Mapping other_buffer(4 * MiB);
+    Region other = dev.device->register_region(other_buffer.data(), other_buffer.size(),
+                                               Access::LocalWrite, test::emulated());
+    other.translate(other_buffer.data(), 64).release();  // oldest
+    chunk(0).release();
+    chunk(1).release();
+    chunk(2).release();  // evicts the other region's chunk
+    EXPECT_EQ(other.stats().evictions, 1U);
+    EXPECT_EQ(region.stats().evictions, 0U);
+    EXPECT_EQ(dev.device->stats().evictions, 1U);
+}
+
+TEST_F(Budget3Chunks, PinnedRegionsCountAndCanEvictChunks) {
+    chunk(0).release();
+    chunk(1).release();
+    test::Mapping pinned_buffer(4 * MiB);
+    Region pinned = dev.device->register_region(pinned_buffer.data(), 4 * MiB, Access::LocalWrite,
+                                                Mode::Pinned);
+    EXPECT_EQ(region.stats().evictions, 1U);
+    EXPECT_EQ(dev.device->pinned_bytes(), 6 * MiB);
+    Lease hold = chunk(1);
+    expect_error(EAGAIN, [&] {
+        (void)dev.device->register_region(pinned_buffer.data(), 4096, Access::LocalWrite,
+                                          Mode::Pinned);
+    });
+    hold.release();
+    Lease again = chunk(0);  // evicts chunk 1, never the pinned region
+    EXPECT_FALSE(registered(1));
+    EXPECT_EQ(region.stats().evictions, 2U);
+    EXPECT_EQ(pinned.translate(pinned_buffer.data(), 4 * MiB).sges().size(), 1U);
+}
+
+}  // namespace
+}  // namespace odp

@@ -1,0 +1,121 @@
+// Helpers for the libodp host tests: a fake NIC the test can keep watching
+// after the device that owns it is gone, and anonymous mappings.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <infiniband/verbs.h>
+#include <sys/mman.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <odp/device.hpp>
+#include <odp/error.hpp>
+#include <odp/fake_nic.hpp>
+#include <utility>
+
+namespace odp::test {
+
+inline constexpr std::size_t MiB = std::size_t{1} << 20;
+
+// Forwards to a FakeNic shared with the test.
+class SharedFakeNic final : public Nic {
+  public:
+    explicit SharedFakeNic(std::shared_ptr<FakeNic> fake) : fake_(std::move(fake)) {}
+    [[nodiscard]] std::string_view name() const noexcept override { return fake_->name(); }
+    [[nodiscard]] const DeviceCaps& caps() const noexcept override { return fake_->caps(); }
+    NicMr register_memory(std::uintptr_t address, std::size_t length, int access) override {
+        return fake_->register_memory(address, length, access);
+    }
+    void deregister(const NicMr& mr) noexcept override { fake_->deregister(mr); }
+    void advise(Prefetch advice, std::span<const ibv_sge> sges) override {
+        fake_->advise(advice, sges);
+    }
+    [[nodiscard]] bool pins_memory() const noexcept override { return fake_->pins_memory(); }
+    [[nodiscard]] ibv_context* context() const noexcept override { return nullptr; }
+    [[nodiscard]] ibv_pd* pd() const noexcept override { return nullptr; }
+
+  private:
+    std::shared_ptr<FakeNic> fake_;
+};
+
+inline DeviceCaps native_caps(bool implicit = true, bool prefetch = true) {
+    DeviceCaps caps;
+    caps.odp = true;
+    caps.implicit_odp = implicit;
+    caps.prefetch = prefetch;
+    caps.rc = TransportOdpCaps{true, true, true, true, true, true};
+    return caps;
+}
+
+struct FakeDevice {
+    std::shared_ptr<FakeNic> fake;
+    std::shared_ptr<Device> device;
+};
+
+inline FakeDevice make_device(std::uint64_t budget = 64 * MiB, DeviceCaps caps = {}) {
+    auto fake = std::make_shared<FakeNic>(caps);
+    DeviceOptions options;
+    options.max_pinned_bytes = budget;
+    auto device = Device::open(std::make_unique<SharedFakeNic>(fake), options);
+    return {fake, device};
+}
+
+// An anonymous read-write mapping of `size` bytes aligned to `alignment`.
+class Mapping {
+  public:
+    explicit Mapping(std::size_t size, std::size_t alignment = 2 * MiB) : size_(size) {
+        const std::size_t padded = size + alignment;
+        void* raw =
+            mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (raw == MAP_FAILED) {
+            throw_errno("mmap test buffer");
+        }
+        const auto start = reinterpret_cast<std::uintptr_t>(raw);
+        const std::uintptr_t aligned = (start + alignment - 1) & ~(alignment - 1);
+        if (aligned > start) {
+            munmap(raw, aligned - start);
+        }
+        const std::uintptr_t end = start + padded;
+        if (end > aligned + size) {
+            munmap(reinterpret_cast<void*>(aligned + size), end - (aligned + size));
+        }
+        base_ = reinterpret_cast<char*>(aligned);
+    }
+    Mapping(const Mapping&) = delete;
+    Mapping& operator=(const Mapping&) = delete;
+    ~Mapping() { munmap(base_, size_); }
+
+    [[nodiscard]] char* data() const noexcept { return base_; }
+    [[nodiscard]] std::uintptr_t address() const noexcept {
+        return reinterpret_cast<std::uintptr_t>(base_);
+    }
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+
+  private:
+    char* base_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+// Runs `body`, which must throw odp::Error with `errno_value`; returns its message.
+template <typename Body>
+std::string expect_error(int errno_value, Body&& body) {
+    try {
+        body();
+    } catch (const Error& error) {
+        EXPECT_EQ(error.errno_value(), errno_value) << error.what();
+        return error.what();
+    }
+    ADD_FAILURE() << "no odp::Error thrown (expected errno " << errno_value << ")";
+    return {};
+}
+
+inline RegionOptions emulated(std::size_t chunk = 2 * MiB) {
+    RegionOptions options;
+    options.mode = Mode::Emulated;
+    options.chunk_size = chunk;
+    options.monitor = MonitorKind::None;  // tests drive invalidation directly
+    return options;
+}
+
+}  // namespace odp::test
