@@ -9,6 +9,12 @@
 //   Core::sync_mutex:     synchronize() waiters
 // The userfaultfd reader thread (sources/userfaultfd_source.cpp) takes none
 // of them.
+// Boost.Asio's fenced blocks use std::atomic_thread_fence, which GCC warns
+// about under -fsanitize=thread (-Wtsan); the fences are correct, TSan just
+// cannot model them. Before every include, so that it covers the headers.
+#if defined(__SANITIZE_THREAD__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wtsan"
+#endif
 #include <poll.h>
 #include <unistd.h>
 
@@ -149,7 +155,10 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
             return;
         }
         std::unique_lock lock(sync_mutex_);
-        sync_cv_.wait(lock, [&] { return applied_.load(std::memory_order_acquire) >= target; });
+        sync_cv_.wait(lock, [&] {
+            return applied_.load(std::memory_order_acquire) >= target ||
+                   dead_.load(std::memory_order_acquire);
+        });
     }
 
     void deliver(const detail::Event& event) noexcept override {
@@ -287,8 +296,9 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
                     continue;
                 }
                 log_error(std::string("mirror dispatcher: poll() failed, events are no longer "
-                                      "delivered: ") +
+                                      "delivered; invalidating everything: ") +
                           std::strerror(errno));
+                die();
                 return;
             }
             if ((fds[1].revents & POLLIN) != 0) {
@@ -298,10 +308,7 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
                 // The source is dead: say so once, and treat everything as stale.
                 log_error("mirror dispatcher: the " + std::string(to_string(source_->kind())) +
                           " source reported an error; invalidating everything");
-                const std::lock_guard dispatch_lock(dispatch_mutex_);
-                dispatch_thread_.store(std::this_thread::get_id(), std::memory_order_release);
-                deliver_overflow();
-                dispatch_thread_.store(std::thread::id{}, std::memory_order_release);
+                die();
                 return;
             }
             try {
@@ -310,6 +317,22 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
                 log_error(std::string("mirror dispatcher: ") + error.what());
             }
         }
+    }
+
+    // The dispatcher cannot go on: tell every listener everything is stale,
+    // and let synchronize() callers go rather than wait forever.
+    void die() noexcept {
+        {
+            const std::lock_guard dispatch_lock(dispatch_mutex_);
+            dispatch_thread_.store(std::this_thread::get_id(), std::memory_order_release);
+            deliver_overflow();
+            dispatch_thread_.store(std::thread::id{}, std::memory_order_release);
+        }
+        {
+            const std::lock_guard lock(sync_mutex_);
+            dead_.store(true, std::memory_order_release);
+        }
+        sync_cv_.notify_all();
     }
 
     void wait_async() {
@@ -340,6 +363,7 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
     std::mutex sync_mutex_;
     std::condition_variable sync_cv_;
     std::atomic<std::uint64_t> applied_{0};
+    std::atomic<bool> dead_{false};  // the dispatcher gave up (everything was invalidated)
 
     std::optional<boost::asio::strand<boost::asio::io_context::executor_type>> strand_;
     std::optional<boost::asio::posix::stream_descriptor> descriptor_;

@@ -169,7 +169,18 @@ class ModuleSource final : public Source {
     }
 
     std::vector<Unwatched> add(std::uint64_t id, Range range) override {
-        const Range aligned = page_align(range);
+        Range aligned = page_align(range);
+        // Nothing can ever be mapped past the end of the user address space,
+        // so watching up to there is watching all of it (the module refuses
+        // more with ERANGE); a region of the whole address space fits.
+        if (query_.address_limit != 0 && aligned.end > query_.address_limit) {
+            aligned.end = query_.address_limit;
+        }
+        if (aligned.empty()) {
+            const std::lock_guard lock(mutex_);
+            regions_.erase(id);
+            return {};
+        }
         auto request = sized<odp_mirror_register>();
         request.start = aligned.begin;
         request.length = aligned.length();

@@ -68,10 +68,10 @@ class RecordingListener final : public InvalidationListener {
         if (hook) {
             hook();
         }
-        {
-            const std::lock_guard lock(mutex_);
-            heard_.push_back(heard);
-        }
+        // Notify under the lock: a waiter may destroy this listener as soon as
+        // it sees the record (e.g. after the watch was destroyed in the hook).
+        const std::lock_guard lock(mutex_);
+        heard_.push_back(heard);
         cv_.notify_all();
     }
 

@@ -11,8 +11,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <odp/error.hpp>
 #include <odp/mirror.hpp>
+#include <optional>
 
 #include "../../unit/mirror_core/recording_listener.hpp"
 #include "guest_env.hpp"
@@ -225,6 +227,30 @@ TEST_P(MirrorInGuest, ChangesOutsideEveryWatchAreNotDelivered) {
     mirror_->synchronize();
     EXPECT_EQ(listener.count(), 0U);
     ::munmap(watched, 2 * page);
+}
+
+// What register_address_space() needs in emulated mode: one watch over every
+// address. The module clips it to the user address space; userfaultfd
+// registers every anonymous/shmem mapping of the process and reports the rest.
+TEST_P(MirrorInGuest, WatchingTheWholeAddressSpaceWorks) {
+    RecordingListener listener;
+    std::optional<Mirror::Watch> watch(
+        mirror_->watch(Range{page, std::numeric_limits<std::uintptr_t>::max()}, listener));
+    if (!is_module()) {
+        EXPECT_FALSE(watch->unwatched().empty()) << "the executable is a file mapping";
+    }
+    void* address = map_anonymous(2 * page);
+    watch->arm(range_of(address, 2 * page));
+    ASSERT_EQ(::munmap(address, 2 * page), 0);
+    mirror_->synchronize();
+    EXPECT_TRUE(heard(listener, range_of(address, 2 * page), InvalidationReason::Unmap));
+    watch.reset();
+    // Unwatched again: no more events.
+    void* later = map_anonymous(2 * page);
+    const std::uint64_t before = mirror_->stats().events;
+    ASSERT_EQ(::munmap(later, 2 * page), 0);
+    mirror_->synchronize();
+    EXPECT_EQ(mirror_->stats().events, before);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sources, MirrorInGuest,
