@@ -42,6 +42,7 @@ Hello sample_hello() {
     hello.buffer_size = 1 << 20;
     hello.receive_depth = 64;
     hello.client = sample_endpoint(2);
+    hello.pattern_seed = 0x5eed;
     return hello;
 }
 
@@ -73,7 +74,7 @@ void expect_rejected(const std::vector<std::byte>& bytes, const std::string& nee
 TEST(OobCodec, HelloRoundTrip) {
     const Hello hello = sample_hello();
     const auto bytes = encode(hello);
-    EXPECT_EQ(bytes.size(), kHeaderSize + 55 + 2 * 20);
+    EXPECT_EQ(bytes.size(), kHeaderSize + 55 + 2 * 20 + 4);
     EXPECT_EQ(std::get<Hello>(decode(bytes)), hello);
 }
 
@@ -218,7 +219,7 @@ TEST(OobCodec, HostileRangeCountIsRejectedBeforeAllocating) {
     put_u32(bytes, kHelloRangeCount, 0xffffffffU);
     expect_rejected(bytes, "4294967295 ranges exceed the limit of 1024", std::errc::message_size);
     put_u32(bytes, kHelloRangeCount, 5);  // only 2 are present
-    expect_rejected(bytes, "range_count 5 needs 100 bytes, 40 left", std::errc::bad_message);
+    expect_rejected(bytes, "range_count 5 needs 100 bytes, 44 left", std::errc::bad_message);
 }
 
 TEST(OobCodec, RejectsEmptyAndWrappingRanges) {

@@ -198,6 +198,7 @@ void put_payload(Writer& out, const Hello& hello) {
     out.put(hello.buffer_size);
     out.put(hello.receive_depth);
     put_endpoint(out, hello.client);
+    out.put(hello.pattern_seed);
 }
 
 void put_payload(Writer& out, const Welcome& welcome) {
@@ -245,6 +246,7 @@ Hello get_hello(Reader& in) {
     hello.buffer_size = in.get<std::uint64_t>("buffer_size");
     hello.receive_depth = in.get<std::uint32_t>("receive_depth");
     hello.client = get_endpoint(in);
+    hello.pattern_seed = in.get<std::uint32_t>("pattern_seed");
     check_hello(hello, [&](const std::string& what) { in.fail(std::errc::protocol_error, what); });
     return hello;
 }

@@ -77,6 +77,7 @@ struct Hello {
     std::uint64_t buffer_size = 0;    // bytes the server must provide (>= message_size)
     std::uint32_t receive_depth = 0;  // receives the server keeps posted (send test)
     Endpoint client;
+    std::uint32_t pattern_seed = 0;  // read test: the server fills its buffer with this pattern
     friend bool operator==(const Hello&, const Hello&) = default;
 };
 

@@ -1,0 +1,625 @@
+#include "compare.hpp"
+
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <odp/error.hpp>
+#include <sstream>
+#include <thread>
+
+#include "traffic.hpp"
+
+namespace odp_perf {
+namespace {
+
+constexpr odp::Access kBufferAccess =
+    odp::Access::LocalWrite | odp::Access::RemoteWrite | odp::Access::RemoteRead;
+
+std::string kernel_release() {
+    utsname names{};
+    if (uname(&names) != 0) {
+        return "unknown";
+    }
+    return names.release;
+}
+
+// "[ 3/40] emulated write 65536 B" on a terminal, nothing otherwise.
+class Progress {
+  public:
+    explicit Progress(std::size_t total) : total_(total), enabled_(isatty(STDERR_FILENO) == 1) {}
+    ~Progress() {
+        if (enabled_ && step_ > 0) {
+            std::cerr << "\r\033[K" << std::flush;
+        }
+    }
+    Progress(const Progress&) = delete;
+    Progress& operator=(const Progress&) = delete;
+    void step(const std::string& what) {
+        ++step_;
+        if (enabled_) {
+            std::cerr << "\r\033[K[" << std::setw(3) << step_ << "/" << total_ << "] " << what
+                      << std::flush;
+        }
+    }
+
+  private:
+    std::size_t total_;
+    std::size_t step_ = 0;
+    bool enabled_;
+};
+
+std::vector<std::uint64_t> registration_sizes(std::uint64_t max) {
+    std::vector<std::uint64_t> sizes;
+    for (std::uint64_t size = 4096; size < max; size *= 16) {
+        sizes.push_back(size);
+    }
+    sizes.push_back(max);
+    return sizes;
+}
+
+Row row_from(const ClientResult& result, oob::TestKind test, std::uint64_t size) {
+    Row row;
+    row.mode = std::string(odp::to_string(result.local_mode));
+    row.server_mode = std::string(odp::to_string(result.server_mode));
+    row.test = to_string(test);
+    row.size = size;
+    row.iterations = result.operations;
+    row.bw_MBps = result.bw_MBps;
+    if (result.latency) {
+        row.lat_us_p50 = result.latency->p50_us;
+        row.lat_us_p99 = result.latency->p99_us;
+    }
+    row.pinned_bytes_peak =
+        std::max(result.local_stats.peak_pinned_bytes, result.server_report.pinned_bytes_peak);
+    row.faults = result.local_stats.chunk_faults + result.server_report.faults;
+    row.invalidations =
+        result.local_stats.total_invalidations() + result.server_report.invalidations;
+    row.verified_bytes = result.verified_bytes;
+    row.mismatched_bytes = result.mismatched_bytes;
+    return row;
+}
+
+const Row* find(const std::vector<Row>& rows, const std::string& mode, const std::string& test,
+                std::uint64_t size) {
+    for (const Row& row : rows) {
+        if (row.mode == mode && row.test == test && row.size == size && row.error.empty()) {
+            return &row;
+        }
+    }
+    return nullptr;
+}
+
+std::string fixed(double value, int precision) {
+    std::ostringstream out;
+    out << std::fixed << std::setprecision(precision) << value;
+    return out.str();
+}
+
+std::string optional_number(const std::optional<double>& value, int precision = 2) {
+    return value ? fixed(*value, precision) : "-";
+}
+
+std::string json_escape(const std::string& text) {
+    std::string out;
+    for (const char c : text) {
+        switch (c) {
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) {
+                    char buffer[8];
+                    std::snprintf(buffer, sizeof buffer, "\\u%04x", c);
+                    out += buffer;
+                } else {
+                    out += c;
+                }
+        }
+    }
+    return out;
+}
+
+std::string json_number(const std::optional<double>& value) {
+    if (!value || !std::isfinite(*value)) {
+        return "null";
+    }
+    std::ostringstream out;
+    out << std::setprecision(6) << *value;
+    return out.str();
+}
+
+Goal ratio_goal(std::string name, std::optional<double> numerator,
+                std::optional<double> denominator, std::string target,
+                const std::function<bool(double)>& met, std::string note = {}) {
+    Goal goal{std::move(name), std::nullopt, std::move(target), false, std::move(note)};
+    if (numerator && denominator && *denominator > 0) {
+        goal.measured = *numerator / *denominator;
+        goal.met = met(*goal.measured);
+    } else if (goal.note.empty()) {
+        goal.note = "not measured in this run";
+    }
+    return goal;
+}
+
+}  // namespace
+
+std::vector<Goal> evaluate_goals(const std::vector<Row>& rows) {
+    std::vector<Goal> goals;
+    // Registration of the largest populated buffer measured in every mode.
+    std::uint64_t reg_size = 0;
+    for (const Row& row : rows) {
+        if (row.test == "register" && row.error.empty() && row.mode == "emulated" &&
+            find(rows, "pinned", "register", row.size) != nullptr) {
+            reg_size = std::max(reg_size, row.size);
+        }
+    }
+    auto reg = [&](const char* mode) -> std::optional<double> {
+        const Row* row = find(rows, mode, "register", reg_size);
+        return row ? row->reg_us : std::nullopt;
+    };
+    const std::string reg_label = odp::format_bytes(reg_size);
+    goals.push_back(ratio_goal("register populated " + reg_label + ": pinned time / emulated time",
+                               reg("pinned"), reg("emulated"), ">= 100",
+                               [](double r) { return r >= 100; }));
+    if (find(rows, "native", "register", reg_size) != nullptr) {
+        goals.push_back(ratio_goal(
+            "register populated " + reg_label + ": pinned time / native time", reg("pinned"),
+            reg("native"), "report (about 3 in a trial)", [](double) { return true; }));
+    }
+    auto bw = [&](const char* mode, const char* test, std::uint64_t size) -> std::optional<double> {
+        const Row* row = find(rows, mode, test, size);
+        return row ? row->bw_MBps : std::nullopt;
+    };
+    auto p50 = [&](const char* mode, const char* test,
+                   std::uint64_t size) -> std::optional<double> {
+        const Row* row = find(rows, mode, test, size);
+        return row ? row->lat_us_p50 : std::nullopt;
+    };
+    goals.push_back(ratio_goal("warm RDMA WRITE bandwidth 64 KiB: emulated / pinned",
+                               bw("emulated", "write", 65536), bw("pinned", "write", 65536),
+                               ">= 0.97", [](double r) { return r >= 0.97; }));
+    goals.push_back(ratio_goal("RDMA WRITE latency p50 8 B: emulated / pinned",
+                               p50("emulated", "write", 8), p50("pinned", "write", 8), "<= 1.05",
+                               [](double r) { return r <= 1.05; }));
+    // First touch of an emulated chunk (the cold translate that registers it)
+    // against pinning (registering) the same bytes.
+    const Row* emulated_touch = nullptr;
+    const Row* pinned_touch = nullptr;
+    for (const Row& row : rows) {
+        if (row.test == "first_touch" && row.error.empty()) {
+            if (row.mode == "emulated") {
+                emulated_touch = &row;
+            } else if (row.mode == "pinned") {
+                pinned_touch = &row;
+            }
+        }
+    }
+    goals.push_back(ratio_goal(
+        "first touch of a 2 MiB emulated chunk (cold translate) / pinned registration of 2 MiB",
+        emulated_touch ? emulated_touch->first_touch_us : std::nullopt,
+        pinned_touch ? pinned_touch->reg_us : std::nullopt, "<= 1.2",
+        [](double r) { return r <= 1.2; }));
+    if (find(rows, "native", "write", 65536) != nullptr) {
+        goals.push_back(ratio_goal("warm RDMA WRITE bandwidth 64 KiB: emulated / native",
+                                   bw("emulated", "write", 65536), bw("native", "write", 65536),
+                                   ">= 1.0", [](double r) { return r >= 1.0; }));
+    }
+    return goals;
+}
+
+CompareResult run_compare(const CompareConfig& config) {
+    CompareResult result;
+    result.kernel = kernel_release();
+    const std::shared_ptr<odp::Device> device = odp::Device::open({config.device, std::nullopt});
+    result.device = std::string(device->name());
+    const std::vector<odp::Mode> modes = supported_modes(*device, kBufferAccess);
+    for (const odp::Mode mode : modes) {
+        result.modes.emplace_back(odp::to_string(mode));
+    }
+
+    // The server runs in this process on its own thread (and its own Device),
+    // reached over TCP loopback; RDMA goes through the device's own loopback.
+    std::atomic<bool> stop{false};
+    std::promise<std::uint16_t> listening;
+    std::thread server([&] {
+        bool announced = false;
+        try {
+            ServerConfig server_config;
+            server_config.device = config.device;
+            server_config.port = 0;
+            server_config.quiet = true;
+            server_config.max_buffer_bytes = std::max<std::uint64_t>(config.working_set, 64 << 20);
+            run_server(server_config, stop, [&](std::uint16_t port) {
+                announced = true;
+                listening.set_value(port);
+            });
+        } catch (...) {
+            if (!announced) {
+                listening.set_exception(std::current_exception());
+            } else {
+                std::cerr << "odp-perf compare: the in-process server failed\n";
+            }
+        }
+    });
+    struct ServerStopper {
+        std::atomic<bool>& stop;
+        std::thread& thread;
+        ~ServerStopper() {
+            stop = true;
+            thread.join();
+        }
+    } stopper{stop, server};
+    const Peer peer{"127.0.0.1", listening.get_future().get()};
+
+    result.native_check = check_native_odp_data(*device);
+    const std::vector<oob::TestKind> tests{oob::TestKind::Write, oob::TestKind::Read,
+                                           oob::TestKind::Send};
+    const std::vector<std::uint64_t> reg_sizes = registration_sizes(config.reg_max);
+    Progress progress(modes.size() * (tests.size() * config.sizes.size() + reg_sizes.size() + 4));
+
+    // Keeps the per-process Mirror alive between measurements, so that
+    // registration times are those of a process that already watches memory.
+    const MappedBuffer keepalive_buffer(page_size(), page_size(), true);
+    const odp::Region keepalive = device->register_region(
+        keepalive_buffer.data(), keepalive_buffer.size(), kBufferAccess, odp::Mode::Emulated);
+
+    for (const odp::Mode mode : modes) {
+        const std::string mode_name(odp::to_string(mode));
+        for (const oob::TestKind test : tests) {
+            for (const std::uint64_t size : config.sizes) {
+                progress.step(mode_name + " " + to_string(test) + " " + std::to_string(size) +
+                              " B");
+                ClientSpec spec;
+                spec.device = config.device;
+                spec.host = peer.host;
+                spec.port = peer.port;
+                spec.test = test;
+                spec.size = size;
+                spec.iterations = config.bw_iterations;
+                spec.latency_iterations = config.lat_iterations;
+                spec.depth = config.depth;
+                spec.mode = mode;
+                spec.peer_mode = mode;
+                try {
+                    result.rows.push_back(row_from(run_client_test(*device, spec), test, size));
+                } catch (const std::exception& error) {
+                    Row row;
+                    row.mode = mode_name;
+                    row.server_mode = mode_name;
+                    row.test = to_string(test);
+                    row.size = size;
+                    row.error = error.what();
+                    result.rows.push_back(std::move(row));
+                }
+            }
+        }
+    }
+    for (const odp::Mode mode : modes) {
+        const std::string mode_name(odp::to_string(mode));
+        for (const std::uint64_t size : reg_sizes) {
+            progress.step(mode_name + " register " + odp::format_bytes(size));
+            for (Row& row : measure_registration(*device, mode, {size})) {
+                result.rows.push_back(std::move(row));
+            }
+        }
+        progress.step(mode_name + " first touch");
+        result.rows.push_back(measure_first_touch(*device, peer, mode, 2 << 20, false));
+        progress.step(mode_name + " prefetch");
+        result.rows.push_back(measure_first_touch(*device, peer, mode, 2 << 20, true));
+        progress.step(mode_name + " working set over budget");
+        result.rows.push_back(measure_budget(config.device, peer, mode, config.budget,
+                                             config.working_set, config.budget_iterations));
+        progress.step(mode_name + " remap under traffic");
+        result.rows.push_back(measure_remap(*device, peer, mode, config.remap_rounds));
+    }
+    result.goals = evaluate_goals(result.rows);
+    return result;
+}
+
+void print_table(const CompareResult& result, std::ostream& out) {
+    out << "odp-perf compare: device " << result.device << ", kernel " << result.kernel
+        << ", modes:";
+    for (const std::string& mode : result.modes) {
+        out << " " << mode;
+    }
+    out << "\n(both sides of each connection use the mode named; ratios are to pinned in this run;"
+           "\n MB/s is 2^20 bytes per second, as perftest)\n";
+    if (result.native_check.ran) {
+        out << "native ODP data check (plain verbs, no odp-layer): "
+            << (result.native_check.ok ? "ok" : "FAILED") << ": " << result.native_check.detail
+            << "\n";
+    }
+    out << "\n";
+
+    out << std::left << std::setw(9) << "mode" << std::setw(6) << "test" << std::right
+        << std::setw(8) << "#bytes" << std::setw(12) << "#iterations" << std::setw(13)
+        << "BW avg[MB/s]" << std::setw(8) << "ratio" << std::setw(13) << "t_p50[usec]"
+        << std::setw(8) << "ratio" << std::setw(13) << "t_p99[usec]" << std::setw(13)
+        << "pinned peak" << std::setw(8) << "faults" << std::setw(7) << "inval"
+        << "  verified\n";
+    for (const Row& row : result.rows) {
+        if (row.test != "write" && row.test != "read" && row.test != "send") {
+            continue;
+        }
+        out << std::left << std::setw(9) << row.mode << std::setw(6) << row.test << std::right
+            << std::setw(8) << row.size;
+        if (!row.error.empty()) {
+            out << "  failed: " << row.error << "\n";
+            continue;
+        }
+        const Row* pinned = find(result.rows, "pinned", row.test, row.size);
+        auto ratio = [&](const std::optional<double>& mine, const std::optional<double>& base) {
+            return (mine && base && *base > 0) ? fixed(*mine / *base, 3) : std::string("-");
+        };
+        out << std::setw(12) << row.iterations << std::setw(13) << optional_number(row.bw_MBps)
+            << std::setw(8) << ratio(row.bw_MBps, pinned ? pinned->bw_MBps : std::nullopt)
+            << std::setw(13) << optional_number(row.lat_us_p50) << std::setw(8)
+            << ratio(row.lat_us_p50, pinned ? pinned->lat_us_p50 : std::nullopt) << std::setw(13)
+            << optional_number(row.lat_us_p99) << std::setw(13)
+            << odp::format_bytes(row.pinned_bytes_peak) << std::setw(8) << row.faults
+            << std::setw(7) << row.invalidations << "  "
+            << (row.mismatched_bytes == 0 ? "ok " : "MISMATCH ")
+            << odp::format_bytes(row.verified_bytes) << "\n";
+    }
+
+    out << "\nRegistration time of a populated buffer [usec] (speed-up = pinned time / mode "
+           "time)\n";
+    out << std::left << std::setw(10) << "size" << std::right;
+    for (const std::string& mode : result.modes) {
+        out << std::setw(14) << mode << (mode == "pinned" ? "" : " speed-up");
+    }
+    out << "\n";
+    std::vector<std::uint64_t> sizes;
+    for (const Row& row : result.rows) {
+        if (row.test == "register" &&
+            std::find(sizes.begin(), sizes.end(), row.size) == sizes.end()) {
+            sizes.push_back(row.size);
+        }
+    }
+    for (const std::uint64_t size : sizes) {
+        out << std::left << std::setw(10) << odp::format_bytes(size) << std::right;
+        const Row* pinned = find(result.rows, "pinned", "register", size);
+        for (const std::string& mode : result.modes) {
+            const Row* row = find(result.rows, mode, "register", size);
+            out << std::setw(14) << (row ? optional_number(row->reg_us, 1) : "failed");
+            if (mode != "pinned") {
+                out << std::setw(9)
+                    << (row && pinned && row->reg_us && pinned->reg_us && *row->reg_us > 0
+                            ? fixed(*pinned->reg_us / *row->reg_us, 1)
+                            : "-");
+            }
+        }
+        out << "\n";
+    }
+
+    out << "\nFirst touch: 2 MiB from a freshly registered buffer [usec] (translate = making it "
+           "usable;\n write = one whole RDMA WRITE of it, translate included)\n";
+    out << std::left << std::setw(10) << "mode" << std::right << std::setw(12) << "register"
+        << std::setw(17) << "cold translate" << std::setw(13) << "first write" << std::setw(12)
+        << "warm write" << std::setw(12) << "prefetch" << std::setw(26)
+        << "translate after prefetch\n";
+    for (const std::string& mode : result.modes) {
+        const Row* touch = find(result.rows, mode, "first_touch", 2 << 20);
+        const Row* fetched = find(result.rows, mode, "prefetch", 2 << 20);
+        out << std::left << std::setw(10) << mode << std::right << std::setw(12)
+            << (touch ? optional_number(touch->reg_us, 1) : "failed") << std::setw(17)
+            << (touch ? optional_number(touch->first_touch_us, 1) : "-") << std::setw(13)
+            << (touch ? optional_number(touch->first_write_us, 1) : "-") << std::setw(12)
+            << (touch ? optional_number(touch->warm_us, 1) : "-") << std::setw(12)
+            << (fetched ? optional_number(fetched->prefetch_us, 1) : "-") << std::setw(26)
+            << (fetched ? optional_number(fetched->first_touch_us, 1) : "-") << "\n";
+    }
+    for (const Row& row : result.rows) {
+        if ((row.test == "first_touch" || row.test == "prefetch") && !row.error.empty()) {
+            out << "  " << row.mode << " " << row.test << ": " << row.error << "\n";
+        }
+    }
+
+    out << "\nWorking set larger than the pinned budget: 64 KiB WRITEs cycling over the set\n";
+    for (const Row& row : result.rows) {
+        if (row.test != "budget") {
+            continue;
+        }
+        out << "  " << std::left << std::setw(9) << row.mode << std::right << "budget "
+            << odp::format_bytes(row.budget_bytes.value_or(0));
+        if (!row.error.empty()) {
+            out << ": " << row.error << "\n";
+            continue;
+        }
+        out << ", hit rate " << fixed(row.hit_rate.value_or(0) * 100, 2) << "%, "
+            << optional_number(row.bw_MBps) << " MB/s, pinned peak "
+            << odp::format_bytes(row.pinned_bytes_peak) << " (<= budget), " << row.faults
+            << " chunk faults\n";
+    }
+
+    out << "\nRemap under traffic: WRITE + READ back, buffers freed and remapped between rounds\n";
+    for (const Row& row : result.rows) {
+        if (row.test != "remap") {
+            continue;
+        }
+        out << "  " << std::left << std::setw(9) << row.mode << std::right;
+        if (!row.error.empty()) {
+            out << "failed: " << row.error << "\n";
+            continue;
+        }
+        out << odp::format_bytes(row.verified_bytes) << " checked, " << row.mismatched_bytes
+            << " bytes stale, " << row.invalidations << " invalidations: "
+            << (row.mismatched_bytes == 0 ? "coherent"
+                : row.mode == "pinned"    ? "stale pages (expected: pinned MRs are not coherent)"
+                                          : "STALE DATA")
+            << "\n";
+    }
+
+    out << "\nGoals (issue 3; ratios of this run, not timed tests)\n";
+    for (const Goal& goal : result.goals) {
+        out << "  " << goal.name << ": "
+            << (goal.measured ? fixed(*goal.measured, 3) : std::string("-")) << " (target "
+            << goal.target << ")" << (goal.measured ? (goal.met ? " met" : " NOT met") : "")
+            << (goal.note.empty() ? "" : " - " + goal.note) << "\n";
+    }
+}
+
+std::string to_json(const CompareResult& result, const std::string& command_line) {
+    std::ostringstream out;
+    out << "{\n  \"schema\": \"odp-perf-compare/1\",\n";
+    out << "  \"kernel\": \"" << json_escape(result.kernel) << "\",\n";
+    out << "  \"device\": \"" << json_escape(result.device) << "\",\n";
+    out << "  \"command\": \"" << json_escape(command_line) << "\",\n";
+    out << "  \"native_odp_data_check\": {\"ran\": " << (result.native_check.ran ? "true" : "false")
+        << ", \"ok\": " << (result.native_check.ok ? "true" : "false") << ", \"detail\": \""
+        << json_escape(result.native_check.detail) << "\"},\n";
+    out << "  \"modes\": [";
+    for (std::size_t i = 0; i < result.modes.size(); ++i) {
+        out << (i ? ", " : "") << "\"" << result.modes[i] << "\"";
+    }
+    out << "],\n  \"results\": [\n";
+    for (std::size_t i = 0; i < result.rows.size(); ++i) {
+        const Row& row = result.rows[i];
+        out << "    {\"mode\": \"" << row.mode << "\", \"server_mode\": \"" << row.server_mode
+            << "\", \"kernel\": \"" << json_escape(result.kernel) << "\", \"device\": \""
+            << json_escape(result.device) << "\", \"test\": \"" << row.test
+            << "\", \"size\": " << row.size << ", \"iterations\": " << row.iterations
+            << ", \"bw_MBps\": " << json_number(row.bw_MBps)
+            << ", \"lat_us_p50\": " << json_number(row.lat_us_p50)
+            << ", \"lat_us_p99\": " << json_number(row.lat_us_p99)
+            << ", \"reg_us\": " << json_number(row.reg_us)
+            << ", \"first_touch_us\": " << json_number(row.first_touch_us)
+            << ", \"first_write_us\": " << json_number(row.first_write_us)
+            << ", \"warm_us\": " << json_number(row.warm_us)
+            << ", \"prefetch_us\": " << json_number(row.prefetch_us)
+            << ", \"hit_rate\": " << json_number(row.hit_rate) << ", \"budget_bytes\": "
+            << (row.budget_bytes ? std::to_string(*row.budget_bytes) : "null")
+            << ", \"pinned_bytes_peak\": " << row.pinned_bytes_peak
+            << ", \"faults\": " << row.faults << ", \"invalidations\": " << row.invalidations
+            << ", \"verified_bytes\": " << row.verified_bytes
+            << ", \"mismatched_bytes\": " << row.mismatched_bytes << ", \"error\": "
+            << (row.error.empty() ? "null" : "\"" + json_escape(row.error) + "\"") << "}"
+            << (i + 1 < result.rows.size() ? "," : "") << "\n";
+    }
+    out << "  ],\n  \"goals\": [\n";
+    for (std::size_t i = 0; i < result.goals.size(); ++i) {
+        const Goal& goal = result.goals[i];
+        out << "    {\"name\": \"" << json_escape(goal.name)
+            << "\", \"ratio\": " << json_number(goal.measured) << ", \"target\": \""
+            << json_escape(goal.target) << "\", \"met\": " << (goal.met ? "true" : "false")
+            << ", \"note\": \"" << json_escape(goal.note) << "\"}"
+            << (i + 1 < result.goals.size() ? "," : "") << "\n";
+    }
+    out << "  ]\n}\n";
+    return out.str();
+}
+
+void plot(const CompareResult& result, const std::string& png_path) {
+    char pattern[] = "/tmp/odp-perf-plot.XXXXXX";
+    const char* dir_name = mkdtemp(pattern);
+    if (dir_name == nullptr) {
+        odp::throw_errno("mkdtemp for the plot data");
+    }
+    const std::filesystem::path dir(dir_name);
+    struct Cleanup {
+        std::filesystem::path dir;
+        ~Cleanup() {
+            std::error_code ignored;
+            std::filesystem::remove_all(dir, ignored);
+        }
+    } cleanup{dir};
+
+    // Bandwidth and latency per test, one column per mode.
+    std::ofstream traffic(dir / "traffic.dat");
+    traffic << "# test";
+    for (const std::string& mode : result.modes) {
+        traffic << " " << mode << "_bw " << mode << "_p50";
+    }
+    traffic << "\n";
+    for (const char* test : {"write", "read", "send"}) {
+        traffic << test;
+        for (const std::string& mode : result.modes) {
+            const Row* big = find(result.rows, mode, test, 65536);
+            const Row* small = find(result.rows, mode, test, 8);
+            traffic << " " << (big && big->bw_MBps ? fixed(*big->bw_MBps, 3) : "NaN") << " "
+                    << (small && small->lat_us_p50 ? fixed(*small->lat_us_p50, 3) : "NaN");
+        }
+        traffic << "\n";
+    }
+    traffic.close();
+    for (const std::string& mode : result.modes) {
+        std::ofstream reg(dir / ("reg-" + mode + ".dat"));
+        for (const Row& row : result.rows) {
+            if (row.mode == mode && row.test == "register" && row.reg_us) {
+                reg << row.size << " " << *row.reg_us << "\n";
+            }
+        }
+    }
+    std::string quoted_png;
+    for (const char c : png_path) {
+        quoted_png += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
+    }
+    std::ofstream script(dir / "plot.gp");
+    script << "set terminal pngcairo size 1400,500 font ',10'\n"
+           << "set output \"" << quoted_png << "\"\n"
+           << "set multiplot layout 1,3 title \"odp-perf compare: " << result.device << ", kernel "
+           << result.kernel << "\"\n"
+           << "set style data histograms\nset style histogram clustered gap 1\n"
+           << "set style fill solid 0.8 border -1\nset key top right\nset grid ytics\n"
+           << "set title 'RDMA bandwidth, 64 KiB messages'\nset ylabel 'MB/s'\nset yrange [0:*]\n"
+           << "plot ";
+    for (std::size_t i = 0; i < result.modes.size(); ++i) {
+        script << (i ? ", " : "") << "'" << (dir / "traffic.dat").string() << "' using "
+               << 2 + 2 * i << ":xtic(1) title '" << result.modes[i] << "'";
+    }
+    script << "\nset title 'Latency p50, 8-byte messages'\nset ylabel 'usec'\nplot ";
+    for (std::size_t i = 0; i < result.modes.size(); ++i) {
+        script << (i ? ", " : "") << "'" << (dir / "traffic.dat").string() << "' using "
+               << 3 + 2 * i << ":xtic(1) title '" << result.modes[i] << "'";
+    }
+    script << "\nset style data linespoints\nset logscale xy\nset title 'Registration time, "
+              "populated buffer'\nset xlabel 'bytes'\nset ylabel 'usec'\nset yrange [*:*]\n"
+              "set key top left\nplot ";
+    for (std::size_t i = 0; i < result.modes.size(); ++i) {
+        script << (i ? ", " : "") << "'" << (dir / ("reg-" + result.modes[i] + ".dat")).string()
+               << "' using 1:2 title '" << result.modes[i] << "'";
+    }
+    script << "\nunset multiplot\n";
+    script.close();
+
+    const pid_t child = fork();
+    if (child < 0) {
+        odp::throw_errno("fork for gnuplot");
+    }
+    if (child == 0) {
+        const std::string script_path = (dir / "plot.gp").string();
+        execlp("gnuplot", "gnuplot", script_path.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    int status = 0;
+    if (waitpid(child, &status, 0) < 0) {
+        odp::throw_errno("waiting for gnuplot");
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        odp::throw_error(WIFEXITED(status) && WEXITSTATUS(status) == 127 ? ENOENT : EIO,
+                         "gnuplot failed to draw " + png_path +
+                             (WIFEXITED(status) && WEXITSTATUS(status) == 127
+                                  ? " (gnuplot not found: apt-get install gnuplot-nox)"
+                                  : " (see its messages above)"));
+    }
+}
+
+}  // namespace odp_perf

@@ -1,0 +1,60 @@
+// odp-perf compare: every registration mode the device supports, side by side
+// in one run (server and client in this process over the device's loopback),
+// one table with each mode's ratio to pinned, JSON (docs/compare.md) and a plot.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "measure.hpp"
+#include "native_check.hpp"
+
+namespace odp_perf {
+
+struct CompareConfig {
+    std::string device;  // "" = first
+    std::optional<std::string> json_path;
+    std::optional<std::string> plot_path;
+    std::uint64_t bw_iterations = 2000;
+    std::uint64_t lat_iterations = 300;
+    std::uint32_t depth = 32;
+    std::vector<std::uint64_t> sizes{8, 65536};      // message sizes for every traffic test
+    std::uint64_t reg_max = std::uint64_t{1} << 30;  // registration sweep 4 KiB .. reg_max
+    std::uint64_t budget = std::uint64_t{8} << 20;
+    std::uint64_t working_set = std::uint64_t{32} << 20;
+    std::uint64_t budget_iterations = 2000;
+    int remap_rounds = 6;
+    std::string command_line;  // recorded in the JSON
+};
+
+struct Goal {
+    std::string name;
+    std::optional<double> measured;  // the ratio
+    std::string target;              // ">= 0.97", "<= 1.05", ...
+    bool met = false;
+    std::string note;
+};
+
+struct CompareResult {
+    std::string kernel;
+    std::string device;
+    std::vector<std::string> modes;
+    std::vector<Row> rows;
+    std::vector<Goal> goals;
+    NativeCheck native_check;
+};
+
+// Runs the comparison; progress on stderr when it is a terminal.
+CompareResult run_compare(const CompareConfig& config);
+
+void print_table(const CompareResult& result, std::ostream& out);
+std::string to_json(const CompareResult& result, const std::string& command_line);
+// Draws the comparison with gnuplot; throws odp::Error if gnuplot is missing or fails.
+void plot(const CompareResult& result, const std::string& png_path);
+
+// Goals of issue 3 computed from the rows (ratios of one run).
+std::vector<Goal> evaluate_goals(const std::vector<Row>& rows);
+
+}  // namespace odp_perf

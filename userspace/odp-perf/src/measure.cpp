@@ -1,0 +1,242 @@
+#include "measure.hpp"
+
+#include <algorithm>
+#include <odp/error.hpp>
+#include <odp/lease.hpp>
+
+#include "traffic.hpp"
+
+namespace odp_perf {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr odp::Access kBufferAccess =
+    odp::Access::LocalWrite | odp::Access::RemoteWrite | odp::Access::RemoteRead;
+constexpr std::uint32_t kSeed = 0x0dd5eed;
+
+double micros_since(Clock::time_point start) {
+    return std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    return values.empty() ? 0.0 : values[values.size() / 2];
+}
+
+Row base_row(odp::Mode mode, std::string test, std::uint64_t size) {
+    Row row;
+    row.mode = std::string(odp::to_string(mode));
+    row.test = std::move(test);
+    row.size = size;
+    return row;
+}
+
+void add_stats(Row& row, const odp::Stats& stats) {
+    row.pinned_bytes_peak = std::max(row.pinned_bytes_peak, stats.peak_pinned_bytes);
+    row.faults += stats.chunk_faults;
+    row.invalidations += stats.total_invalidations();
+}
+
+LinkSpec write_link(const Peer& peer, std::uint64_t size, std::uint32_t depth) {
+    LinkSpec spec;
+    spec.host = peer.host;
+    spec.port = peer.port;
+    spec.test = oob::TestKind::Write;
+    spec.server_mode = odp::Mode::Pinned;  // the remote side stays the same for every mode
+    spec.message_size = size;
+    spec.buffer_size = next_power_of_two(static_cast<std::size_t>(size)) * depth;
+    spec.depth = depth;
+    spec.pattern_seed = kSeed;
+    return spec;
+}
+
+// translate + post + completion + release of one operation, in microseconds.
+double timed_operation(PeerLink& link, TestMemory& memory, oob::TestKind test, std::size_t offset,
+                       std::size_t size, std::size_t remote_offset) {
+    const auto start = Clock::now();
+    odp::Lease lease = memory.region.translate(memory.buffer.data() + offset, size, 4);
+    post_operation(link, test, lease, link.remote(remote_offset, size), 0);
+    const ibv_wc wc = wait_one(link);
+    if (wc.status != IBV_WC_SUCCESS) {
+        odp::throw_error(EIO,
+                         std::string("RDMA operation failed: ") + ibv_wc_status_str(wc.status));
+    }
+    lease.release();
+    return micros_since(start);
+}
+
+}  // namespace
+
+std::vector<Row> measure_registration(odp::Device& device, odp::Mode mode,
+                                      const std::vector<std::uint64_t>& sizes) {
+    std::vector<Row> rows;
+    for (const std::uint64_t size : sizes) {
+        Row row = base_row(mode, "register", size);
+        try {
+            const odp::RegionOptions options = region_options(mode, 0);
+            const MappedBuffer buffer(static_cast<std::size_t>(size), options.chunk_size, true);
+            // Small sizes are quick and noisy: take the median of a few.
+            const int repeats = size <= (std::uint64_t{1} << 20) ? 5 : 1;
+            std::vector<double> samples;
+            for (int i = 0; i < repeats; ++i) {
+                const auto start = Clock::now();
+                odp::Region region =
+                    device.register_region(buffer.data(), buffer.size(), kBufferAccess, options);
+                samples.push_back(micros_since(start));
+                add_stats(row, region.stats());
+            }
+            row.reg_us = median(samples);
+            row.iterations = static_cast<std::uint64_t>(repeats);
+        } catch (const std::exception& error) {
+            row.error = error.what();
+        }
+        rows.push_back(std::move(row));
+    }
+    return rows;
+}
+
+Row measure_first_touch(odp::Device& device, const Peer& peer, odp::Mode mode, std::uint64_t size,
+                        bool prefetch) {
+    Row row = base_row(mode, prefetch ? "prefetch" : "first_touch", size);
+    row.server_mode = "pinned";
+    try {
+        const auto length = static_cast<std::size_t>(size);
+        const odp::RegionOptions options = region_options(mode, length);
+        TestMemory memory;
+        memory.buffer = MappedBuffer(length, options.chunk_size, true);
+        fill_pattern(memory.buffer.bytes(), kSeed, 0);
+        auto start = Clock::now();
+        memory.region =
+            device.register_region(memory.buffer.data(), length, kBufferAccess, options);
+        row.reg_us = micros_since(start);
+        PeerLink link(device, write_link(peer, size, 1), memory.region.mode());
+        if (prefetch) {
+            start = Clock::now();
+            memory.region.prefetch(memory.buffer.data(), length, odp::Prefetch::Read);
+            row.prefetch_us = micros_since(start);
+        }
+        // First use: translate() alone is what the mode costs to make the
+        // range usable (emulated: registers the chunk; pinned and native: a
+        // lookup, pinned paid at registration, native pays in the NIC later).
+        start = Clock::now();
+        odp::Lease cold = memory.region.translate(memory.buffer.data(), length, 4);
+        row.first_touch_us = micros_since(start);
+        post_operation(link, oob::TestKind::Write, cold, link.remote(0, length), 0);
+        const ibv_wc first = wait_one(link);
+        if (first.status != IBV_WC_SUCCESS) {
+            odp::throw_error(
+                EIO, std::string("first RDMA WRITE failed: ") + ibv_wc_status_str(first.status));
+        }
+        cold.release();
+        row.first_write_us = micros_since(start);
+        std::vector<double> warm;
+        for (int i = 0; i < 5; ++i) {
+            warm.push_back(timed_operation(link, memory, oob::TestKind::Write, 0, length, 0));
+        }
+        row.warm_us = median(warm);
+        row.iterations = 6;
+        const oob::Report report = link.finish(oob::Done{6, 6 * size, kSeed, 1});
+        row.verified_bytes = report.verified_bytes;
+        row.mismatched_bytes = report.mismatched_bytes;
+        add_stats(row, memory.region.stats());
+    } catch (const std::exception& error) {
+        row.error = error.what();
+    }
+    return row;
+}
+
+Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode mode,
+                   std::uint64_t budget, std::uint64_t working_set, std::uint64_t iterations) {
+    constexpr std::size_t kMessage = 64 * 1024;
+    constexpr std::uint32_t kDepth = 16;
+    Row row = base_row(mode, "budget", kMessage);
+    row.server_mode = "pinned";
+    row.budget_bytes = budget;
+    try {
+        const std::shared_ptr<odp::Device> device = odp::Device::open({device_name, budget});
+        const odp::RegionOptions options = region_options(mode, kMessage);
+        TestMemory memory;
+        memory.buffer =
+            MappedBuffer(static_cast<std::size_t>(working_set), options.chunk_size, true);
+        fill_pattern(memory.buffer.bytes(), kSeed, 0);
+        memory.region = device->register_region(memory.buffer.data(), memory.buffer.size(),
+                                                kBufferAccess, options);
+        PeerLink link(*device, write_link(peer, kMessage, kDepth), memory.region.mode());
+        const odp::Stats before = memory.region.stats();
+        WindowSpec spec;
+        spec.test = oob::TestKind::Write;
+        spec.size = kMessage;
+        spec.stride = kMessage;
+        spec.depth = kDepth;
+        spec.count = iterations;
+        spec.local_span = memory.buffer.size();
+        const Window window = run_window(link, memory, spec);
+        const odp::Stats after = memory.region.stats();
+        row.iterations = window.operations;
+        row.bw_MBps =
+            static_cast<double>(window.operations * kMessage) / window.seconds / (1024.0 * 1024.0);
+        const auto hits = static_cast<double>(after.hits - before.hits);
+        const auto misses = static_cast<double>(after.misses - before.misses);
+        row.hit_rate = hits + misses > 0 ? hits / (hits + misses) : 1.0;
+        link.finish(oob::Done{window.operations, window.operations * kMessage, kSeed, 0});
+        add_stats(row, after);
+        row.pinned_bytes_peak =
+            std::max(after.peak_pinned_bytes, device->stats().peak_pinned_bytes);
+        if (row.pinned_bytes_peak > budget) {
+            row.error = "pinned peak " + odp::format_bytes(row.pinned_bytes_peak) +
+                        " exceeded the budget of " + odp::format_bytes(budget);
+        }
+    } catch (const std::exception& error) {
+        row.error = error.what();
+    }
+    return row;
+}
+
+Row measure_remap(odp::Device& device, const Peer& peer, odp::Mode mode, int rounds) {
+    constexpr std::size_t kMessage = 64 * 1024;
+    constexpr std::uint32_t kSlots = 16;
+    constexpr std::size_t kLength = kMessage * kSlots;
+    Row row = base_row(mode, "remap", kMessage);
+    row.server_mode = "pinned";
+    try {
+        const odp::RegionOptions options = region_options(mode, kMessage);
+        TestMemory source;
+        TestMemory target;
+        source.buffer = MappedBuffer(kLength, options.chunk_size, true);
+        target.buffer = MappedBuffer(kLength, options.chunk_size, true);
+        source.region =
+            device.register_region(source.buffer.data(), kLength, kBufferAccess, options);
+        target.region =
+            device.register_region(target.buffer.data(), kLength, kBufferAccess, options);
+        PeerLink link(device, write_link(peer, kMessage, kSlots), source.region.mode());
+        WindowSpec spec;
+        spec.size = kMessage;
+        spec.stride = kMessage;
+        spec.depth = kSlots;
+        spec.count = kSlots;
+        for (int round = 0; round < rounds; ++round) {
+            const std::uint32_t seed = kSeed + static_cast<std::uint32_t>(round);
+            fill_pattern(source.buffer.bytes(), seed, 0);
+            spec.test = oob::TestKind::Write;
+            run_window(link, source, spec);
+            spec.test = oob::TestKind::Read;
+            run_window(link, target, spec);
+            // What the application sees in its current mapping is what counts.
+            row.mismatched_bytes += count_mismatches(target.buffer.bytes(), seed, 0);
+            row.verified_bytes += kLength;
+            row.iterations += 2 * kSlots;
+            // Free and reallocate both buffers at the same addresses.
+            source.buffer.remap(0, kLength);
+            target.buffer.remap(0, kLength);
+        }
+        link.finish(oob::Done{row.iterations, row.iterations * kMessage, kSeed, 0});
+        add_stats(row, source.region.stats());
+        add_stats(row, target.region.stats());
+    } catch (const std::exception& error) {
+        row.error = error.what();
+    }
+    return row;
+}
+
+}  // namespace odp_perf

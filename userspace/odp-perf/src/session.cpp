@@ -1,0 +1,429 @@
+#include "session.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <future>
+#include <iostream>
+#include <mutex>
+#include <odp/error.hpp>
+#include <odp/lease.hpp>
+
+namespace odp_perf {
+namespace {
+
+namespace asio = oob::asio;
+
+constexpr odp::Access kBufferAccess =
+    odp::Access::LocalWrite | odp::Access::RemoteWrite | odp::Access::RemoteRead;
+
+// Runs one coroutine step of the synchronous client to completion.
+template <typename T>
+T run_sync(asio::io_context& io, asio::awaitable<T> step) {
+    auto result = asio::co_spawn(io, std::move(step), asio::use_future);
+    io.restart();
+    io.run();
+    return result.get();
+}
+
+// co_spawn(use_future) needs a default-constructible result: hand the Channel over on the heap.
+asio::awaitable<std::unique_ptr<oob::Channel>> connect_owned(std::string_view host,
+                                                             std::uint16_t port,
+                                                             std::chrono::milliseconds timeout) {
+    oob::Channel channel = co_await oob::connect(host, port, timeout);
+    co_return std::make_unique<oob::Channel>(std::move(channel));
+}
+
+std::size_t slot_stride(std::uint64_t message_size) {
+    return next_power_of_two(static_cast<std::size_t>(message_size));
+}
+
+odp::verbs::RcQueuePair::Options qp_options(std::uint32_t depth) {
+    odp::verbs::RcQueuePair::Options options;
+    options.max_send_wr = depth + 4;
+    options.max_recv_wr = depth + 4;
+    options.max_send_sge = 4;
+    options.max_recv_sge = 4;
+    options.max_rd_atomic = 16;  // RDMA READ bandwidth needs several reads in flight
+    return options;
+}
+
+// The server side of one client's test. Objects are declared in the order
+// that makes their destruction safe: the poller stops first, then leases,
+// QP, CQ, exposure, region and buffer go.
+class ServerSession {
+  public:
+    ServerSession(odp::Device& device, const ServerConfig& config, const oob::Hello& hello)
+        : device_(device), hello_(hello), stride_(slot_stride(hello.message_size)) {
+        if (hello.buffer_size > config.max_buffer_bytes) {
+            odp::throw_error(EMSGSIZE, "client asks for a " + odp::format_bytes(hello.buffer_size) +
+                                           " buffer; this server allows " +
+                                           odp::format_bytes(config.max_buffer_bytes) +
+                                           " (start it with a larger --max-buffer)");
+        }
+        if (hello.buffer_size % stride_ != 0) {
+            odp::throw_error(EINVAL, "buffer_size " + std::to_string(hello.buffer_size) +
+                                         " is not a multiple of the slot stride " +
+                                         std::to_string(stride_));
+        }
+        const odp::Mode mode = device.resolve(to_mode(hello.server_mode), kBufferAccess);
+        const odp::RegionOptions options = region_options(mode, stride_);
+        const auto size = static_cast<std::size_t>(hello.buffer_size);
+        memory_.buffer = MappedBuffer(size, options.chunk_size, true);
+        // Read test: the client fetches the pattern. Otherwise the complement,
+        // so that a byte the client failed to deliver cannot match.
+        fill_pattern(memory_.buffer.bytes(), hello.pattern_seed, 0,
+                     hello.test != oob::TestKind::Read);
+        if (hello.test != oob::TestKind::Read) {
+            expected_ = MappedBuffer(size, page_size(), false);
+            fill_pattern(expected_.bytes(), hello.pattern_seed, 0);
+        }
+        memory_.region =
+            device.register_region(memory_.buffer.data(), size, kBufferAccess, options);
+        exposure_ = memory_.region.expose(memory_.buffer.data(), size);
+        const std::uint32_t depth = std::max<std::uint32_t>(hello.receive_depth, 16);
+        cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(depth * 2 + 16));
+        qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(depth));
+        qp_->connect(from_wire(hello.client));
+        if (hello.test == oob::TestKind::Send) {
+            start_receiving();
+        }
+    }
+
+    ~ServerSession() { stop_receiving(); }
+    ServerSession(const ServerSession&) = delete;
+    ServerSession& operator=(const ServerSession&) = delete;
+
+    oob::Welcome welcome() const {
+        oob::Welcome welcome{to_wire(qp_->local_endpoint(), memory_.region.mode())};
+        for (const odp::RemoteSegment& segment : exposure_.segments()) {
+            welcome.server.ranges.push_back(
+                oob::RemoteRange{segment.address, segment.length, segment.rkey});
+        }
+        return welcome;
+    }
+
+    oob::Report finish(const oob::Done& done) {
+        oob::Report report;
+        if (hello_.test == oob::TestKind::Send) {
+            // Receive completions can trail the sender's by a moment.
+            const auto deadline = std::chrono::steady_clock::now() + 2s;
+            while (received_.load() < done.operations &&
+                   std::chrono::steady_clock::now() < deadline) {
+                std::this_thread::sleep_for(1ms);
+            }
+            stop_receiving();
+            if (receive_error_) {
+                std::rethrow_exception(receive_error_);
+            }
+            report.received_messages = received_.load();
+            report.verified_bytes = verified_bytes_;
+            report.mismatched_bytes = mismatched_bytes_;
+            if (report.received_messages != done.operations) {
+                odp::throw_error(EIO, "client sent " + std::to_string(done.operations) +
+                                          " messages, server received " +
+                                          std::to_string(report.received_messages));
+            }
+        } else if (done.verify != 0) {
+            const std::uint64_t slots = hello_.buffer_size / stride_;
+            const std::uint64_t written = std::min(done.operations, slots);
+            for (std::uint64_t slot = 0; slot < written; ++slot) {
+                const auto [verified, mismatched] = compare_slot(slot * stride_, slot * stride_);
+                report.verified_bytes += verified;
+                report.mismatched_bytes += mismatched;
+            }
+        }
+        if (exposure_.release()) {
+            std::cerr << "odp-perf server: the mapping under the exposed buffer changed during the "
+                         "test\n";
+        }
+        const odp::Stats stats = memory_.region.stats();
+        report.pinned_bytes_peak = stats.peak_pinned_bytes;
+        report.faults = stats.chunk_faults;
+        report.invalidations = stats.total_invalidations();
+        return report;
+    }
+
+  private:
+    std::pair<std::uint64_t, std::uint64_t> compare_slot(std::uint64_t local_offset,
+                                                         std::uint64_t client_offset) const {
+        const auto size = static_cast<std::size_t>(hello_.message_size);
+        const std::uint8_t* got = memory_.buffer.data() + local_offset;
+        const std::uint8_t* want = expected_.data() + client_offset;
+        if (std::memcmp(got, want, size) == 0) {
+            return {size, 0};
+        }
+        std::uint64_t mismatched = 0;
+        for (std::size_t i = 0; i < size; ++i) {
+            mismatched += got[i] != want[i] ? 1 : 0;
+        }
+        return {size, mismatched};
+    }
+
+    void post_receive(std::uint32_t slot) {
+        const std::uintptr_t address = memory_.buffer.address() + std::uintptr_t{slot} * stride_;
+        odp::Lease lease = memory_.region.translate(address, hello_.message_size, 4);
+        qp_->post_recv(lease.sges(), slot);
+        leases_[slot] = std::move(lease);
+    }
+
+    void start_receiving() {
+        const std::uint32_t slots = std::min<std::uint32_t>(
+            hello_.receive_depth, static_cast<std::uint32_t>(hello_.buffer_size / stride_));
+        leases_.resize(slots);
+        for (std::uint32_t slot = 0; slot < slots; ++slot) {
+            post_receive(slot);
+        }
+        const std::uint64_t client_slots = hello_.buffer_size / stride_;
+        poller_ = std::jthread([this, slots, client_slots](std::stop_token stop) {
+            try {
+                std::array<ibv_wc, 16> completions{};
+                while (!stop.stop_requested()) {
+                    const int n = ibv_poll_cq(cq_.get(), static_cast<int>(completions.size()),
+                                              completions.data());
+                    if (n < 0) {
+                        odp::throw_error(EIO, "ibv_poll_cq on the server's receive queue failed");
+                    }
+                    for (int i = 0; i < n; ++i) {
+                        const ibv_wc& wc = completions[static_cast<std::size_t>(i)];
+                        if (wc.status != IBV_WC_SUCCESS) {
+                            odp::throw_error(EIO, std::string("receive completion failed: ") +
+                                                      ibv_wc_status_str(wc.status));
+                        }
+                        const auto slot = static_cast<std::uint32_t>(wc.wr_id);
+                        // RC delivers in order: message n came from client slot n % client_slots.
+                        const std::uint64_t n_th = received_.load();
+                        const auto [verified, mismatched] = compare_slot(
+                            std::uint64_t{slot} * stride_, (n_th % client_slots) * stride_);
+                        verified_bytes_ += verified;
+                        mismatched_bytes_ += mismatched;
+                        leases_[slot].release();
+                        received_.store(n_th + 1);
+                        post_receive(slot % slots);
+                    }
+                }
+            } catch (...) {
+                receive_error_ = std::current_exception();
+            }
+        });
+    }
+
+    void stop_receiving() {
+        if (poller_.joinable()) {
+            poller_.request_stop();
+            poller_.join();
+        }
+    }
+
+    odp::Device& device_;
+    oob::Hello hello_;
+    std::size_t stride_;
+    TestMemory memory_;
+    MappedBuffer expected_;
+    odp::Exposure exposure_;
+    odp::verbs::CqPtr cq_;
+    std::optional<odp::verbs::RcQueuePair> qp_;
+    std::vector<odp::Lease> leases_;
+    std::atomic<std::uint64_t> received_{0};
+    std::uint64_t verified_bytes_ = 0;
+    std::uint64_t mismatched_bytes_ = 0;
+    std::exception_ptr receive_error_;
+    std::jthread poller_;
+};
+
+asio::awaitable<void> serve(std::shared_ptr<odp::Device> device, ServerConfig config,
+                            oob::Channel& channel) {
+    const oob::Hello hello = co_await channel.receive_as<oob::Hello>();
+    if (config.verbose) {
+        std::cerr << "odp-perf server: " << channel.peer() << " asks for " << to_string(hello.test)
+                  << " " << hello.message_size << " B, server mode " << to_string(hello.server_mode)
+                  << "\n";
+    }
+    ServerSession session(*device, config, hello);
+    const oob::Message welcome = session.welcome();
+    co_await channel.send(welcome);
+    const oob::Done done = co_await channel.receive_as<oob::Done>(config.traffic_timeout);
+    const oob::Message report = session.finish(done);
+    co_await channel.send(report);
+}
+
+}  // namespace
+
+odp::Mode to_mode(oob::WireMode mode) {
+    switch (mode) {
+        case oob::WireMode::Pinned:
+            return odp::Mode::Pinned;
+        case oob::WireMode::Native:
+            return odp::Mode::Native;
+        case oob::WireMode::Emulated:
+            return odp::Mode::Emulated;
+        case oob::WireMode::Auto:
+            return odp::Mode::Auto;
+    }
+    return odp::Mode::Auto;
+}
+
+oob::WireMode to_wire(odp::Mode mode) {
+    switch (mode) {
+        case odp::Mode::Pinned:
+            return oob::WireMode::Pinned;
+        case odp::Mode::Native:
+            return oob::WireMode::Native;
+        case odp::Mode::Emulated:
+            return oob::WireMode::Emulated;
+        case odp::Mode::Auto:
+            return oob::WireMode::Auto;
+    }
+    return oob::WireMode::Auto;
+}
+
+oob::Endpoint to_wire(const odp::verbs::Endpoint& endpoint, odp::Mode mode) {
+    oob::Endpoint wire;
+    wire.qp_num = endpoint.qp_num;
+    wire.psn = endpoint.psn;
+    std::memcpy(wire.gid.data(), endpoint.gid.raw, wire.gid.size());
+    wire.lid = endpoint.lid;
+    wire.gid_index = endpoint.gid_index;
+    wire.mtu = static_cast<std::uint8_t>(endpoint.mtu);
+    wire.mode = to_wire(mode);
+    return wire;
+}
+
+odp::verbs::Endpoint from_wire(const oob::Endpoint& wire) {
+    odp::verbs::Endpoint endpoint;
+    endpoint.qp_num = wire.qp_num;
+    endpoint.psn = wire.psn;
+    std::memcpy(endpoint.gid.raw, wire.gid.data(), wire.gid.size());
+    endpoint.lid = wire.lid;
+    endpoint.gid_index = wire.gid_index;
+    endpoint.mtu = static_cast<ibv_mtu>(wire.mtu);  // 1..5, checked by the codec
+    return endpoint;
+}
+
+std::string describe_choice(const odp::Device& device, odp::Mode requested, odp::Access access) {
+    const odp::Mode chosen = device.resolve(requested, access);
+    if (requested != odp::Mode::Auto) {
+        return std::string(odp::to_string(chosen));
+    }
+    return "auto -> " + std::string(odp::to_string(chosen)) +
+           (chosen == odp::Mode::Native
+                ? " (" + std::string(device.name()) + " has native ODP for " +
+                      odp::to_string(access) + ")"
+                : " (" + std::string(device.name()) + " has no native ODP for " +
+                      odp::to_string(access) + ")");
+}
+
+std::vector<odp::Mode> supported_modes(const odp::Device& device, odp::Access access) {
+    std::vector<odp::Mode> modes{odp::Mode::Pinned};
+    if (device.native_covers(access)) {
+        modes.push_back(odp::Mode::Native);
+    }
+    modes.push_back(odp::Mode::Emulated);
+    return modes;
+}
+
+odp::RegionOptions region_options(odp::Mode mode, std::size_t stride) {
+    odp::RegionOptions options;
+    options.mode = mode;
+    options.chunk_size = std::max(options.chunk_size, next_power_of_two(stride));
+    return options;
+}
+
+oob::SessionHandler make_server_session(std::shared_ptr<odp::Device> device,
+                                        const ServerConfig& config) {
+    return [device = std::move(device), config](oob::Channel& channel) {
+        return serve(device, config, channel);
+    };
+}
+
+void run_server(const ServerConfig& config, const std::atomic<bool>& stop,
+                std::function<void(std::uint16_t)> on_listening) {
+    const std::shared_ptr<odp::Device> device = odp::Device::open({config.device, std::nullopt});
+    asio::io_context io;
+    oob::ServerOptions options;
+    options.step_timeout = config.step_timeout;
+    if (config.quiet) {
+        options.log = [](const std::string&) {};
+    }
+    oob::Server server(io, oob::tcp::endpoint(oob::tcp::v4(), config.port),
+                       make_server_session(device, config), options);
+    server.start();
+    if (on_listening) {
+        on_listening(server.port());
+    }
+    while (!stop.load()) {
+        io.run_for(100ms);
+        if (io.stopped()) {
+            io.restart();
+        }
+    }
+    server.stop();
+    io.run_for(1s);  // let the sessions see their sockets close
+}
+
+PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mode) {
+    channel_ = run_sync(io_, connect_owned(spec.host, spec.port, spec.step_timeout));
+    cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(spec.depth * 2 + 16));
+    qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(spec.depth));
+
+    oob::Hello hello;
+    hello.test = spec.test;
+    hello.server_mode = to_wire(spec.server_mode);
+    hello.message_size = spec.message_size;
+    hello.buffer_size = spec.buffer_size;
+    hello.receive_depth = spec.depth;
+    hello.pattern_seed = spec.pattern_seed;
+    hello.client = to_wire(qp_->local_endpoint(), local_mode);
+    const oob::Message hello_message = hello;
+    run_sync(io_, channel_->send(hello_message));
+    const oob::Welcome welcome = run_sync(io_, channel_->receive_as<oob::Welcome>());
+    if (welcome.server.ranges.empty()) {
+        odp::throw_error(EPROTO, "server " + channel_->peer() + " exposed no memory");
+    }
+    ranges_ = welcome.server.ranges;
+    remote_base_ = ranges_.front().address;
+    for (const oob::RemoteRange& range : ranges_) {
+        if (range.address != remote_base_ + remote_size_) {
+            odp::throw_error(
+                EPROTO, "server " + channel_->peer() + " exposed ranges that are not contiguous");
+        }
+        remote_size_ += range.length;
+    }
+    if (remote_size_ < spec.buffer_size) {
+        odp::throw_error(EPROTO, "server exposed " + odp::format_bytes(remote_size_) +
+                                     ", asked for " + odp::format_bytes(spec.buffer_size));
+    }
+    server_mode_ = to_mode(welcome.server.mode);
+    qp_->connect(from_wire(welcome.server));
+}
+
+PeerLink::~PeerLink() {
+    if (channel_) {
+        channel_->close();
+    }
+}
+
+RemoteTarget PeerLink::remote(std::uint64_t offset, std::uint64_t length) const {
+    const std::uint64_t address = remote_base_ + offset;
+    auto it =
+        std::upper_bound(ranges_.begin(), ranges_.end(), address,
+                         [](std::uint64_t a, const oob::RemoteRange& r) { return a < r.address; });
+    if (it == ranges_.begin() || offset + length > remote_size_) {
+        odp::throw_error(ERANGE, "remote offset " + std::to_string(offset) + " + " +
+                                     std::to_string(length) + " outside the server's " +
+                                     odp::format_bytes(remote_size_));
+    }
+    --it;
+    if (address + length > it->address + it->length) {
+        odp::throw_error(ERANGE, "remote range at offset " + std::to_string(offset) + " (" +
+                                     std::to_string(length) + " B) straddles two exposed segments");
+    }
+    return RemoteTarget{address, it->rkey};
+}
+
+oob::Report PeerLink::finish(const oob::Done& done, std::chrono::milliseconds timeout) {
+    const oob::Message message = done;
+    run_sync(io_, channel_->send(message));
+    return run_sync(io_, channel_->receive_as<oob::Report>(timeout));
+}
+
+}  // namespace odp_perf
