@@ -55,12 +55,23 @@ RegionCore::RegionCore(std::shared_ptr<Device> device, const Config& config)
     if (config_.mode == Mode::Emulated) {
         top_size_ = (chunk_count_ + leaf_size - 1) >> leaf_shift;
         top_ = std::make_unique<std::atomic<Leaf*>[]>(top_size_);
-        // The Mirror is wired by the mirror engineer (odp/include/odp/mirror.hpp):
-        // until then an emulated region hears of changes only through
-        // Region::invalidate.
-        monitor_ = config_.monitor == MonitorKind::None
-                       ? "none (the application promised never to change mapped buffers)"
-                       : "none (no invalidation source in this build: call Region::invalidate)";
+        if (config_.mirror || config_.monitor != MonitorKind::None) {
+            if (config_.mirror) {
+                mirror_ = config_.mirror;
+            } else {
+                MirrorOptions options;
+                options.kind = config_.monitor;
+                mirror_ = Mirror::acquire(options);
+            }
+            watch_ = mirror_->watch(config_.range, *this);
+            monitor_ = std::string(to_string(mirror_->kind()));
+            for (const Unwatched& part : watch_.unwatched()) {
+                monitor_ += "; not watched: [" + format_address(part.range.begin) + ", " +
+                            format_address(part.range.end) + ") " + part.why;
+            }
+        } else {
+            monitor_ = "none (the application promised never to change mapped buffers)";
+        }
     } else if (config_.mode == Mode::Native) {
         monitor_ = "not needed (native ODP: the NIC follows the mapping)";
     } else {
@@ -100,6 +111,8 @@ void RegionCore::drop_reference() noexcept {
 }
 
 void RegionCore::close() noexcept {
+    // No callback runs once this returns; everything is made stale below.
+    watch_.reset();
     {
         std::unique_lock lock(dev_.mutex);
         std::erase(dev_.regions, this);
@@ -423,6 +436,12 @@ Lease RegionCore::translate(std::uintptr_t address, std::size_t length, std::siz
         acquire_whole(want, max_sge, lease);
         return lease;
     }
+    // A munmap/madvise/mremap that returned before this call must be seen:
+    // wait for events the source recorded but has not delivered yet (a few
+    // atomic loads when there are none).
+    if (mirror_ && !mirror_->up_to_date()) {
+        mirror_->synchronize();
+    }
     const std::size_t first = chunk_of(want.begin);
     const std::size_t last = chunk_of(want.end - 1);
     const std::size_t count = last - first + 1;
@@ -521,6 +540,24 @@ void RegionCore::register_pieces_locked(Pin& pin, Range span, Range part) {
     bytes_registered_.fetch_add(bytes, std::memory_order_relaxed);
 }
 
+Range RegionCore::arm_locked(Range span, Range part) {
+    if (!watch_) {
+        return span;
+    }
+    // The source must watch what is about to be pinned (userfaultfd only sees
+    // mappings registered with it). If some mapping in the chunk cannot be
+    // watched, pin only the pages asked for, which must be watchable.
+    try {
+        watch_.arm(span);
+        return span;
+    } catch (const Error&) {
+        const std::uintptr_t mask = page_size() - 1;
+        const Range narrow = Range{part.begin & ~mask, (part.end + mask) & ~mask}.intersect(span);
+        watch_.arm(narrow);  // throws the source's error, which says what to do
+        return narrow;
+    }
+}
+
 RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
     misses_.fetch_add(1, std::memory_order_relaxed);
     const std::unique_lock lock(dev_.mutex);
@@ -557,10 +594,11 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
 
         const std::uint64_t seq = slot.seq.load(std::memory_order_seq_cst);
         const std::uint64_t epoch = epoch_.load(std::memory_order_seq_cst);
+        const Range span = arm_locked(chunk_range(chunk), part);
         Pin& pin = allocate_pin_locked();
         pin.chunk = chunk;
         try {
-            register_pieces_locked(pin, chunk_range(chunk), part);
+            register_pieces_locked(pin, span, part);
         } catch (...) {
             return_unused_pin_locked(pin);
             throw;

@@ -223,6 +223,7 @@ class RegionCore final : public InvalidationListener {
     Pin& allocate_pin_locked();
     void return_unused_pin_locked(Pin& pin) noexcept;
     void register_pieces_locked(Pin& pin, Range span, Range part);
+    [[nodiscard]] Range arm_locked(Range span, Range part);
     [[noreturn]] void throw_unmapped(Range part) const;
     bool mark_stale(Pin& pin, bool changed) noexcept;
     bool try_claim(Pin& pin, bool require_stale) noexcept;
@@ -238,6 +239,10 @@ class RegionCore final : public InvalidationListener {
     const std::size_t base_chunk_;
     const std::size_t chunk_count_;
     std::string monitor_;
+    // Emulated regions: the per-process Mirror and this region's watch on it
+    // (reset at close; the Mirror itself lives as long as the core).
+    std::shared_ptr<Mirror> mirror_;
+    Mirror::Watch watch_;
 
     std::atomic<std::int64_t> references_{1};
     std::atomic<std::uint64_t> epoch_{0};  // bumped by invalidate_all
