@@ -676,6 +676,39 @@ TEST_F(MirrorTest, FaultedPageIsNotPinnedMigrationMovesIt) {
     EXPECT_NE(page_pfn(map.data()), pfn_before) << how << " moved the page: it was not pinned";
 }
 
+TEST_F(MirrorTest, MigratePagesMovesTheProcessAndReportsEvents) {
+    if (!std::filesystem::exists("/sys/devices/system/node/node1")) {
+        GTEST_SKIP() << "one NUMA node: migrate_pages has nowhere to go (odp-vm --numa 2)";
+    }
+    Mirror m;
+    Mapping map(4 * kPage);
+    const auto reg = m.add(map);
+    m.fault(reg.id, map.addr(), map.size(), true);
+    map.populate();
+    (void)m.drain();
+    void* pages[1] = {map.data()};
+    int status[1] = {-1};
+    ASSERT_EQ(::syscall(SYS_move_pages, 0, 1, pages, nullptr, status, 0), 0);
+    const int from = status[0];
+    ASSERT_GE(from, 0);
+    const unsigned long old_nodes = 1UL << from;
+    const unsigned long new_nodes = 1UL << (from == 0 ? 1 : 0);
+    const auto pfn_before = page_pfn(map.data());
+    const long left =
+        ::syscall(SYS_migrate_pages, 0, 8 * sizeof(unsigned long), &old_nodes, &new_nodes);
+    // Shared pages (libraries) stay where they are; ours is private.
+    ASSERT_GE(left, 0) << "migrate_pages: " << strerror(errno);
+    const auto events = m.drain();
+    expect_well_formed(events, {reg});
+    EXPECT_EQ(coverage(events, reg.id, {ODP_MIRROR_REASON_CLEAR, ODP_MIRROR_REASON_MIGRATION}),
+              (std::vector<Interval>{{map.addr(), map.addr() + map.size()}}))
+        << describe(events);
+    ASSERT_EQ(::syscall(SYS_move_pages, 0, 1, pages, nullptr, status, 0), 0);
+    EXPECT_EQ(status[0], from == 0 ? 1 : 0) << "the page is on the other node now";
+    EXPECT_NE(page_pfn(map.data()), pfn_before);
+    EXPECT_EQ(map.data()[kPage], 2) << "contents migrated";
+}
+
 TEST_F(MirrorTest, FaultedPageIsNotPinnedPageoutSwapsIt) {
     if (!std::filesystem::exists("/proc/swaps")) {
         GTEST_SKIP() << "no /proc/swaps";
@@ -765,6 +798,45 @@ TEST_F(MirrorTest, FileInheritedByAChildIsRefused) {
     });
     EXPECT_EQ(m.fault(reg.id, map.addr(), kPage, true).pages_present, 1u) << "parent unaffected";
     EXPECT_EQ(m.stats().module.mms, 1u);
+}
+
+TEST_F(MirrorTest, LastCloseAfterTheOwnerExitedFreesEverything) {
+    // The owner registers, forks a holder that inherits the file, and exits
+    // with live regions; the holder closes the file long after the owner's
+    // address space was torn down (the case upstream's struct hmm leaked on).
+    int go[2];
+    ASSERT_EQ(::pipe(go), 0);
+    const pid_t owner = ::fork();
+    ASSERT_GE(owner, 0);
+    if (owner == 0) {
+        try {
+            Mirror m;
+            Mapping map(8 * kPage);
+            const auto reg = m.add(map);
+            m.fault(reg.id, map.addr(), map.size(), true);
+            if (::fork() == 0) {
+                // Holder: keeps the inherited file (and its ring mapping is not
+                // inherited) until the test says go, then exits.
+                char c;
+                _exit(::read(go[0], &c, 1) == 1 ? 0 : 1);
+            }
+            _exit(0);
+        } catch (...) {
+            _exit(1);
+        }
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(owner, &status, 0), owner);
+    ASSERT_EQ(status, 0);
+    auto s = debugfs_stats();
+    EXPECT_EQ(s["module.open_files"], 1) << "the holder still has the file";
+    EXPECT_EQ(s["module.mms"], 1);
+    EXPECT_EQ(s["module.regions"], 1) << "the region lives as long as its file";
+    ASSERT_EQ(::write(go[1], "g", 1), 1);
+    ::close(go[0]);
+    ::close(go[1]);
+    // The holder is the owner's child: reparented, reaped by init; wait for the gauges.
+    EXPECT_TRUE(wait_for(module_gauges_zero)) << "the last close freed the region and odp_mm";
 }
 
 // ---- process exit -----------------------------------------------------------
