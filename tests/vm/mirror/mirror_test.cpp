@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -800,6 +801,59 @@ TEST_F(MirrorTest, FileInheritedByAChildIsRefused) {
     EXPECT_EQ(m.stats().module.mms, 1u);
 }
 
+TEST_F(MirrorTest, FilePassedOverAUnixSocketIsRefused) {
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    Fd parent_end(sv[0]);
+    Fd child_end(sv[1]);
+    // The receiver exists before the file does: nothing is inherited.
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        parent_end.reset();
+        char byte = 0;
+        iovec iov{&byte, 1};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof(control);
+        if (::recvmsg(child_end.get(), &msg, 0) != 1 || CMSG_FIRSTHDR(&msg) == nullptr) {
+            _exit(2);
+        }
+        int fd = -1;
+        std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
+        auto q = sized<odp_mirror_query>();
+        const int err = ::ioctl(fd, ODP_MIRROR_IOC_QUERY, &q) == 0 ? 0 : errno;
+        void* p = ::mmap(nullptr, kPage, PROT_READ, MAP_SHARED, fd, 0);
+        const int map_err = p == MAP_FAILED ? errno : 0;
+        _exit(err == EPERM && map_err == EPERM ? 0 : 1);
+    }
+    child_end.reset();
+    Mirror m;
+    char byte = 'f';
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    const int fd = m.fd();
+    std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    ASSERT_EQ(::sendmsg(parent_end.get(), &msg, 0), 1);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "the receiver's ioctl and mmap must fail with EPERM (status " << status << ")";
+    EXPECT_EQ(m.stats().module.mms, 1u) << "the receiver got no odp_mm of its own";
+}
+
 TEST_F(MirrorTest, LastCloseAfterTheOwnerExitedFreesEverything) {
     // The owner registers, forks a holder that inherits the file, and exits
     // with live regions; the holder closes the file long after the owner's
@@ -913,6 +967,61 @@ TEST_F(MirrorTest, ExitWithLiveRegionsAndFaultsInFlightLeavesNothing) {
 
 TEST_F(MirrorTest, KillWithLiveRegionsAndFaultsInFlightLeavesNothing) {
     exit_with_live_regions_and_faults(true);
+}
+
+// process_mrelease() reaps a dying process's memory the way the OOM reaper
+// does: with a non-blockable notifier range.  The callback must handle it
+// (it only takes spinlocks) and report it as teardown.
+TEST_F(MirrorTest, ReapingADyingProcessIsANonBlockableTeardown) {
+    constexpr long kPidfdOpen = 434;
+    constexpr long kProcessMrelease = 448;
+    const auto before = debugfs_stats();
+    bool reaped = false;
+    for (int attempt = 0; attempt < 5 && !reaped; ++attempt) {
+        int ready[2];
+        ASSERT_EQ(::pipe(ready), 0);
+        const pid_t pid = ::fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            ::close(ready[0]);
+            try {
+                Mirror m;
+                Mapping map(32ULL << 20);
+                map.populate();
+                m.add(map);
+                if (::write(ready[1], "r", 1) != 1) {
+                    _exit(2);
+                }
+                for (;;) {
+                    ::pause();
+                }
+            } catch (...) {
+                _exit(1);
+            }
+        }
+        ::close(ready[1]);
+        char c = 0;
+        ASSERT_EQ(::read(ready[0], &c, 1), 1);
+        ::close(ready[0]);
+        Fd pidfd(static_cast<int>(::syscall(kPidfdOpen, pid, 0)));
+        ASSERT_GE(pidfd.get(), 0) << strerror(errno);
+        ASSERT_EQ(::kill(pid, SIGKILL), 0);
+        // Fails with ESRCH/EINVAL when the child already tore its mm down.
+        (void)::syscall(kProcessMrelease, pidfd.get(), 0);
+        int status = 0;
+        ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+        const auto after = debugfs_stats();
+        reaped = after.at("module.invalidations_nonblocking") >
+                 before.at("module.invalidations_nonblocking");
+    }
+    EXPECT_TRUE(reaped) << "process_mrelease never beat the exit in 5 attempts";
+    EXPECT_TRUE(wait_for(module_gauges_zero));
+    const auto after = debugfs_stats();
+    EXPECT_GE(
+        after.at("module.invalidations_teardown") - before.at("module.invalidations_teardown"),
+        after.at("module.invalidations_nonblocking") -
+            before.at("module.invalidations_nonblocking"))
+        << "every non-blockable invalidation counts as teardown";
 }
 
 // ---- bad arguments ----------------------------------------------------------
