@@ -74,7 +74,6 @@ class MirrorInGuest : public ::testing::TestWithParam<MonitorKind> {
             }
             GTEST_SKIP() << to_string(GetParam()) << " source unavailable here: " << error.what();
         }
-        std::cout << "[ source   ] " << mirror_->description() << "\n";
     }
     void TearDown() override { mirror_.reset(); }
 
@@ -261,7 +260,8 @@ INSTANTIATE_TEST_SUITE_P(Sources, MirrorInGuest,
 
 TEST(MirrorAutoInGuest, AutoPicksTheModuleWhenLoadedElseUserfaultfd) {
     const auto mirror = Mirror::acquire();
-    std::cout << "[ auto     ] " << to_string(mirror->kind()) << "\n";
+    std::cout << "[ auto     ] " << to_string(mirror->kind()) << ": " << mirror->description()
+              << "\n";
     if (guest::module_expected()) {
         EXPECT_EQ(mirror->kind(), MonitorKind::Module);
     } else {
