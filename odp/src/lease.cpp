@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <odp/lease.hpp>
 #include <utility>
 
@@ -16,9 +17,11 @@ Lease& Lease::operator=(Lease&& other) noexcept {
         sge_count_ = std::exchange(other.sge_count_, 0);
         pin_count_ = std::exchange(other.pin_count_, 0);
         heap_ = std::exchange(other.heap_, false);
-        inline_sges_ = other.inline_sges_;
-        inline_rkeys_ = other.inline_rkeys_;
-        inline_pins_ = other.inline_pins_;
+        if (!heap_) {
+            std::copy_n(other.inline_sges_.begin(), sge_count_, inline_sges_.begin());
+            std::copy_n(other.inline_rkeys_.begin(), sge_count_, inline_rkeys_.begin());
+            std::copy_n(other.inline_pins_.begin(), pin_count_, inline_pins_.begin());
+        }
         heap_sges_ = std::move(other.heap_sges_);
         heap_rkeys_ = std::move(other.heap_rkeys_);
         heap_pins_ = std::move(other.heap_pins_);
@@ -26,55 +29,11 @@ Lease& Lease::operator=(Lease&& other) noexcept {
     return *this;
 }
 
-Lease::~Lease() {
-    release();
-}
-
-void Lease::begin(detail::RegionCore* core, std::size_t sge_count, std::size_t pin_count) {
-    core_ = core;
-    sge_count_ = 0;
-    pin_count_ = 0;
-    if (sge_count > inline_capacity || pin_count > inline_capacity) {
-        heap_ = true;
-        heap_sges_ = std::make_unique<ibv_sge[]>(sge_count);
-        heap_rkeys_ = std::make_unique<std::uint32_t[]>(sge_count);
-        heap_pins_ = std::make_unique<detail::Pin*[]>(pin_count);
-    }
-}
-
-ibv_sge* Lease::sge_data() noexcept {
-    return heap_ ? heap_sges_.get() : inline_sges_.data();
-}
-const ibv_sge* Lease::sge_data() const noexcept {
-    return heap_ ? heap_sges_.get() : inline_sges_.data();
-}
-std::uint32_t* Lease::rkey_data() noexcept {
-    return heap_ ? heap_rkeys_.get() : inline_rkeys_.data();
-}
-const std::uint32_t* Lease::rkey_data() const noexcept {
-    return heap_ ? heap_rkeys_.get() : inline_rkeys_.data();
-}
-detail::Pin** Lease::pin_data() noexcept {
-    return heap_ ? heap_pins_.get() : inline_pins_.data();
-}
-
-void Lease::add_sge(std::uint64_t address, std::uint32_t length, std::uint32_t lkey,
-                    std::uint32_t rkey) noexcept {
-    sge_data()[sge_count_] = ibv_sge{address, length, lkey};
-    rkey_data()[sge_count_] = rkey;
-    ++sge_count_;
-}
-
-void Lease::add_pin(detail::Pin* pin) noexcept {
-    pin_data()[pin_count_++] = pin;
-}
-
-std::span<const ibv_sge> Lease::sges() const noexcept {
-    return {sge_data(), sge_count_};
-}
-
-std::span<const std::uint32_t> Lease::rkeys() const noexcept {
-    return {rkey_data(), sge_count_};
+void Lease::allocate(std::size_t sge_count, std::size_t pin_count) {
+    heap_ = true;
+    heap_sges_ = std::make_unique<ibv_sge[]>(sge_count);
+    heap_rkeys_ = std::make_unique<std::uint32_t[]>(sge_count);
+    heap_pins_ = std::make_unique<detail::Pin*[]>(pin_count);
 }
 
 std::size_t Lease::length() const noexcept {

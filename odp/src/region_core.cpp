@@ -37,10 +37,8 @@ std::atomic<unsigned> next_stripe{0};
 
 }  // namespace
 
-unsigned thread_stripe() noexcept {
-    thread_local const unsigned stripe =
-        next_stripe.fetch_add(1, std::memory_order_relaxed) % StripedCounter::stripes;
-    return stripe;
+unsigned assign_stripe() noexcept {
+    return next_stripe.fetch_add(1, std::memory_order_relaxed) % StripedCounter::stripes + 1;
 }
 
 // ---------------------------------------------------------------- lifetime
@@ -430,7 +428,12 @@ RegionCore::Hit RegionCore::try_acquire(std::size_t chunk, Range part) noexcept 
 }
 
 Lease RegionCore::translate(std::uintptr_t address, std::size_t length, std::size_t max_sge) {
-    const Range want = checked_part(address, length, "translate");
+    const std::uintptr_t end = address + length;
+    if (length == 0 || end < address || address < config_.range.begin || end > config_.range.end)
+        [[unlikely]] {
+        (void)checked_part(address, length, "translate");  // throws the precise error
+    }
+    const Range want{address, end};
     Lease lease;
     if (config_.mode != Mode::Emulated) {
         acquire_whole(want, max_sge, lease);

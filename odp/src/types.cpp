@@ -72,6 +72,16 @@ std::string_view to_string(Mode mode) noexcept {
     return "unknown";
 }
 
+Mode parse_mode(std::string_view name) {
+    for (const Mode mode : {Mode::Pinned, Mode::Native, Mode::Emulated, Mode::Auto}) {
+        if (name == to_string(mode)) {
+            return mode;
+        }
+    }
+    throw_error(EINVAL,
+                "unknown mode '" + std::string(name) + "': use pinned, native, emulated or auto");
+}
+
 int to_ibv_access(Access access) noexcept {
     int flags = 0;
     if (has(access, Access::LocalWrite)) {

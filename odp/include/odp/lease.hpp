@@ -36,12 +36,20 @@ class Lease {
     Lease& operator=(Lease&& other) noexcept;
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
-    ~Lease();
+    ~Lease() {
+        if (core_ != nullptr) {
+            release();
+        }
+    }
 
-    // One SGE per chunk (emulated) or per 2 GiB (pinned, native), in address order.
-    [[nodiscard]] std::span<const ibv_sge> sges() const noexcept;
+    // One SGE per chunk (emulated) or per GiB (pinned, native), in address order.
+    [[nodiscard]] std::span<const ibv_sge> sges() const noexcept {
+        return {sge_data(), sge_count_};
+    }
     // The remote key registered for each SGE (same order), for a peer.
-    [[nodiscard]] std::span<const std::uint32_t> rkeys() const noexcept;
+    [[nodiscard]] std::span<const std::uint32_t> rkeys() const noexcept {
+        return {rkey_data(), sge_count_};
+    }
     // Bytes covered (the translated length).
     [[nodiscard]] std::size_t length() const noexcept;
     [[nodiscard]] bool held() const noexcept { return core_ != nullptr; }
@@ -56,23 +64,46 @@ class Lease {
     friend class detail::RegionCore;
     friend class Exposure;
 
-    void begin(detail::RegionCore* core, std::size_t sge_count, std::size_t pin_count);
+    // Inline: these run on the hit path.
+    void begin(detail::RegionCore* core, std::size_t sge_count, std::size_t pin_count) {
+        core_ = core;
+        if (sge_count > inline_capacity || pin_count > inline_capacity) [[unlikely]] {
+            allocate(sge_count, pin_count);
+        }
+    }
+    void allocate(std::size_t sge_count, std::size_t pin_count);
     void add_sge(std::uint64_t address, std::uint32_t length, std::uint32_t lkey,
-                 std::uint32_t rkey) noexcept;
-    void add_pin(detail::Pin* pin) noexcept;
-    [[nodiscard]] ibv_sge* sge_data() noexcept;
-    [[nodiscard]] const ibv_sge* sge_data() const noexcept;
-    [[nodiscard]] std::uint32_t* rkey_data() noexcept;
-    [[nodiscard]] const std::uint32_t* rkey_data() const noexcept;
-    [[nodiscard]] detail::Pin** pin_data() noexcept;
+                 std::uint32_t rkey) noexcept {
+        sge_data()[sge_count_] = ibv_sge{address, length, lkey};
+        rkey_data()[sge_count_] = rkey;
+        ++sge_count_;
+    }
+    void add_pin(detail::Pin* pin) noexcept { pin_data()[pin_count_++] = pin; }
+    [[nodiscard]] ibv_sge* sge_data() noexcept {
+        return heap_ ? heap_sges_.get() : inline_sges_.data();
+    }
+    [[nodiscard]] const ibv_sge* sge_data() const noexcept {
+        return heap_ ? heap_sges_.get() : inline_sges_.data();
+    }
+    [[nodiscard]] std::uint32_t* rkey_data() noexcept {
+        return heap_ ? heap_rkeys_.get() : inline_rkeys_.data();
+    }
+    [[nodiscard]] const std::uint32_t* rkey_data() const noexcept {
+        return heap_ ? heap_rkeys_.get() : inline_rkeys_.data();
+    }
+    [[nodiscard]] detail::Pin** pin_data() noexcept {
+        return heap_ ? heap_pins_.get() : inline_pins_.data();
+    }
 
     detail::RegionCore* core_ = nullptr;
     std::uint32_t sge_count_ = 0;
     std::uint32_t pin_count_ = 0;
     bool heap_ = false;
-    std::array<ibv_sge, inline_capacity> inline_sges_{};
-    std::array<std::uint32_t, inline_capacity> inline_rkeys_{};
-    std::array<detail::Pin*, inline_capacity> inline_pins_{};
+    // Left uninitialised (the hit path does not pay for zeroing them): only
+    // the first sge_count_ / pin_count_ entries are ever read or copied.
+    std::array<ibv_sge, inline_capacity> inline_sges_;
+    std::array<std::uint32_t, inline_capacity> inline_rkeys_;
+    std::array<detail::Pin*, inline_capacity> inline_pins_;
     std::unique_ptr<ibv_sge[]> heap_sges_;
     std::unique_ptr<std::uint32_t[]> heap_rkeys_;
     std::unique_ptr<detail::Pin*[]> heap_pins_;

@@ -65,6 +65,9 @@ enum class Mode : std::uint8_t {
     Auto,      // Native if the device's ODP caps cover the access, Emulated otherwise
 };
 [[nodiscard]] std::string_view to_string(Mode mode) noexcept;
+// "pinned", "native", "emulated", "auto" (as printed by to_string); throws
+// odp::Error(EINVAL) listing the valid names otherwise.
+[[nodiscard]] Mode parse_mode(std::string_view name);
 
 // What a region may be used for (a bit set; maps to IBV_ACCESS_* flags).
 // Every region may be used locally as a send/write source; LocalWrite lets the

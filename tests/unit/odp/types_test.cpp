@@ -59,6 +59,14 @@ TEST(Names, EnumsPrint) {
     EXPECT_EQ(to_string(Access::None), "None");
 }
 
+TEST(Names, ModesParseBack) {
+    for (const Mode mode : {Mode::Pinned, Mode::Native, Mode::Emulated, Mode::Auto}) {
+        EXPECT_EQ(parse_mode(to_string(mode)), mode);
+    }
+    const std::string message = expect_error(EINVAL, [] { (void)parse_mode("odp"); });
+    EXPECT_NE(message.find("pinned, native, emulated or auto"), std::string::npos) << message;
+}
+
 TEST(Access, MapsToVerbsFlags) {
     EXPECT_EQ(to_ibv_access(Access::None), 0);
     EXPECT_EQ(to_ibv_access(Access::RemoteWrite), IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE);

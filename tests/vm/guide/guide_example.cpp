@@ -3,17 +3,16 @@
 // WRITE, poll, release; then let the peer write into an exposed range.
 // It connects an RC queue pair to itself, so one device is enough.
 //
-//   odp-guide-example [device]      (default: the first RDMA device)
-#include <odp/device.hpp>
-#include <odp/error.hpp>
-#include <odp/region.hpp>
-#include <odp/verbs.hpp>
-
+//   odp-guide-example [device [mode]]   (defaults: the first device, auto)
 #include <sys/mman.h>
 
 #include <chrono>
 #include <cstring>
 #include <iostream>
+#include <odp/device.hpp>
+#include <odp/error.hpp>
+#include <odp/region.hpp>
+#include <odp/verbs.hpp>
 
 int main(int argc, char** argv) try {
     using namespace std::chrono_literals;
@@ -40,8 +39,10 @@ int main(int argc, char** argv) try {
         odp::throw_errno("mmap of the example buffers");
     }
     const odp::Access access = odp::Access::LocalWrite | odp::Access::RemoteWrite;
-    odp::Region sources = device->register_region(source, size, access);  // Mode::Auto
-    odp::Region targets = device->register_region(target, size, access);
+    odp::RegionOptions options;  // Mode::Auto: native if the device can, else emulated
+    options.mode = argc > 2 ? odp::parse_mode(argv[2]) : odp::Mode::Auto;
+    odp::Region sources = device->register_region(source, size, access, options);
+    odp::Region targets = device->register_region(target, size, access, options);
     std::cout << "source region: " << sources.describe() << "\n";
 
     // The peer side: expose 1 MiB of `target` (registers and leases it).
