@@ -171,7 +171,7 @@ std::string missing_ops(const DeviceCaps& caps, Access access) {
         }
     };
     if (!caps.odp) {
-        return "ODP itself";
+        return "any operation (the device reports no IBV_ODP_SUPPORT)";
     }
     need(caps.rc.send, "send");
     need(caps.rc.recv, "recv");

@@ -16,7 +16,7 @@
 
 int main(int argc, char** argv) try {
     using namespace std::chrono_literals;
-    constexpr std::size_t size = 8 << 20;
+    constexpr std::size_t size = 3 << 20;  // pinned mode pins both: 6 MiB
 
     // The device, and a queue pair connected to itself (loopback).
     odp::DeviceOptions device_options;
