@@ -464,7 +464,9 @@ void print_table(const CompareResult& result, std::ostream& out) {
             << " bytes stale, " << row.invalidations << " invalidations: "
             << (row.mismatched_bytes == 0 ? "coherent"
                 : row.mode == "pinned"    ? "stale pages (expected: pinned MRs are not coherent)"
-                                          : "STALE DATA")
+                : row.mode == "native" && result.native_check.ran && !result.native_check.ok
+                    ? "wrong bytes (the device's native ODP defect, see the data check above)"
+                    : "STALE DATA")
             << "\n";
     }
 

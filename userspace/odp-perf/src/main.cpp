@@ -19,18 +19,21 @@ namespace {
 using namespace odp_perf;
 
 constexpr const char* kUsage = R"(usage:
-  odp-perf server [--port P] [--device D] [--max-buffer BYTES] [--verbose]
+  odp-perf server [--port P] [--device D] [--max-buffer BYTES] [--exit-after N]
+                  [--verbose]
   odp-perf client HOST [--port P] [--device D] [--test write|read|send]
                   [--size BYTES | --sweep] [--iters N | --duration SECONDS]
                   [--mode pinned|native|emulated|auto] [--peer-mode MODE]
-                  [--lat] [--lat-iters N] [--depth N]
+                  [--lat] [--lat-iters N] [--depth N] [--slots N]
   odp-perf compare [--device D] [--json FILE] [--plot FILE.png] [--quick]
                    [--iters N] [--lat-iters N] [--reg-max BYTES]
                    [--budget BYTES] [--working-set BYTES]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
 verbs device, test write, size 64K, 1000 iterations, mode and peer mode auto.
-client --lat adds a latency phase (p50/p99 of post-to-completion, one in flight).
+client --lat adds a latency phase (p50/p99 of post-to-completion, one in flight);
+--depth: work requests in flight (64); --slots: distinct buffers cycled through
+(default: depth; fewer reuse buffers like perftest, WRITE/READ only).
 compare runs server and client in this process over the device's loopback, for
 every mode the device supports, and prints one table with ratios to pinned
 (schema of --json: docs/compare.md).
@@ -143,6 +146,8 @@ int server_main(Arguments& args) {
             config.device = args.value(arg);
         } else if (arg == "--max-buffer") {
             config.max_buffer_bytes = parse_size(args.value(arg), arg);
+        } else if (arg == "--exit-after") {
+            config.exit_after = parse_size(args.value(arg), arg);
         } else if (arg == "--verbose" || arg == "-v") {
             config.verbose = true;
         } else {
@@ -151,11 +156,12 @@ int server_main(Arguments& args) {
     }
     std::signal(SIGINT, [](int) { g_stop = true; });
     std::signal(SIGTERM, [](int) { g_stop = true; });
-    run_server(config, g_stop, [&](std::uint16_t port) {
+    const bool failed_sessions = run_server(config, g_stop, [&](std::uint16_t port) {
         std::cerr << "odp-perf server: listening on port " << port << " (device "
                   << (config.device.empty() ? "first" : config.device) << ")\n";
     });
-    return 0;
+    // With --exit-after, a session that failed makes the server fail too (scripts rely on it).
+    return config.exit_after != 0 && failed_sessions ? 1 : 0;
 }
 
 void print_client_header(const ClientSpec& spec, const ClientResult& first) {
@@ -194,6 +200,8 @@ int client_main(Arguments& args) {
             latency = true;
         } else if (arg == "--lat-iters") {
             latency_iterations = parse_size(args.value(arg), arg);
+        } else if (arg == "--slots") {
+            spec.slots = static_cast<std::uint32_t>(parse_size(args.value(arg), arg));
         } else if (arg == "--depth") {
             spec.depth = static_cast<std::uint32_t>(parse_size(args.value(arg), arg));
         } else if (!arg.empty() && arg[0] != '-' && spec.host.empty()) {

@@ -335,7 +335,7 @@ oob::SessionHandler make_server_session(std::shared_ptr<odp::Device> device,
     };
 }
 
-void run_server(const ServerConfig& config, const std::atomic<bool>& stop,
+bool run_server(const ServerConfig& config, const std::atomic<bool>& stop,
                 std::function<void(std::uint16_t)> on_listening) {
     const std::shared_ptr<odp::Device> device = odp::Device::open({config.device, std::nullopt});
     asio::io_context io;
@@ -351,6 +351,11 @@ void run_server(const ServerConfig& config, const std::atomic<bool>& stop,
         on_listening(server.port());
     }
     while (!stop.load()) {
+        const oob::ServerCounters& counters = server.counters();
+        if (config.exit_after != 0 && counters.completed + counters.failed >= config.exit_after &&
+            counters.active == 0) {
+            break;
+        }
         io.run_for(100ms);
         if (io.stopped()) {
             io.restart();
@@ -358,6 +363,7 @@ void run_server(const ServerConfig& config, const std::atomic<bool>& stop,
     }
     server.stop();
     io.run_for(1s);  // let the sessions see their sockets close
+    return server.counters().failed != 0;
 }
 
 PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mode) {

@@ -50,7 +50,10 @@ struct ServerConfig {
     std::chrono::milliseconds step_timeout = 10s;
     std::chrono::milliseconds traffic_timeout = 600s;  // wait for Done while traffic runs
     bool verbose = false;
-    bool quiet = false;  // drop per-connection failure logs (compare: its own client ends them)
+    bool quiet = false;
+    std::uint64_t exit_after =
+        0;  // stop after this many sessions ended (0: run until stopped)  // drop per-connection
+            // failure logs (compare: its own client ends them)
 };
 
 // The server's per-client session: Hello -> resources -> Welcome -> (traffic)
@@ -58,8 +61,9 @@ struct ServerConfig {
 oob::SessionHandler make_server_session(std::shared_ptr<odp::Device> device,
                                         const ServerConfig& config);
 
-// Runs `odp-perf server` until `stop` (checked every 100 ms) becomes true.
-void run_server(const ServerConfig& config, const std::atomic<bool>& stop,
+// Runs `odp-perf server` until `stop` (checked every 100 ms) becomes true or
+// config.exit_after sessions ended; returns true if any session failed.
+bool run_server(const ServerConfig& config, const std::atomic<bool>& stop,
                 std::function<void(std::uint16_t)> on_listening = {});
 
 struct LinkSpec {

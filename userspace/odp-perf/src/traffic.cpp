@@ -44,8 +44,8 @@ void check_completion(const ibv_wc& wc, oob::TestKind test) {
 }  // namespace
 
 Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
-    const std::size_t local_span =
-        spec.local_span != 0 ? spec.local_span : spec.stride * spec.depth;
+    const std::uint64_t slots = spec.slots != 0 ? spec.slots : spec.depth;
+    const std::size_t local_span = spec.local_span != 0 ? spec.local_span : spec.stride * slots;
     // Like perftest, only every signal_every-th work request asks for a
     // completion: RC completes in order, so it also completes those before it
     // and their leases are released with it.
@@ -71,8 +71,7 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
             const std::uint64_t op = spec.first_op + posted;
             const std::size_t local_offset =
                 static_cast<std::size_t>(op * spec.stride % local_span);
-            const std::size_t remote_offset =
-                static_cast<std::size_t>(op % spec.depth) * spec.stride;
+            const std::size_t remote_offset = static_cast<std::size_t>(op % slots) * spec.stride;
             const bool last = posted + 1 == spec.count || Clock::now() >= stop_posting_at;
             const bool signaled =
                 last || (posted + 1) % signal_every == 0 || posted + 1 - completed == spec.depth;
@@ -161,7 +160,11 @@ ClientResult run_client_test(odp::Device& device, const ClientSpec& spec) {
     ClientResult result;
     const std::size_t size = static_cast<std::size_t>(spec.size);
     const std::size_t stride = next_power_of_two(size);
-    const std::size_t buffer_size = stride * spec.depth;
+    // SEND needs a receive per message in flight, each in its own buffer.
+    const std::uint32_t slots = spec.test == oob::TestKind::Send || spec.slots == 0
+                                    ? spec.depth
+                                    : std::min(spec.slots, spec.depth);
+    const std::size_t buffer_size = stride * slots;
     result.local_choice = describe_choice(device, spec.mode, kBufferAccess);
     const odp::RegionOptions options =
         region_options(device.resolve(spec.mode, kBufferAccess), stride);
@@ -193,6 +196,7 @@ ClientResult run_client_test(odp::Device& device, const ClientSpec& spec) {
     window_spec.size = size;
     window_spec.stride = stride;
     window_spec.depth = spec.depth;
+    window_spec.slots = slots;
     window_spec.count = spec.depth;
     std::uint64_t operations = run_window(link, memory, window_spec).operations;
     if (spec.bandwidth) {
@@ -214,7 +218,7 @@ ClientResult run_client_test(odp::Device& device, const ClientSpec& spec) {
         std::vector<double> samples;
         samples.reserve(spec.latency_iterations);
         for (std::uint64_t i = 0; i < spec.latency_iterations; ++i) {
-            const std::uint32_t slot = static_cast<std::uint32_t>(operations % spec.depth);
+            const std::uint32_t slot = static_cast<std::uint32_t>(operations % slots);
             const std::size_t offset = std::size_t{slot} * stride;
             const auto start = Clock::now();
             odp::Lease lease = memory.region.translate(memory.buffer.data() + offset, size, 4);
@@ -228,8 +232,8 @@ ClientResult run_client_test(odp::Device& device, const ClientSpec& spec) {
     }
 
     if (spec.test == oob::TestKind::Read) {
-        const std::uint64_t slots = std::min<std::uint64_t>(operations, spec.depth);
-        for (std::uint64_t slot = 0; slot < slots; ++slot) {
+        const std::uint64_t read_slots = std::min<std::uint64_t>(operations, slots);
+        for (std::uint64_t slot = 0; slot < read_slots; ++slot) {
             const std::size_t offset = static_cast<std::size_t>(slot) * stride;
             result.mismatched_bytes += count_mismatches(memory.buffer.bytes().subspan(offset, size),
                                                         spec.pattern_seed, offset);

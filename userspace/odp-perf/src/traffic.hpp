@@ -30,7 +30,10 @@ struct ClientSpec {
     std::optional<double> duration_s;      // instead of iterations (bandwidth)
     std::uint64_t latency_iterations = 0;  // 0: no latency phase
     bool bandwidth = true;
-    std::uint32_t depth = 64;
+    std::uint32_t depth = 64;  // work requests in flight (and server receives)
+    // Distinct message buffers cycled through (0: depth). Fewer slots than
+    // depth reuse buffers like perftest does (WRITE/READ only).
+    std::uint32_t slots = 0;
     odp::Mode mode = odp::Mode::Auto;       // the client's buffer
     odp::Mode peer_mode = odp::Mode::Auto;  // the server's buffer
     std::uint32_t pattern_seed = 0x0d9;
@@ -61,7 +64,8 @@ struct WindowSpec {
     oob::TestKind test = oob::TestKind::Write;
     std::size_t size = 0;
     std::size_t stride = 0;   // next power of two of size
-    std::uint32_t depth = 1;  // in flight; remote slot = op % depth
+    std::uint32_t depth = 1;  // in flight
+    std::uint32_t slots = 0;  // remote slot = op % slots (0: depth)
     std::uint64_t count = 0;
     std::optional<double> duration_s;  // stop posting after this long
     std::size_t local_span = 0;        // local offset = op * stride % span (0: depth * stride)

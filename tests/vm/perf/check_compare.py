@@ -1,0 +1,106 @@
+#!/usr/bin/python3
+"""Checks the JSON of `odp-perf compare` (schema: docs/compare.md).
+
+usage: check_compare.py FILE KERNEL   (KERNEL: 6.1, 6.12 or 7.3)
+Prints one line per failed check and exits 1 if any failed.
+"""
+import json
+import sys
+
+path, kernel = sys.argv[1], sys.argv[2]
+with open(path) as f:
+    doc = json.load(f)
+
+failures = []
+
+
+def check(condition, what):
+    if not condition:
+        failures.append(what)
+    return condition
+
+
+rows = doc["results"]
+expected_modes = ["pinned", "native", "emulated"] if kernel == "7.3" else ["pinned", "emulated"]
+check(doc["modes"] == expected_modes,
+      f"modes {doc['modes']}, expected {expected_modes} on {kernel}")
+native_defect = doc["native_odp_data_check"]["ran"] and not doc["native_odp_data_check"]["ok"]
+required = ["mode", "kernel", "device", "test", "size", "bw_MBps", "lat_us_p50", "lat_us_p99",
+            "reg_us", "first_touch_us", "pinned_bytes_peak", "faults", "invalidations"]
+
+
+def find(mode, test, size=None):
+    return [r for r in rows if r["mode"] == mode and r["test"] == test
+            and (size is None or r["size"] == size)]
+
+
+for row in rows:
+    missing = [k for k in required if k not in row]
+    check(not missing, f"{row.get('mode')} {row.get('test')}: fields missing: {missing}")
+
+for mode in expected_modes:
+    for test in ["write", "read", "send"]:
+        for size in [8, 65536]:
+            found = find(mode, test, size)
+            if not check(len(found) == 1, f"{mode} {test} {size}: {len(found)} rows, expected 1"):
+                continue
+            r = found[0]
+            if not check(r["error"] is None, f"{mode} {test} {size}: {r['error']}"):
+                continue
+            check(r["bw_MBps"] and r["bw_MBps"] > 0, f"{mode} {test} {size}: no bandwidth")
+            check(r["lat_us_p50"] and r["lat_us_p99"] >= r["lat_us_p50"] > 0,
+                  f"{mode} {test} {size}: latency p50 {r['lat_us_p50']} p99 {r['lat_us_p99']}")
+            check(r["verified_bytes"] >= size, f"{mode} {test} {size}: nothing verified")
+            if mode == "native" and native_defect:
+                # Reproduced with plain verbs: the kernel's, reported, not ours.
+                continue
+            check(r["mismatched_bytes"] == 0,
+                  f"{mode} {test} {size}: {r['mismatched_bytes']} bytes arrived wrong")
+    regs = [r for r in find(mode, "register") if r["error"] is None]
+    check(len(regs) >= 4, f"{mode}: only {len(regs)} registration sizes measured")
+    touch = find(mode, "first_touch")
+    check(touch and touch[0]["error"] is None and touch[0]["first_touch_us"] is not None,
+          f"{mode}: first-touch measurement missing ({touch and touch[0]['error']})")
+
+# Emulated chunks fault in on first use and stay within the budget.
+emulated_write = find("emulated", "write", 65536)
+check(emulated_write and emulated_write[0]["faults"] > 0, "emulated write: no chunk faults counted")
+pinned_write = find("pinned", "write", 65536)
+check(pinned_write and pinned_write[0]["faults"] == 0, "pinned write: chunk faults counted")
+budget = find("emulated", "budget")
+if check(len(budget) == 1 and budget[0]["error"] is None,
+         f"emulated budget: {budget and budget[0]['error']}"):
+    b = budget[0]
+    check(0 < b["pinned_bytes_peak"] <= b["budget_bytes"],
+          f"emulated budget: pinned peak {b['pinned_bytes_peak']} vs budget {b['budget_bytes']}")
+    check(0 < b["hit_rate"] < 1, f"emulated budget: hit rate {b['hit_rate']} (expected misses)")
+    check(b["faults"] > b["budget_bytes"] // (2 << 20),
+          f"emulated budget: {b['faults']} faults, the working set did not exceed the budget")
+pinned_budget = find("pinned", "budget")
+check(pinned_budget and pinned_budget[0]["error"] is not None,
+      "pinned budget: a pinned region larger than the budget was accepted")
+
+# Coherence under remap: emulated (and native) see the current mapping; pinned
+# shows stale pages, which proves the check can fail.
+for mode in expected_modes:
+    remap = find(mode, "remap")
+    if not check(len(remap) == 1 and remap[0]["error"] is None,
+                 f"{mode} remap: {remap and remap[0]['error']}"):
+        continue
+    r = remap[0]
+    check(r["verified_bytes"] > 0, f"{mode} remap: nothing verified")
+    if mode == "pinned":
+        check(r["mismatched_bytes"] > 0, "pinned remap: no stale data (the check cannot fail?)")
+    elif mode == "native" and native_defect:
+        continue
+    else:
+        check(r["mismatched_bytes"] == 0,
+              f"{mode} remap: {r['mismatched_bytes']} stale bytes, {r['invalidations']} invalidations")
+
+check(len(doc["goals"]) >= 4, "goals missing")
+for line in failures:
+    print(f"check_compare: {line}")
+print(f"check_compare: {len(rows)} rows, {len(failures)} failed checks"
+      + (" (native ODP data defect reproduced without odp-layer: "
+         + doc["native_odp_data_check"]["detail"] + ")" if native_defect else ""))
+sys.exit(1 if failures else 0)

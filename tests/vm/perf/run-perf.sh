@@ -1,0 +1,111 @@
+#!/bin/bash
+# Guest suite of odp-perf (runs as root inside scripts/odp-vm):
+#   1. a short `odp-perf compare`, its JSON checked by check_compare.py;
+#   2. the perftest cross-check: odp-perf's pinned RDMA WRITE bandwidth at
+#      64 KiB within 15% of ib_write_bw's on the same rxe0 loopback (on 7.3
+#      also native mode against ib_write_bw --odp).
+# usage: run-perf.sh PATH/TO/odp-perf
+set -uo pipefail
+
+perf=$1
+here=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
+kernel=${ODP_VM_KERNEL:?run this in scripts/odp-vm}
+scratch=${ODP_VM_SCRATCH:-/tmp}
+gid_index=${ODP_VM_GID_INDEX:-1}
+failed=0
+
+fail() {
+    echo "FAIL: $*"
+    failed=1
+}
+
+echo "== perf.compare ($kernel)"
+if "$perf" compare --quick --json "$scratch/compare.json" --plot "$scratch/compare.png"; then
+    echo "odp-perf compare: exit 0"
+else
+    fail "odp-perf compare exited $? (data mismatch or error above)"
+fi
+if [ -f "$scratch/compare.json" ]; then
+    /usr/bin/python3 "$here/check_compare.py" "$scratch/compare.json" "$kernel" ||
+        fail "the compare JSON does not hold what it must (lines above)"
+else
+    fail "odp-perf compare wrote no JSON"
+fi
+[ -s "$scratch/compare.png" ] || fail "odp-perf compare drew no plot"
+
+# --- perftest cross-check ---------------------------------------------------
+# Emulation on a shared machine is noisy: see cross_check below.
+port=18515
+wait_port() {
+    for _ in $(seq 100); do
+        ss -ltn 2>/dev/null | grep -q ":$1 " && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ib_write_bw 64 KiB, 1000 iterations, loopback on rxe0; prints BW average (MiB/s).
+perftest_bw() {
+    local p=$((port++)) log
+    log=$(mktemp)
+    ib_write_bw -d rxe0 -x "$gid_index" -F -p "$p" -s 65536 -n 1000 "$@" >/dev/null 2>&1 &
+    local server=$!
+    sleep 3  # perftest's server needs its time under emulation
+    ib_write_bw -d rxe0 -x "$gid_index" -F -p "$p" -s 65536 -n 1000 "$@" 127.0.0.1 >"$log" 2>&1
+    wait "$server"
+    awk '$1 == 65536 { print $4 }' "$log"
+    rm -f "$log"
+}
+
+# odp-perf client, same size and iterations, both sides in `mode`.
+odp_perf_bw() {
+    local mode=$1 p=$((port++)) log
+    log=$(mktemp)
+    "$perf" server --port "$p" >/dev/null 2>&1 &
+    local server=$!
+    wait_port "$p" || { echo 0; kill "$server"; return; }
+    # perftest keeps 128 in flight over the same couple of buffers: so do we.
+    "$perf" client 127.0.0.1 --port "$p" --test write --size 64K --iters 1000 --depth 128 --slots 2 \
+        --mode "$mode" --peer-mode "$mode" >"$log" 2>&1
+    kill "$server"
+    wait "$server" 2>/dev/null
+    awk '$1 == 65536 { print $3 }' "$log"
+    rm -f "$log"
+}
+
+# Five pairs of runs, each pair back to back (ib_write_bw, then odp-perf) so
+# both see the same load; the median of the five ratios is compared.
+cross_check() {
+    local label=$1 mode=$2
+    shift 2
+    local ratios=() ref ours line=""
+    for _ in 1 2 3 4 5; do
+        ref=$(perftest_bw "$@")
+        ours=$(odp_perf_bw "$mode")
+        line+=" $ours/$ref"
+        if [ -n "$ref" ] && [ -n "$ours" ] && awk -v r="$ref" 'BEGIN { exit !(r > 0) }'; then
+            ratios+=("$(awk -v r="$ref" -v o="$ours" 'BEGIN { printf "%.4f", o / r }')")
+        fi
+    done
+    echo "cross-check $label: odp-perf/ib_write_bw MB/s per pair:$line"
+    if [ "${#ratios[@]}" -lt 3 ]; then
+        fail "cross-check $label: only ${#ratios[@]} of 5 pairs produced numbers"
+        return
+    fi
+    local median
+    median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    echo "  ratios ${ratios[*]}, median $median (must be within 0.85..1.15)"
+    awk -v m="$median" 'BEGIN { exit !(m >= 0.85 && m <= 1.15) }' ||
+        fail "cross-check $label: odp-perf is not within 15% of ib_write_bw"
+}
+
+echo "== perf.perftest_crosscheck ($kernel)"
+cross_check "pinned" pinned
+if [ "$kernel" = 7.3 ]; then
+    cross_check "native (--odp)" native --odp
+fi
+
+if [ "$failed" = 0 ]; then
+    echo "vm.perf: all checks passed on $kernel"
+fi
+exit "$failed"
