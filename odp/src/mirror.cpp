@@ -31,6 +31,7 @@
 #include <odp/mirror.hpp>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "sources/source.hpp"
 
@@ -54,6 +55,8 @@ std::string_view to_string(MonitorKind kind) noexcept {
 
 namespace {
 std::atomic<std::uint64_t> next_watch_id{1};
+// Set while this thread delivers events (any Mirror's dispatch pass).
+thread_local bool delivering = false;
 }  // namespace
 
 class Mirror::Core final : public detail::EventSink, public std::enable_shared_from_this<Core> {
@@ -117,6 +120,7 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
     void dispatch_pass() {
         const std::lock_guard dispatch_lock(dispatch_mutex_);
         dispatch_thread_.store(std::this_thread::get_id(), std::memory_order_release);
+        const bool was_delivering = std::exchange(delivering, true);
         std::uint64_t through = 0;
         try {
             through = source_->drain(*this);
@@ -128,6 +132,7 @@ class Mirror::Core final : public detail::EventSink, public std::enable_shared_f
             deliver_overflow();
             through = source_->recorded();
         }
+        delivering = was_delivering;
         dispatch_thread_.store(std::thread::id{}, std::memory_order_release);
         {
             const std::lock_guard lock(sync_mutex_);
@@ -474,7 +479,11 @@ std::shared_ptr<Mirror> Mirror::acquire(const MirrorOptions& options) {
     // exist in this process): a fresh one, once a dying one has closed its
     // source (the module's event ring and userfaultfd registrations are per
     // process).
-    teardown_done.wait(lock, [] { return mirrors_dying == 0; });
+    // Not from inside a callback, though: a dying Mirror may be joining the
+    // very thread that runs it.
+    if (!delivering) {
+        teardown_done.wait(lock, [] { return mirrors_dying == 0; });
+    }
     auto mirror = std::make_shared<Mirror>(options, Private{});
     live_mirror = mirror;
     return mirror;
