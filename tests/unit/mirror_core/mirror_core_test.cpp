@@ -375,6 +375,39 @@ TEST_F(MirrorWatch, TheLastReferenceDroppedInsideACallbackTearsDownCleanly) {
     EXPECT_EQ(fresh->stats().events, 0U);
 }
 
+// A callback acquires while another thread drops the last reference and
+// joins the dispatcher: acquire() must not wait for the dying Mirror (it waits
+// for this very callback).
+TEST_F(MirrorWatch, AcquireInsideACallbackWhileTheMirrorDiesDoesNotDeadlock) {
+    auto mirror = Mirror::acquire(fake_options());
+    std::atomic<bool> in_hook{false};
+    std::atomic<bool> releasing{false};
+    std::atomic<bool> got_fresh{false};
+    std::optional<Mirror::Watch> watch;
+    RecordingListener listener;
+    listener.hook = [&] {
+        watch.reset();  // now only `mirror` holds the Mirror
+        in_hook = true;
+        while (!releasing.load()) {
+            std::this_thread::sleep_for(1ms);
+        }
+        std::this_thread::sleep_for(30ms);  // the destructor is joining us by now
+        const auto fresh = Mirror::acquire(fake_options());
+        got_fresh = fresh != nullptr;
+    };
+    watch.emplace(mirror->watch(Range{0x1000, 0x2000}, listener));
+    mirror->inject(Range{0x1000, 0x2000}, InvalidationReason::Unmap);
+    while (!in_hook.load()) {
+        std::this_thread::sleep_for(1ms);
+    }
+    auto release = std::async(std::launch::async, [&] {
+        releasing = true;
+        mirror.reset();
+    });
+    ASSERT_EQ(release.wait_for(10s), std::future_status::ready) << "deadlock";
+    EXPECT_TRUE(got_fresh.load());
+}
+
 TEST_F(MirrorWatch, DestructorWaitsForItsRunningCallback) {
     const auto mirror = Mirror::acquire(fake_options());
     Gate gate;
