@@ -200,7 +200,8 @@ bool Device::native_covers(Access access) const noexcept {
 Mode Device::resolve(Mode requested, Access access) const {
     switch (requested) {
         case Mode::Auto:
-            return native_covers(access) ? Mode::Native : Mode::Emulated;
+            // Only a native ODP that moved real bytes correctly (DeviceCaps).
+            return native_covers(access) && caps().native_data_ok ? Mode::Native : Mode::Emulated;
         case Mode::Native:
             if (const std::string missing = missing_ops(caps(), access); !missing.empty()) {
                 throw_error(EOPNOTSUPP, std::string(name()) + " has no native ODP for RC " +
@@ -256,8 +257,9 @@ Region Device::register_address_space(Access access, const RegionOptions& option
             config.mode = resolve(Mode::Native, access);
             break;
         case Mode::Auto:
-            config.mode =
-                caps().implicit_odp && native_covers(access) ? Mode::Native : Mode::Emulated;
+            config.mode = caps().implicit_odp && native_covers(access) && caps().native_data_ok
+                              ? Mode::Native
+                              : Mode::Emulated;
             break;
         case Mode::Emulated:
             config.mode = Mode::Emulated;

@@ -8,6 +8,8 @@
 #include <odp/nic.hpp>
 #include <odp/verbs.hpp>
 
+#include "native_check.hpp"
+
 namespace odp {
 
 namespace {
@@ -63,6 +65,15 @@ class VerbsNic final : public Nic {
         caps_.max_mr_size = attr.orig_attr.max_mr_size;
         caps_.max_sge = static_cast<std::uint32_t>(attr.orig_attr.max_sge);
         caps_.prefetch = caps_.odp && probe_prefetch(*pd_);
+        if (caps_.odp && caps_.rc.write && caps_.rc.read) {
+            try {
+                const std::string problems = detail::check_native_odp_data(*context_, *pd_);
+                caps_.native_data_ok = problems.empty();
+                caps_.native_data_check = problems.empty() ? "passed" : "failed: " + problems;
+            } catch (const std::exception& e) {
+                caps_.native_data_check = std::string("not run: ") + e.what();
+            }
+        }
     }
 
     [[nodiscard]] std::string_view name() const noexcept override { return name_; }
@@ -154,7 +165,10 @@ std::string to_string(const DeviceCaps& caps) {
            ", prefetch: " + (caps.prefetch ? "yes" : "no") + ")\n" + "  RC: " + ops(caps.rc) +
            "\n  UC: " + ops(caps.uc) + "\n  UD: " + ops(caps.ud) + "\n  XRC: " + ops(caps.xrc) +
            "\n  max_mr_size: " + format_bytes(caps.max_mr_size) +
-           ", max_sge: " + std::to_string(caps.max_sge) + "\n";
+           ", max_sge: " + std::to_string(caps.max_sge) + "\n" +
+           (caps.native_data_check.empty()
+                ? std::string()
+                : "  native data check: " + caps.native_data_check + "\n");
 }
 
 }  // namespace odp

@@ -38,6 +38,14 @@ struct DeviceCaps {
     TransportOdpCaps xrc;
     std::uint64_t max_mr_size = 0;
     std::uint32_t max_sge = 0;
+    // Whether native ODP moved real bytes correctly in a loopback check run
+    // when the device was opened (RDMA WRITE into and READ from ODP MRs at
+    // sub-page offsets). Mode::Auto picks Native only when it did: rxe on
+    // Linux 7.3 reports ODP yet drops the packets that do not start a page.
+    // native_data_check says "passed", "failed: <what went wrong>", or
+    // "not run: <why>" (then native_data_ok trusts the reported caps).
+    bool native_data_ok = true;
+    std::string native_data_check;
 };
 // Multi-line, human readable ("odp: yes (implicit: no, prefetch: no)\nRC: send recv ...").
 [[nodiscard]] std::string to_string(const DeviceCaps& caps);

@@ -32,6 +32,24 @@ TEST(Modes, AutoPicksNativeOnlyWhenCapsCoverTheAccess) {
     EXPECT_NE(none.find("no IBV_ODP_SUPPORT"), std::string::npos) << none;
 }
 
+TEST(Modes, AutoAvoidsNativeThatFailedItsDataCheck) {
+    DeviceCaps lossy = test::native_caps();
+    lossy.native_data_ok = false;
+    lossy.native_data_check = "failed: RDMA WRITE into an ODP MR: 6144 of 8192 bytes wrong";
+    auto [fake, device] = test::make_device(64 * MiB, lossy);
+    EXPECT_TRUE(device->native_covers(Access::LocalWrite | Access::RemoteWrite));
+    EXPECT_EQ(device->resolve(Mode::Auto, Access::LocalWrite | Access::RemoteWrite),
+              Mode::Emulated);
+    test::Mapping buffer(4 * MiB);
+    const Region region =
+        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, Mode::Auto);
+    EXPECT_EQ(region.mode(), Mode::Emulated);
+    // Asked for by name, native is still given: the caller sees the check in caps.
+    EXPECT_EQ(device->resolve(Mode::Native, Access::LocalWrite), Mode::Native);
+    EXPECT_NE(to_string(device->caps()).find("native data check: failed: RDMA WRITE"),
+              std::string::npos);
+}
+
 TEST(Modes, NativeIsOneOnDemandRegistration) {
     auto [fake, device] = test::make_device(64 * MiB, test::native_caps());
     test::Mapping buffer(8 * MiB);
