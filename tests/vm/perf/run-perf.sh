@@ -75,9 +75,9 @@ odp_perf_bw() {
 
 # Five pairs of runs, each pair back to back (ib_write_bw, then odp-perf) so
 # both see the same load; the median of the five ratios is compared.
-cross_check() {
-    local label=$1 mode=$2
-    shift 2
+cross_check() { # label mode assert|report [ib_write_bw args]
+    local label=$1 mode=$2 verdict=$3
+    shift 3
     local ratios=() ref ours line=""
     for _ in 1 2 3 4 5; do
         ref=$(perftest_bw "$@")
@@ -94,15 +94,23 @@ cross_check() {
     fi
     local median
     median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    if [ "$verdict" = report ]; then
+        echo "  ratios ${ratios[*]}, median $median (reported, not asserted: see below)"
+        return
+    fi
     echo "  ratios ${ratios[*]}, median $median (must be within 0.85..1.15)"
     awk -v m="$median" 'BEGIN { exit !(m >= 0.85 && m <= 1.15) }' ||
         fail "cross-check $label: odp-perf is not within 15% of ib_write_bw"
 }
 
 echo "== perf.perftest_crosscheck ($kernel)"
-cross_check "pinned" pinned
+cross_check "pinned" pinned assert
 if [ "$kernel" = 7.3 ]; then
-    cross_check "native (--odp)" native --odp
+    # rxe's native ODP on 7.3 stores sub-page packets at the start of their
+    # page (odp-perf compare's native data check, and libodp's, show it), so
+    # neither ib_write_bw --odp nor odp-perf moves the right bytes: a
+    # bandwidth ratio between two wrong transfers is reported, not asserted.
+    cross_check "native (--odp)" native report --odp
 fi
 
 if [ "$failed" = 0 ]; then
