@@ -3,16 +3,15 @@
 // Everything runs against odp::FakeNic: the hit path and emulated
 // registration make no NIC call by design, and event application only marks
 // state, so a device would not change what is measured here.
-#include <odp/device.hpp>
-#include <odp/fake_nic.hpp>
-#include <odp/region.hpp>
-
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <odp/device.hpp>
+#include <odp/fake_nic.hpp>
+#include <odp/region.hpp>
 #include <random>
 #include <string>
 

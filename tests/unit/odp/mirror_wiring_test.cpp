@@ -1,10 +1,9 @@
 // Emulated regions and the per-process Mirror (a Fake source here).
+#include <gtest/gtest.h>
+
 #include <odp/device.hpp>
 #include <odp/mirror.hpp>
 #include <odp/region.hpp>
-
-#include <gtest/gtest.h>
-
 #include <thread>
 
 #include "test_support.hpp"
@@ -15,7 +14,7 @@ namespace {
 using test::MiB;
 
 class MirrorWiring : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         MirrorOptions options;
         options.kind = MonitorKind::Fake;

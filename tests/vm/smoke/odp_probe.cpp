@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
         return fail("ibv_alloc_pd", wanted);
     }
     constexpr std::size_t kLength = 1 << 20;
-    void* buffer = mmap(nullptr, kLength, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* buffer =
+        mmap(nullptr, kLength, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (buffer == MAP_FAILED) {
         return fail("mmap 1 MiB", wanted);
     }
