@@ -9,16 +9,16 @@ extern "C" {
 #endif
 
 enum odp_mirror_abi_struct {
-	ODP_ABI_EVENT,
-	ODP_ABI_RING_HEADER,
-	ODP_ABI_RING_CONSUMER,
-	ODP_ABI_QUERY,
-	ODP_ABI_REGISTER,
-	ODP_ABI_UNREGISTER,
-	ODP_ABI_FAULT,
-	ODP_ABI_SNAPSHOT,
-	ODP_ABI_COUNTERS,
-	ODP_ABI_STATS,
+    ODP_ABI_EVENT,
+    ODP_ABI_RING_HEADER,
+    ODP_ABI_RING_CONSUMER,
+    ODP_ABI_QUERY,
+    ODP_ABI_REGISTER,
+    ODP_ABI_UNREGISTER,
+    ODP_ABI_FAULT,
+    ODP_ABI_SNAPSHOT,
+    ODP_ABI_COUNTERS,
+    ODP_ABI_STATS,
 };
 
 size_t odp_mirror_abi_c_size(enum odp_mirror_abi_struct which);
