@@ -671,6 +671,33 @@ void RegionCore::on_invalidate(Range range, InvalidationReason reason) noexcept 
             }
         }
     }
+    fire_exposures(hit, reason);
+}
+
+void RegionCore::on_invalidate_all(InvalidationReason reason) noexcept {
+    invalidations_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+    if (config_.mode == Mode::Emulated) {
+        epoch_.fetch_add(1, std::memory_order_seq_cst);
+        for (std::size_t leaf_index = 0; leaf_index < top_size_; ++leaf_index) {
+            Leaf* leaf = top_[leaf_index].load(std::memory_order_seq_cst);
+            if (leaf == nullptr) {
+                continue;
+            }
+            for (Slot& slot : leaf->slots) {
+                Pin* pin = slot.pin.load(std::memory_order_seq_cst);
+                if (pin != nullptr) {
+                    mark_stale(*pin, true);
+                    slot.pin.compare_exchange_strong(pin, nullptr, std::memory_order_acq_rel);
+                }
+            }
+        }
+    }
+    fire_exposures(config_.range, reason);
+}
+
+// Marks every exposure overlapping `hit` as changed and runs each callback at
+// most once.
+void RegionCore::fire_exposures(Range hit, InvalidationReason reason) noexcept {
     if (exposure_count_.load(std::memory_order_acquire) == 0) {
         return;
     }
@@ -692,48 +719,6 @@ void RegionCore::on_invalidate(Range range, InvalidationReason reason) noexcept 
                 state->callback(hit, reason);
             } catch (const std::exception& error) {
                 log_error(std::string("exposure callback threw (ignored): ") + error.what());
-            } catch (...) {
-                log_error("exposure callback threw (ignored)");
-            }
-        }
-    }
-}
-
-void RegionCore::on_invalidate_all(InvalidationReason reason) noexcept {
-    invalidations_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
-    if (config_.mode == Mode::Emulated) {
-        epoch_.fetch_add(1, std::memory_order_seq_cst);
-        for (std::size_t leaf_index = 0; leaf_index < top_size_; ++leaf_index) {
-            Leaf* leaf = top_[leaf_index].load(std::memory_order_seq_cst);
-            if (leaf == nullptr) {
-                continue;
-            }
-            for (Slot& slot : leaf->slots) {
-                Pin* pin = slot.pin.load(std::memory_order_seq_cst);
-                if (pin != nullptr) {
-                    mark_stale(*pin, true);
-                    slot.pin.compare_exchange_strong(pin, nullptr, std::memory_order_acq_rel);
-                }
-            }
-        }
-    }
-    if (exposure_count_.load(std::memory_order_acquire) == 0) {
-        return;
-    }
-    std::vector<std::shared_ptr<ExposureState>> to_fire;
-    {
-        const std::scoped_lock lock(exposures_mutex_);
-        for (const auto& state : exposures_) {
-            state->changed.store(true, std::memory_order_release);
-            to_fire.push_back(state);
-        }
-    }
-    for (const auto& state : to_fire) {
-        const std::scoped_lock lock(state->mutex);
-        if (!state->released && !state->fired && state->callback) {
-            state->fired = true;
-            try {
-                state->callback(config_.range, reason);
             } catch (...) {
                 log_error("exposure callback threw (ignored)");
             }

@@ -191,6 +191,7 @@ class RegionCore final : public InvalidationListener {
 
     void on_invalidate(Range range, InvalidationReason reason) noexcept override;
     void on_invalidate_all(InvalidationReason reason) noexcept override;
+    void fire_exposures(Range hit, InvalidationReason reason) noexcept;
 
     // Lease support: drops one lease; true if the pin's mapping changed.
     bool release_pin(Pin* pin) noexcept;

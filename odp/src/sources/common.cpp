@@ -44,6 +44,16 @@ bool EventRing::try_pop(Event& event) noexcept {
     return true;
 }
 
+void deliver_queued(EventRing& ring, std::atomic<bool>& overflow, EventSink& sink) {
+    if (overflow.exchange(false, std::memory_order_acq_rel)) {
+        sink.deliver_overflow();
+    }
+    Event event;
+    while (ring.try_pop(event)) {
+        sink.deliver(event);
+    }
+}
+
 UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
     if (this != &other) {
         UniqueFd old(fd_);

@@ -27,13 +27,7 @@ class FakeSource final : public Source {
     std::uint64_t drain(EventSink& sink) override {
         wake_.clear();
         const std::uint64_t through = recorded_.load(std::memory_order_acquire);
-        if (overflow_.exchange(false, std::memory_order_acq_rel)) {
-            sink.deliver_overflow();
-        }
-        Event event;
-        while (ring_.try_pop(event)) {
-            sink.deliver(event);
-        }
+        deliver_queued(ring_, overflow_, sink);
         return through;
     }
 

@@ -84,6 +84,10 @@ class EventRing {
     alignas(64) std::atomic<std::uint64_t> tail_{0};  // written by the consumer
 };
 
+// Hands a queue-based source's pending overflow (clearing it) and then its
+// queued events to `sink`, in that order.
+void deliver_queued(EventRing& ring, std::atomic<bool>& overflow, EventSink& sink);
+
 // A file descriptor owned by exactly one object.
 class UniqueFd {
   public:

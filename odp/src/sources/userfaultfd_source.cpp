@@ -149,13 +149,7 @@ class UserfaultfdSource final : public Source {
         ready_.clear();
         // Everything of batches up to `through` is in the ring before this load.
         const std::uint64_t through = read_through_.load(std::memory_order_acquire);
-        if (overflow_.exchange(false, std::memory_order_acq_rel)) {
-            sink.deliver_overflow();
-        }
-        Event event;
-        while (ring_.try_pop(event)) {
-            sink.deliver(event);
-        }
+        deliver_queued(ring_, overflow_, sink);
         return through;
     }
 
