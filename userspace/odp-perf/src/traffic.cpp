@@ -64,7 +64,8 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
     auto last_progress = start;
     bool posting = true;
     while (posting || completed < posted) {
-        if (posting && (posted >= spec.count || Clock::now() >= stop_posting_at)) {
+        if (posting &&
+            (posted >= spec.count || (spec.duration_s && Clock::now() >= stop_posting_at))) {
             posting = false;
         }
         while (posting && posted - completed < spec.depth && posted < spec.count) {
@@ -72,7 +73,8 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
             const std::size_t local_offset =
                 static_cast<std::size_t>(op * spec.stride % local_span);
             const std::size_t remote_offset = static_cast<std::size_t>(op % slots) * spec.stride;
-            const bool last = posted + 1 == spec.count || Clock::now() >= stop_posting_at;
+            const bool last = posted + 1 == spec.count ||
+                              (spec.duration_s && Clock::now() >= stop_posting_at);
             const bool signaled =
                 last || (posted + 1) % signal_every == 0 || posted + 1 - completed == spec.depth;
             odp::Lease lease =
