@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """Checks the JSON of `odp-perf compare` (schema: docs/compare.md).
 
-usage: check_compare.py FILE KERNEL   (KERNEL: 6.1, 6.12 or 7.3)
+usage: check_compare.py FILE KERNEL MONITOR
+  KERNEL: 6.1, 6.12 or 7.3; MONITOR: the emulated mode's expected invalidation
+  source (module when odp_mirror.ko is loaded, else userfaultfd)
 Prints one line per failed check and exits 1 if any failed.
 """
 import json
 import sys
 
-path, kernel = sys.argv[1], sys.argv[2]
+path, kernel, monitor = sys.argv[1], sys.argv[2], sys.argv[3]
 with open(path) as f:
     doc = json.load(f)
 
@@ -24,6 +26,9 @@ rows = doc["results"]
 expected_modes = ["pinned", "native", "emulated"] if kernel == "7.3" else ["pinned", "emulated"]
 check(doc["modes"] == expected_modes,
       f"modes {doc['modes']}, expected {expected_modes} on {kernel}")
+check(doc["emulated_monitor"].split(";")[0] == monitor,
+      f"emulated mode watched memory with {doc['emulated_monitor']!r}, expected {monitor}")
+check(all(isinstance(r.get("depth"), int) for r in rows), "a row has no integer depth")
 native_defect = doc["native_odp_data_check"]["ran"] and not doc["native_odp_data_check"]["ok"]
 required = ["mode", "kernel", "device", "test", "size", "bw_MBps", "lat_us_p50", "lat_us_p99",
             "reg_us", "first_touch_us", "pinned_bytes_peak", "faults", "invalidations"]

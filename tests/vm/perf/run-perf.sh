@@ -1,13 +1,16 @@
 #!/bin/bash
 # Guest suite of odp-perf (runs as root inside scripts/odp-vm):
-#   1. a short `odp-perf compare`, its JSON checked by check_compare.py;
+#   1. a short `odp-perf compare`, its JSON checked by check_compare.py, with
+#      odp_mirror.ko loaded where it is built for the kernel (the emulated
+#      mode's intended source; userfaultfd elsewhere);
 #   2. the perftest cross-check: odp-perf's pinned RDMA WRITE bandwidth at
 #      64 KiB within 15% of ib_write_bw's on the same rxe0 loopback (on 7.3
 #      also native mode against ib_write_bw --odp).
-# usage: run-perf.sh PATH/TO/odp-perf
+# usage: run-perf.sh PATH/TO/odp-perf PATH/TO/BUILD/kernel-glue
 set -uo pipefail
 
 perf=$1
+module_dir=$2
 here=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 kernel=${ODP_VM_KERNEL:?run this in scripts/odp-vm}
 scratch=${ODP_VM_SCRATCH:-/tmp}
@@ -19,19 +22,30 @@ fail() {
     failed=1
 }
 
-echo "== perf.compare ($kernel)"
+monitor=userfaultfd
+module=$module_dir/$kernel/odp_mirror.ko
+if [ -f "$module" ]; then
+    insmod "$module" || { echo "FAIL: insmod $module"; exit 1; }
+    monitor=module
+fi
+
+echo "== perf.compare ($kernel, emulated mode watched by $monitor)"
 if "$perf" compare --quick --json "$scratch/compare.json" --plot "$scratch/compare.png"; then
     echo "odp-perf compare: exit 0"
 else
     fail "odp-perf compare exited $? (data mismatch or error above)"
 fi
 if [ -f "$scratch/compare.json" ]; then
-    /usr/bin/python3 "$here/check_compare.py" "$scratch/compare.json" "$kernel" ||
+    /usr/bin/python3 "$here/check_compare.py" "$scratch/compare.json" "$kernel" "$monitor" ||
         fail "the compare JSON does not hold what it must (lines above)"
 else
     fail "odp-perf compare wrote no JSON"
 fi
 [ -s "$scratch/compare.png" ] || fail "odp-perf compare drew no plot"
+# Every region, watch and mirror of the run is gone: the module unloads.
+if [ "$monitor" = module ]; then
+    rmmod odp_mirror || fail "rmmod odp_mirror: a reference of the compare run leaked"
+fi
 
 # --- perftest cross-check ---------------------------------------------------
 # Emulation on a shared machine is noisy: see cross_check below.
@@ -75,7 +89,7 @@ odp_perf_bw() {
         --mode "$mode" --peer-mode "$mode" >"$log" 2>&1
     kill "$server"
     wait "$server" 2>/dev/null
-    awk '$1 == 65536 { print $3 }' "$log"
+    awk '$1 == 65536 { print $4 }' "$log"
     rm -f "$log"
 }
 

@@ -16,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <odp/error.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -273,18 +274,30 @@ CompareResult run_compare(const CompareConfig& config) {
     const std::vector<oob::TestKind> tests{oob::TestKind::Write, oob::TestKind::Read,
                                            oob::TestKind::Send};
     const std::vector<std::uint64_t> reg_sizes = registration_sizes(config.reg_max);
-    Progress progress(modes.size() * (tests.size() * config.sizes.size() + reg_sizes.size() + 4));
+    std::vector<std::uint64_t> sizes = config.sizes;
+    if (config.sweep) {
+        std::uint64_t left_out_from = 0;
+        sizes = sweep_sizes(*device, &left_out_from);
+        if (left_out_from != 0) {
+            result.sizes_note = "sizes from " + odp::format_bytes(left_out_from) +
+                                " left out: above half the pinned budget of " +
+                                odp::format_bytes(device->max_pinned_bytes()) + " (" +
+                                device->budget_source() + "); raise it with ulimit -l";
+        }
+    }
+    Progress progress(modes.size() * (tests.size() * sizes.size() + reg_sizes.size() + 4));
 
     // Keeps the per-process Mirror alive between measurements, so that
     // registration times are those of a process that already watches memory.
     const MappedBuffer keepalive_buffer(page_size(), page_size(), true);
     const odp::Region keepalive = device->register_region(
         keepalive_buffer.data(), keepalive_buffer.size(), kBufferAccess, odp::Mode::Emulated);
+    result.emulated_monitor = keepalive.monitor();
 
     for (const odp::Mode mode : modes) {
         const std::string mode_name(odp::to_string(mode));
         for (const oob::TestKind test : tests) {
-            for (const std::uint64_t size : config.sizes) {
+            for (const std::uint64_t size : sizes) {
                 progress.step(mode_name + " " + to_string(test) + " " + std::to_string(size) +
                               " B");
                 ClientSpec spec;
@@ -293,19 +306,26 @@ CompareResult run_compare(const CompareConfig& config) {
                 spec.port = peer.port;
                 spec.test = test;
                 spec.size = size;
-                spec.iterations = config.bw_iterations;
-                spec.latency_iterations = config.lat_iterations;
-                spec.depth = config.depth;
+                // Large messages: fewer iterations (about 256 MiB per
+                // bandwidth run, 32 MiB of latency samples), never under 16.
+                spec.iterations = std::min(
+                    config.bw_iterations, std::max<std::uint64_t>((256ULL << 20) / size, 16));
+                spec.latency_iterations = std::min(
+                    config.lat_iterations, std::max<std::uint64_t>((32ULL << 20) / size, 16));
+                spec.depth = depth_within_budget(*device, size, config.depth);
                 spec.mode = mode;
                 spec.peer_mode = mode;
                 try {
-                    result.rows.push_back(row_from(run_client_test(*device, spec), test, size));
+                    Row row = row_from(run_client_test(*device, spec), test, size);
+                    row.depth = spec.depth;
+                    result.rows.push_back(std::move(row));
                 } catch (const std::exception& error) {
                     Row row;
                     row.mode = mode_name;
                     row.server_mode = mode_name;
                     row.test = to_string(test);
                     row.size = size;
+                    row.depth = spec.depth;
                     row.error = error.what();
                     result.rows.push_back(std::move(row));
                 }
@@ -347,10 +367,17 @@ void print_table(const CompareResult& result, std::ostream& out) {
             << (result.native_check.ok ? "ok" : "FAILED") << ": " << result.native_check.detail
             << "\n";
     }
+    if (!result.emulated_monitor.empty()) {
+        out << "emulated mode's invalidation source: " << result.emulated_monitor << "\n";
+    }
+    if (!result.sizes_note.empty()) {
+        out << "sweep: " << result.sizes_note << "\n";
+    }
     out << "\n";
 
     out << std::left << std::setw(9) << "mode" << std::setw(6) << "test" << std::right
-        << std::setw(8) << "#bytes" << std::setw(12) << "#iterations" << std::setw(13)
+        << std::setw(8) << "#bytes" << std::setw(12) << "#iterations" << std::setw(6) << "depth"
+        << std::setw(13)
         << "BW avg[MB/s]" << std::setw(8) << "ratio" << std::setw(13) << "t_p50[usec]"
         << std::setw(8) << "ratio" << std::setw(13) << "t_p99[usec]" << std::setw(13)
         << "pinned peak" << std::setw(8) << "faults" << std::setw(7) << "inval"
@@ -369,7 +396,8 @@ void print_table(const CompareResult& result, std::ostream& out) {
         auto ratio = [&](const std::optional<double>& mine, const std::optional<double>& base) {
             return (mine && base && *base > 0) ? fixed(*mine / *base, 3) : std::string("-");
         };
-        out << std::setw(12) << row.iterations << std::setw(13) << optional_number(row.bw_MBps)
+        out << std::setw(12) << row.iterations << std::setw(6) << row.depth << std::setw(13)
+            << optional_number(row.bw_MBps)
             << std::setw(8) << ratio(row.bw_MBps, pinned ? pinned->bw_MBps : std::nullopt)
             << std::setw(13) << optional_number(row.lat_us_p50) << std::setw(8)
             << ratio(row.lat_us_p50, pinned ? pinned->lat_us_p50 : std::nullopt) << std::setw(13)
@@ -488,6 +516,8 @@ std::string to_json(const CompareResult& result, const std::string& command_line
     out << "  \"native_odp_data_check\": {\"ran\": " << (result.native_check.ran ? "true" : "false")
         << ", \"ok\": " << (result.native_check.ok ? "true" : "false") << ", \"detail\": \""
         << json_escape(result.native_check.detail) << "\"},\n";
+    out << "  \"emulated_monitor\": \"" << json_escape(result.emulated_monitor) << "\",\n";
+    out << "  \"sizes_note\": \"" << json_escape(result.sizes_note) << "\",\n";
     out << "  \"modes\": [";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
         out << (i ? ", " : "") << "\"" << result.modes[i] << "\"";
@@ -499,6 +529,7 @@ std::string to_json(const CompareResult& result, const std::string& command_line
             << "\", \"kernel\": \"" << json_escape(result.kernel) << "\", \"device\": \""
             << json_escape(result.device) << "\", \"test\": \"" << row.test
             << "\", \"size\": " << row.size << ", \"iterations\": " << row.iterations
+            << ", \"depth\": " << row.depth
             << ", \"bw_MBps\": " << json_number(row.bw_MBps)
             << ", \"lat_us_p50\": " << json_number(row.lat_us_p50)
             << ", \"lat_us_p99\": " << json_number(row.lat_us_p99)
@@ -562,6 +593,22 @@ void plot(const CompareResult& result, const std::string& png_path) {
         traffic << "\n";
     }
     traffic.close();
+    // Bandwidth against message size (a sweep), one file per mode and test.
+    std::set<std::uint64_t> traffic_sizes;
+    for (const Row& row : result.rows) {
+        if (row.test == "write" && row.bw_MBps) {
+            traffic_sizes.insert(row.size);
+        }
+    }
+    const bool sweep = traffic_sizes.size() > 2;
+    for (const std::string& mode : result.modes) {
+        std::ofstream sweep_data(dir / ("sweep-" + mode + ".dat"));
+        for (const Row& row : result.rows) {
+            if (row.mode == mode && row.test == "write" && row.bw_MBps) {
+                sweep_data << row.size << " " << *row.bw_MBps << "\n";
+            }
+        }
+    }
     for (const std::string& mode : result.modes) {
         std::ofstream reg(dir / ("reg-" + mode + ".dat"));
         for (const Row& row : result.rows) {
@@ -575,9 +622,9 @@ void plot(const CompareResult& result, const std::string& png_path) {
         quoted_png += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
     }
     std::ofstream script(dir / "plot.gp");
-    script << "set terminal pngcairo size 1400,500 font ',10'\n"
+    script << "set terminal pngcairo size " << (sweep ? "1400,1000" : "1400,500") << " font ',10'\n"
            << "set output \"" << quoted_png << "\"\n"
-           << "set multiplot layout 1,3 title \"odp-perf compare: " << result.device << ", kernel "
+           << "set multiplot layout " << (sweep ? "2,2" : "1,3") << " title \"odp-perf compare: " << result.device << ", kernel "
            << result.kernel << "\"\n"
            << "set style data histograms\nset style histogram clustered gap 1\n"
            << "set style fill solid 0.8 border -1\nset key top right\nset grid ytics\n"
@@ -598,6 +645,16 @@ void plot(const CompareResult& result, const std::string& png_path) {
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
         script << (i ? ", " : "") << "'" << (dir / ("reg-" + result.modes[i] + ".dat")).string()
                << "' using 1:2 title '" << result.modes[i] << "'";
+    }
+    if (sweep) {
+        script << "\nset title 'RDMA WRITE bandwidth against message size'\nset xlabel "
+                  "'bytes per message'\nset ylabel 'MB/s'\nset logscale x 2\nunset logscale y\n"
+                  "set yrange [0:*]\nplot ";
+        for (std::size_t i = 0; i < result.modes.size(); ++i) {
+            script << (i ? ", " : "") << "'"
+                   << (dir / ("sweep-" + result.modes[i] + ".dat")).string()
+                   << "' using 1:2 title '" << result.modes[i] << "'";
+        }
     }
     script << "\nunset multiplot\n";
     script.close();

@@ -21,6 +21,7 @@ struct CompareConfig {
     std::uint64_t lat_iterations = 300;
     std::uint32_t depth = 32;
     std::vector<std::uint64_t> sizes{8, 65536};      // message sizes for every traffic test
+    bool sweep = false;                              // sizes: 2 B .. 8 MiB (sweep_sizes)
     std::uint64_t reg_max = std::uint64_t{1} << 30;  // registration sweep 4 KiB .. reg_max
     std::uint64_t budget = std::uint64_t{8} << 20;
     std::uint64_t working_set = std::uint64_t{32} << 20;
@@ -41,6 +42,8 @@ struct CompareResult {
     std::string kernel;
     std::string device;
     std::vector<std::string> modes;
+    std::string emulated_monitor;  // the invalidation source emulated mode used
+    std::string sizes_note;        // why a sweep left sizes out ("" if none)
     std::vector<Row> rows;
     std::vector<Goal> goals;
     NativeCheck native_check;

@@ -26,7 +26,7 @@ constexpr const char* kUsage = R"(usage:
                   [--mode pinned|native|emulated|auto] [--peer-mode MODE]
                   [--lat] [--lat-iters N] [--depth N] [--slots N]
   odp-perf compare [--device D] [--json FILE] [--plot FILE.png] [--quick]
-                   [--iters N] [--lat-iters N] [--reg-max BYTES]
+                   [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--reg-max BYTES]
                    [--budget BYTES] [--working-set BYTES]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
@@ -36,7 +36,9 @@ client --lat adds a latency phase (p50/p99 of post-to-completion, one in flight)
 (default: depth; fewer reuse buffers like perftest, WRITE/READ only).
 compare runs server and client in this process over the device's loopback, for
 every mode the device supports, and prints one table with ratios to pinned
-(schema of --json: docs/compare.md).
+(schema of --json: docs/compare.md). Its message sizes: --sizes 8,4K,64K
+(default 8,64K); --sweep: 2 B to 8 MiB (client --sweep too), within half the
+pinned budget, large messages with fewer iterations and fewer in flight.
 )";
 
 [[noreturn]] void usage_error(const std::string& what) {
@@ -217,31 +219,37 @@ int client_main(Arguments& args) {
         usage_error("--size, --iters and --depth must be at least 1");
     }
     spec.latency_iterations = latency ? latency_iterations : 0;
-    std::vector<std::uint64_t> sizes;
-    if (sweep) {
-        for (std::uint64_t size = 2; size <= (1U << 20); size *= 2) {
-            sizes.push_back(size);
-        }
-    } else {
-        sizes.push_back(spec.size);
-    }
     const std::shared_ptr<odp::Device> device = odp::Device::open({spec.device, std::nullopt});
+    std::vector<std::uint64_t> sizes{spec.size};
+    if (sweep) {
+        std::uint64_t left_out_from = 0;
+        sizes = sweep_sizes(*device, &left_out_from);
+        if (left_out_from != 0) {
+            std::cout << "sweep: sizes from " << odp::format_bytes(left_out_from)
+                      << " left out: above half the pinned budget of "
+                      << odp::format_bytes(device->max_pinned_bytes()) << " ("
+                      << device->budget_source() << "); raise it with ulimit -l\n";
+        }
+    }
+    const std::uint32_t depth = spec.depth;
     bool header = false;
     bool data_ok = true;
     for (const std::uint64_t size : sizes) {
         spec.size = size;
+        // A sweep keeps its buffers within the budget; one --size is taken as asked.
+        spec.depth = sweep ? depth_within_budget(*device, size, depth) : depth;
         const ClientResult result = run_client_test(*device, spec);
         if (!header) {
             print_client_header(spec, result);
-            std::cout << " #bytes     #iterations    BW average[MB/sec]   MsgRate[Mpps]";
+            std::cout << " #bytes     #iterations  #in-flight  BW average[MB/sec]   MsgRate[Mpps]";
             if (latency) {
                 std::cout << "   t_min[usec]  t_p50[usec]  t_avg[usec]  t_p99[usec]  t_max[usec]";
             }
             std::cout << "   verified\n";
             header = true;
         }
-        std::cout << " " << std::left << std::setw(11) << size << std::setw(15) << result.operations
-                  << std::setw(21) << std::fixed << std::setprecision(2) << result.bw_MBps
+        std::cout << " " << std::left << std::setw(11) << size << std::setw(13) << result.operations
+                  << std::setw(12) << spec.depth << std::setw(20) << std::fixed << std::setprecision(2) << result.bw_MBps
                   << std::setw(15) << std::setprecision(6) << result.msg_rate_Mpps << std::right;
         if (result.latency) {
             std::cout << std::setprecision(2) << std::setw(12) << result.latency->min_us
@@ -280,6 +288,20 @@ int compare_main(Arguments& args, const std::string& command_line) {
             config.lat_iterations = parse_size(args.value(arg), arg);
         } else if (arg == "--reg-max") {
             config.reg_max = parse_size(args.value(arg), arg);
+        } else if (arg == "--sweep") {
+            config.sweep = true;
+        } else if (arg == "--sizes") {
+            config.sizes.clear();
+            const std::string list = args.value(arg);
+            for (std::size_t begin = 0; begin <= list.size();) {
+                const std::size_t comma = std::min(list.find(',', begin), list.size());
+                const std::uint64_t size = parse_size(list.substr(begin, comma - begin), arg);
+                if (size == 0) {
+                    usage_error("--sizes wants sizes of at least 1 byte, got '" + list + "'");
+                }
+                config.sizes.push_back(size);
+                begin = comma + 1;
+            }
         } else if (arg == "--budget") {
             config.budget = parse_size(args.value(arg), arg);
         } else if (arg == "--working-set") {

@@ -19,6 +19,7 @@ struct Row {
     std::string test;  // write | read | send | register | first_touch | prefetch | budget | remap
     std::uint64_t size = 0;  // bytes per message, or bytes registered
     std::uint64_t iterations = 0;
+    std::uint32_t depth = 0;  // work requests in flight (traffic tests)
     std::optional<double> bw_MBps;
     std::optional<double> lat_us_p50;
     std::optional<double> lat_us_p99;
