@@ -8,7 +8,6 @@
 set(ODP_MIRROR_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/../mirror.cpp
   ${CMAKE_CURRENT_LIST_DIR}/common.cpp
-  ${CMAKE_CURRENT_LIST_DIR}/proc_maps.cpp
   ${CMAKE_CURRENT_LIST_DIR}/fake_source.cpp
   ${CMAKE_CURRENT_LIST_DIR}/none_source.cpp
   ${CMAKE_CURRENT_LIST_DIR}/userfaultfd_source.cpp

@@ -29,7 +29,7 @@
 #include <odp/error.hpp>
 #include <thread>
 
-#include "proc_maps.hpp"
+#include "../memory_map.hpp"
 #include "source.hpp"
 
 namespace odp::detail {
