@@ -308,8 +308,8 @@ CompareResult run_compare(const CompareConfig& config) {
                 spec.size = size;
                 // Large messages: fewer iterations (about 256 MiB per
                 // bandwidth run, 32 MiB of latency samples), never under 16.
-                spec.iterations = std::min(
-                    config.bw_iterations, std::max<std::uint64_t>((256ULL << 20) / size, 16));
+                spec.iterations = std::min(config.bw_iterations,
+                                           std::max<std::uint64_t>((256ULL << 20) / size, 16));
                 spec.latency_iterations = std::min(
                     config.lat_iterations, std::max<std::uint64_t>((32ULL << 20) / size, 16));
                 spec.depth = depth_within_budget(*device, size, config.depth);
@@ -377,10 +377,9 @@ void print_table(const CompareResult& result, std::ostream& out) {
 
     out << std::left << std::setw(9) << "mode" << std::setw(6) << "test" << std::right
         << std::setw(8) << "#bytes" << std::setw(12) << "#iterations" << std::setw(6) << "depth"
-        << std::setw(13)
-        << "BW avg[MB/s]" << std::setw(8) << "ratio" << std::setw(13) << "t_p50[usec]"
-        << std::setw(8) << "ratio" << std::setw(13) << "t_p99[usec]" << std::setw(13)
-        << "pinned peak" << std::setw(8) << "faults" << std::setw(7) << "inval"
+        << std::setw(13) << "BW avg[MB/s]" << std::setw(8) << "ratio" << std::setw(13)
+        << "t_p50[usec]" << std::setw(8) << "ratio" << std::setw(13) << "t_p99[usec]"
+        << std::setw(13) << "pinned peak" << std::setw(8) << "faults" << std::setw(7) << "inval"
         << "  verified\n";
     for (const Row& row : result.rows) {
         if (row.test != "write" && row.test != "read" && row.test != "send") {
@@ -397,9 +396,9 @@ void print_table(const CompareResult& result, std::ostream& out) {
             return (mine && base && *base > 0) ? fixed(*mine / *base, 3) : std::string("-");
         };
         out << std::setw(12) << row.iterations << std::setw(6) << row.depth << std::setw(13)
-            << optional_number(row.bw_MBps)
-            << std::setw(8) << ratio(row.bw_MBps, pinned ? pinned->bw_MBps : std::nullopt)
-            << std::setw(13) << optional_number(row.lat_us_p50) << std::setw(8)
+            << optional_number(row.bw_MBps) << std::setw(8)
+            << ratio(row.bw_MBps, pinned ? pinned->bw_MBps : std::nullopt) << std::setw(13)
+            << optional_number(row.lat_us_p50) << std::setw(8)
             << ratio(row.lat_us_p50, pinned ? pinned->lat_us_p50 : std::nullopt) << std::setw(13)
             << optional_number(row.lat_us_p99) << std::setw(13)
             << odp::format_bytes(row.pinned_bytes_peak) << std::setw(8) << row.faults
@@ -529,8 +528,7 @@ std::string to_json(const CompareResult& result, const std::string& command_line
             << "\", \"kernel\": \"" << json_escape(result.kernel) << "\", \"device\": \""
             << json_escape(result.device) << "\", \"test\": \"" << row.test
             << "\", \"size\": " << row.size << ", \"iterations\": " << row.iterations
-            << ", \"depth\": " << row.depth
-            << ", \"bw_MBps\": " << json_number(row.bw_MBps)
+            << ", \"depth\": " << row.depth << ", \"bw_MBps\": " << json_number(row.bw_MBps)
             << ", \"lat_us_p50\": " << json_number(row.lat_us_p50)
             << ", \"lat_us_p99\": " << json_number(row.lat_us_p99)
             << ", \"reg_us\": " << json_number(row.reg_us)
@@ -624,8 +622,9 @@ void plot(const CompareResult& result, const std::string& png_path) {
     std::ofstream script(dir / "plot.gp");
     script << "set terminal pngcairo size " << (sweep ? "1400,1000" : "1400,500") << " font ',10'\n"
            << "set output \"" << quoted_png << "\"\n"
-           << "set multiplot layout " << (sweep ? "2,2" : "1,3") << " title \"odp-perf compare: " << result.device << ", kernel "
-           << result.kernel << "\"\n"
+           << "set multiplot layout " << (sweep ? "2,2" : "1,3")
+           << " title \"odp-perf compare: " << result.device << ", kernel " << result.kernel
+           << "\"\n"
            << "set style data histograms\nset style histogram clustered gap 1\n"
            << "set style fill solid 0.8 border -1\nset key top right\nset grid ytics\n"
            << "set title 'RDMA bandwidth, 64 KiB messages'\nset ylabel 'MB/s'\nset yrange [0:*]\n"

@@ -249,8 +249,9 @@ int client_main(Arguments& args) {
             header = true;
         }
         std::cout << " " << std::left << std::setw(11) << size << std::setw(13) << result.operations
-                  << std::setw(12) << spec.depth << std::setw(20) << std::fixed << std::setprecision(2) << result.bw_MBps
-                  << std::setw(15) << std::setprecision(6) << result.msg_rate_Mpps << std::right;
+                  << std::setw(12) << spec.depth << std::setw(20) << std::fixed
+                  << std::setprecision(2) << result.bw_MBps << std::setw(15) << std::setprecision(6)
+                  << result.msg_rate_Mpps << std::right;
         if (result.latency) {
             std::cout << std::setprecision(2) << std::setw(12) << result.latency->min_us
                       << std::setw(13) << result.latency->p50_us << std::setw(13)

@@ -94,8 +94,8 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
             const std::size_t local_offset =
                 static_cast<std::size_t>(op * spec.stride % local_span);
             const std::size_t remote_offset = static_cast<std::size_t>(op % slots) * spec.stride;
-            const bool last = posted + 1 == spec.count ||
-                              (spec.duration_s && Clock::now() >= stop_posting_at);
+            const bool last =
+                posted + 1 == spec.count || (spec.duration_s && Clock::now() >= stop_posting_at);
             const bool signaled =
                 last || (posted + 1) % signal_every == 0 || posted + 1 - completed == spec.depth;
             odp::Lease lease =
