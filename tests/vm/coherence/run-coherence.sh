@@ -1,14 +1,17 @@
 #!/bin/bash
 # Runs inside an odp-vm guest as root:
-#   run-coherence.sh <kernel-glue build dir> <odp_coherence_tests> [gtest args...]
+#   run-coherence.sh <kernel-glue build dir> <odp_coherence_tests> <odp_unit_tests> [gtest args...]
 # On kernels the module is built for (6.1, 6.12) loads odp_mirror.ko so that
 # the emulated+module mode runs (and must work), runs every coherence case in
 # this one guest, unloads the module and fails on a BUG/WARNING/Oops in the
-# kernel log.
+# kernel log. Also runs the host unit tests of the mappings reader here, where
+# the kernel decides its path (6.1: the text of /proc/self/maps; 6.12 and
+# 7.3: the PROCMAP_QUERY ioctl).
 set -u
 kglue=$1
 tests=$2
-shift 2
+unit_tests=$3
+shift 3
 fail() {
     echo "run-coherence: FAIL: $*" >&2
     exit 1
@@ -51,6 +54,8 @@ fi
 
 "$tests" "$@"
 status=$?
+[ -x "$unit_tests" ] || fail "$unit_tests is missing: build target odp_unit_tests"
+"$unit_tests" --gtest_filter='MemoryMap*' --gtest_brief=1 || status=1
 
 if [ "$ODP_COHERENCE_MODULE" = 1 ]; then
     rmmod odp_mirror || fail "rmmod odp_mirror (a reference leaked?)"
