@@ -55,7 +55,7 @@ fi
 "$tests" "$@"
 status=$?
 [ -x "$unit_tests" ] || fail "$unit_tests is missing: build target odp_unit_tests"
-"$unit_tests" --gtest_filter='MemoryMap*' --gtest_brief=1 || status=1
+"$unit_tests" --gtest_filter='*MemoryMap*' --gtest_brief=1 || status=1
 
 if [ "$ODP_COHERENCE_MODULE" = 1 ]; then
     rmmod odp_mirror || fail "rmmod odp_mirror (a reference leaked?)"
