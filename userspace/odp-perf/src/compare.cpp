@@ -284,7 +284,7 @@ CompareResult run_compare(const CompareConfig& config) {
             result.sizes_note = "sizes from " + odp::format_bytes(left_out_from) +
                                 " left out: above half the pinned budget of " +
                                 odp::format_bytes(device->max_pinned_bytes()) + " (" +
-                                device->budget_source() + "); raise it with ulimit -l";
+                                device->budget_source() + ")";
         }
     }
     Progress progress(modes.size() * (tests.size() * sizes.size() + reg_sizes.size() + 4));

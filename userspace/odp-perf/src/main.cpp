@@ -228,7 +228,7 @@ int client_main(Arguments& args) {
             std::cout << "sweep: sizes from " << odp::format_bytes(left_out_from)
                       << " left out: above half the pinned budget of "
                       << odp::format_bytes(device->max_pinned_bytes()) << " ("
-                      << device->budget_source() << "); raise it with ulimit -l\n";
+                      << device->budget_source() << ")\n";
         }
     }
     const std::uint32_t depth = spec.depth;
