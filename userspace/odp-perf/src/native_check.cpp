@@ -11,7 +11,11 @@ namespace {
 using namespace std::chrono_literals;
 namespace verbs = odp::verbs;
 
-constexpr std::size_t kLength = 16 * 1024;  // four pages: sub-page packets at every MTU
+constexpr std::size_t kLength = 16 * 1024;  // four pages
+// The transfer starts and ends inside pages, so that packets start inside
+// pages at every path MTU (7.3's rxe ODP misplaces exactly those).
+constexpr std::size_t kOffset = 1000;
+constexpr std::size_t kTransfer = kLength - 2 * kOffset;
 constexpr int kAccess = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
 
 struct Case {
@@ -32,23 +36,25 @@ std::string check_case(ibv_pd& pd, ibv_cq& cq, verbs::RcQueuePair& a, const Case
                                                 kAccess | (c.local_odp ? IBV_ACCESS_ON_DEMAND : 0));
     const verbs::MrPtr remote_mr = verbs::reg_mr(
         pd, remote.data(), kLength, kAccess | (c.local_odp ? 0 : IBV_ACCESS_ON_DEMAND));
-    const ibv_sge sge{local.address(), static_cast<std::uint32_t>(kLength), local_mr->lkey};
+    const ibv_sge sge{local.address() + kOffset, static_cast<std::uint32_t>(kTransfer),
+                      local_mr->lkey};
     if (c.write) {
-        a.post_write({&sge, 1}, remote.address(), remote_mr->rkey, 1);
+        a.post_write({&sge, 1}, remote.address() + kOffset, remote_mr->rkey, 1);
     } else {
-        a.post_read({&sge, 1}, remote.address(), remote_mr->rkey, 1);
+        a.post_read({&sge, 1}, remote.address() + kOffset, remote_mr->rkey, 1);
     }
-    const ibv_wc wc = verbs::wait_completion(cq, 10s);
-    (void)wc;
-    const std::uint64_t wrong = count_mismatches(target.bytes(), seed, 0);
+    // wait_completion throws on a timeout or an error completion.
+    (void)verbs::wait_completion(cq, 10s);
+    const auto moved = target.bytes().subspan(kOffset, kTransfer);
+    const std::uint64_t wrong = count_mismatches(moved, seed, kOffset);
     if (wrong == 0) {
         return {};
     }
-    std::size_t first = 0;
-    while (first < kLength && target.data()[first] == pattern_byte(seed, first)) {
+    std::size_t first = kOffset;
+    while (first < kOffset + kTransfer && target.data()[first] == pattern_byte(seed, first)) {
         ++first;
     }
-    return std::string(c.name) + ": " + std::to_string(wrong) + " of " + std::to_string(kLength) +
+    return std::string(c.name) + ": " + std::to_string(wrong) + " of " + std::to_string(kTransfer) +
            " bytes wrong (first at offset " + std::to_string(first) + ")";
 }
 

@@ -304,12 +304,16 @@ std::string describe_choice(const odp::Device& device, odp::Mode requested, odp:
     if (requested != odp::Mode::Auto) {
         return std::string(odp::to_string(chosen));
     }
-    return "auto -> " + std::string(odp::to_string(chosen)) +
-           (chosen == odp::Mode::Native
-                ? " (" + std::string(device.name()) + " has native ODP for " +
-                      odp::to_string(access) + ")"
-                : " (" + std::string(device.name()) + " has no native ODP for " +
-                      odp::to_string(access) + ")");
+    const std::string name(device.name());
+    std::string why;
+    if (chosen == odp::Mode::Native) {
+        why = name + " has native ODP for " + odp::to_string(access);
+    } else if (device.native_covers(access)) {
+        why = name + "'s native ODP " + device.caps().native_data_check;
+    } else {
+        why = name + " has no native ODP for " + odp::to_string(access);
+    }
+    return "auto -> " + std::string(odp::to_string(chosen)) + " (" + why + ")";
 }
 
 std::vector<odp::Mode> supported_modes(const odp::Device& device, odp::Access access) {

@@ -60,7 +60,10 @@ std::vector<std::uint64_t> sweep_sizes(const odp::Device& device, std::uint64_t*
 std::uint32_t depth_within_budget(const odp::Device& device, std::uint64_t size,
                                   std::uint32_t depth) {
     const std::uint64_t stride = next_power_of_two(static_cast<std::size_t>(size));
-    const std::uint64_t fits = device.max_pinned_bytes() / 2 / stride;
+    // 64 MiB: the compare server's --max-buffer, and plenty to fill a link.
+    const std::uint64_t in_flight =
+        std::min(device.max_pinned_bytes() / 2, std::uint64_t{64} << 20);
+    const std::uint64_t fits = in_flight / stride;
     return static_cast<std::uint32_t>(std::clamp<std::uint64_t>(fits, 1, depth));
 }
 

@@ -63,7 +63,8 @@ struct ClientResult {
 std::vector<std::uint64_t> sweep_sizes(const odp::Device& device, std::uint64_t* left_out_from);
 
 // Work requests in flight for messages of `size`: `depth`, fewer when the
-// buffers they need would take more than half of the pinned budget (>= 1).
+// buffers they need would take more than half of the pinned budget or 64 MiB
+// (at least 1).
 std::uint32_t depth_within_budget(const odp::Device& device, std::uint64_t size,
                                   std::uint32_t depth);
 
