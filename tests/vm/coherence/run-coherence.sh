@@ -38,8 +38,9 @@ esac
 ulimit -l unlimited
 
 # A 4 KiB path MTU (jumbo veth). rxe's native ODP on Linux 7.3 writes every
-# packet of an RDMA WRITE at the start of its page when packets are smaller
-# than a page (1 KiB path MTU on a 1500-byte veth): data loss in the device
+# packet that starts inside a page at the start of that page (all but the
+# first packet of each page at the 1 KiB path MTU of a 1500-byte veth; the
+# cases here use page-aligned buffers, whole at 4 KiB): data loss in the device
 # itself, without any mapping change (NativeOdpDevice.* shows it with plain
 # verbs at the default MTU; docs/compare.md, docs/sources.md). Coherence is
 # about mapping changes, so the suite runs where the device moves bytes right.

@@ -139,8 +139,8 @@ if [ "$kernel" = 7.3 ]; then
     # rxe's native ODP on 7.3 stores sub-page packets at the start of their
     # page (odp-perf compare's native data check, and libodp's, show it):
     # at the default 1 KiB path MTU neither tool would move the right bytes.
-    # With 4 KiB packets every packet fills a page and native ODP is correct
-    # (odp-perf verifies it), so both are compared there.
+    # With 4 KiB packets the page-aligned 64 KiB messages of this check land
+    # right (odp-perf verifies every byte), so both tools are compared there.
     for dev in $(ls /sys/class/net); do
         case $dev in veth*) ip link set "$dev" mtu 9000 || fail "ip link set $dev mtu 9000" ;; esac
     done
