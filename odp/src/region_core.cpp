@@ -338,6 +338,14 @@ void RegionCore::register_whole() {
     const Range range = config_.range;
     int flags = to_ibv_access(config_.access);
     std::uint64_t bytes = 0;
+    const std::uint64_t max_mr_size = device_->caps().max_mr_size;
+    if (!config_.implicit && max_mr_size != 0 && range.length() > max_mr_size) {
+        return_unused_pin_locked(pin);
+        throw_error(E2BIG, what("register", range) + ": " + std::string(device_->name()) +
+                               " registers at most " + format_bytes(max_mr_size) +
+                               " per memory region (max_mr_size): register smaller regions, or "
+                               "use Mode::Emulated (it registers chunks)");
+    }
     try {
         if (config_.mode == Mode::Pinned) {
             dev_.reserve_locked(page_rounded(range), *this, what("register", range));

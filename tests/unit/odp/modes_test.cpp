@@ -103,6 +103,29 @@ TEST(Modes, PinnedRegistersEverythingAtOnce) {
     EXPECT_EQ(device->pinned_bytes(), 0U);
 }
 
+TEST(Modes, RegionsAboveMaxMrSizeAreRefusedClearlyButEmulatedOnesWork) {
+    DeviceCaps caps = test::native_caps();
+    caps.max_mr_size = 4 * MiB;
+    auto [fake, device] = test::make_device(64 * MiB, caps);
+    test::Mapping buffer(8 * MiB);
+    for (const Mode mode : {Mode::Pinned, Mode::Native}) {
+        const std::string message = expect_error(E2BIG, [&] {
+            (void)device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, mode);
+        });
+        EXPECT_NE(message.find("max_mr_size"), std::string::npos) << message;
+        EXPECT_NE(message.find("Mode::Emulated"), std::string::npos) << message;
+    }
+    EXPECT_EQ(fake->live_registrations().size(), 0U);
+    EXPECT_EQ(device->pinned_bytes(), 0U);
+    RegionOptions options;
+    options.mode = Mode::Emulated;
+    options.monitor = MonitorKind::None;
+    Region region =
+        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, options);
+    Lease lease = region.translate(buffer.data(), 8 * MiB);
+    EXPECT_EQ(lease.sges().size(), 4U) << "2 MiB chunks, each within max_mr_size";
+}
+
 TEST(Modes, PinnedFailureLeaksNothing) {
     auto [fake, device] = test::make_device(16 * MiB);
     test::Mapping buffer(4 * MiB);

@@ -296,10 +296,12 @@ CompareResult run_compare(const CompareConfig& config) {
         keepalive_buffer.data(), keepalive_buffer.size(), kBufferAccess, odp::Mode::Emulated);
     result.emulated_monitor = keepalive.monitor();
 
-    for (const odp::Mode mode : modes) {
-        const std::string mode_name(odp::to_string(mode));
-        for (const oob::TestKind test : tests) {
-            for (const std::uint64_t size : sizes) {
+    // Modes take turns at each test and size, so that the machine's drift over
+    // a long run (load, memory) does not fall on one mode.
+    for (const oob::TestKind test : tests) {
+        for (const std::uint64_t size : sizes) {
+            for (const odp::Mode mode : modes) {
+                const std::string mode_name(odp::to_string(mode));
                 progress.step(mode_name + " " + to_string(test) + " " + std::to_string(size) +
                               " B");
                 ClientSpec spec;
@@ -334,14 +336,17 @@ CompareResult run_compare(const CompareConfig& config) {
             }
         }
     }
-    for (const odp::Mode mode : modes) {
-        const std::string mode_name(odp::to_string(mode));
-        for (const std::uint64_t size : reg_sizes) {
-            progress.step(mode_name + " register " + odp::format_bytes(size));
+    for (const std::uint64_t size : reg_sizes) {
+        for (const odp::Mode mode : modes) {
+            progress.step(std::string(odp::to_string(mode)) + " register " +
+                          odp::format_bytes(size));
             for (Row& row : measure_registration(*device, mode, {size})) {
                 result.rows.push_back(std::move(row));
             }
         }
+    }
+    for (const odp::Mode mode : modes) {
+        const std::string mode_name(odp::to_string(mode));
         progress.step(mode_name + " first touch");
         result.rows.push_back(measure_first_touch(*device, peer, mode, 2 << 20, false));
         progress.step(mode_name + " prefetch");
