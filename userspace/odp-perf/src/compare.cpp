@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "sweep.hpp"
 #include "traffic.hpp"
 
 namespace odp_perf {
@@ -278,10 +279,10 @@ CompareResult run_compare(const CompareConfig& config) {
     const std::vector<std::uint64_t> reg_sizes = registration_sizes(config.reg_max);
     std::vector<std::uint64_t> sizes = config.sizes;
     if (config.sweep) {
-        std::uint64_t left_out_from = 0;
-        sizes = sweep_sizes(*device, &left_out_from);
-        if (left_out_from != 0) {
-            result.sizes_note = "sizes from " + odp::format_bytes(left_out_from) +
+        const Sweep sweep = sweep_sizes(device->max_pinned_bytes());
+        sizes = sweep.sizes;
+        if (sweep.left_out_from != 0) {
+            result.sizes_note = "sizes from " + odp::format_bytes(sweep.left_out_from) +
                                 " left out: above half the pinned budget of " +
                                 odp::format_bytes(device->max_pinned_bytes()) + " (" +
                                 device->budget_source() + ")";
@@ -316,7 +317,7 @@ CompareResult run_compare(const CompareConfig& config) {
                                            std::max<std::uint64_t>((256ULL << 20) / size, 16));
                 spec.latency_iterations = std::min(
                     config.lat_iterations, std::max<std::uint64_t>((32ULL << 20) / size, 16));
-                spec.depth = depth_within_budget(*device, size, config.depth);
+                spec.depth = depth_within_budget(device->max_pinned_bytes(), size, config.depth);
                 spec.mode = mode;
                 spec.peer_mode = mode;
                 try {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "compare.hpp"
+#include "sweep.hpp"
 #include "traffic.hpp"
 
 namespace {
@@ -222,10 +223,10 @@ int client_main(Arguments& args) {
     const std::shared_ptr<odp::Device> device = odp::Device::open({spec.device, std::nullopt});
     std::vector<std::uint64_t> sizes{spec.size};
     if (sweep) {
-        std::uint64_t left_out_from = 0;
-        sizes = sweep_sizes(*device, &left_out_from);
-        if (left_out_from != 0) {
-            std::cout << "sweep: sizes from " << odp::format_bytes(left_out_from)
+        const Sweep all = sweep_sizes(device->max_pinned_bytes());
+        sizes = all.sizes;
+        if (all.left_out_from != 0) {
+            std::cout << "sweep: sizes from " << odp::format_bytes(all.left_out_from)
                       << " left out: above half the pinned budget of "
                       << odp::format_bytes(device->max_pinned_bytes()) << " ("
                       << device->budget_source() << ")\n";
@@ -237,7 +238,7 @@ int client_main(Arguments& args) {
     for (const std::uint64_t size : sizes) {
         spec.size = size;
         // A sweep keeps its buffers within the budget; one --size is taken as asked.
-        spec.depth = sweep ? depth_within_budget(*device, size, depth) : depth;
+        spec.depth = sweep ? depth_within_budget(device->max_pinned_bytes(), size, depth) : depth;
         const ClientResult result = run_client_test(*device, spec);
         if (!header) {
             print_client_header(spec, result);

@@ -1,7 +1,6 @@
 #include "traffic.hpp"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <numeric>
 #include <odp/error.hpp>
@@ -43,29 +42,6 @@ void check_completion(const ibv_wc& wc, oob::TestKind test) {
 }
 
 }  // namespace
-
-std::vector<std::uint64_t> sweep_sizes(const odp::Device& device, std::uint64_t* left_out_from) {
-    constexpr std::uint64_t largest = std::uint64_t{8} << 20;
-    const std::uint64_t cap = std::min(largest, std::bit_floor(device.max_pinned_bytes() / 2));
-    std::vector<std::uint64_t> sizes;
-    for (std::uint64_t size = 2; size <= cap; size *= 2) {
-        sizes.push_back(size);
-    }
-    if (left_out_from != nullptr) {
-        *left_out_from = cap < largest ? std::max<std::uint64_t>(cap * 2, 2) : 0;
-    }
-    return sizes;
-}
-
-std::uint32_t depth_within_budget(const odp::Device& device, std::uint64_t size,
-                                  std::uint32_t depth) {
-    const std::uint64_t stride = next_power_of_two(static_cast<std::size_t>(size));
-    // 64 MiB: the compare server's --max-buffer, and plenty to fill a link.
-    const std::uint64_t in_flight =
-        std::min(device.max_pinned_bytes() / 2, std::uint64_t{64} << 20);
-    const std::uint64_t fits = in_flight / stride;
-    return static_cast<std::uint32_t>(std::clamp<std::uint64_t>(fits, 1, depth));
-}
 
 Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
     const std::uint64_t slots = spec.slots != 0 ? spec.slots : spec.depth;

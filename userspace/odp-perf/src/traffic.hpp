@@ -56,18 +56,6 @@ struct ClientResult {
     oob::Report server_report;
 };
 
-// Message sizes of a sweep, as perftest's -a: powers of two from 2 B up to
-// 8 MiB, but never above half of `device`'s pinned budget, because pinned and
-// emulated buffers count against it (and a message must fit with another in
-// flight). `left_out_from` receives the smallest size left out (0: none).
-std::vector<std::uint64_t> sweep_sizes(const odp::Device& device, std::uint64_t* left_out_from);
-
-// Work requests in flight for messages of `size`: `depth`, fewer when the
-// buffers they need would take more than half of the pinned budget or 64 MiB
-// (at least 1).
-std::uint32_t depth_within_budget(const odp::Device& device, std::uint64_t size,
-                                  std::uint32_t depth);
-
 // One client test against a server: connects, warms up, measures bandwidth
 // and/or latency, has every byte verified, returns the numbers.
 ClientResult run_client_test(odp::Device& device, const ClientSpec& spec);
