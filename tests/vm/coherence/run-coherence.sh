@@ -46,11 +46,8 @@ ulimit -l unlimited
 # about mapping changes, so the suite runs where the device moves bytes right.
 # ODP_COHERENCE_MTU=default keeps the netdev's MTU (and shows the bug on 7.3).
 if [ "${ODP_COHERENCE_MTU:-jumbo}" = jumbo ]; then
-    for dev in $(ls /sys/class/net); do
-        case $dev in veth*) ip link set "$dev" mtu 9000 || fail "ip link set $dev mtu 9000" ;; esac
-    done
-    sleep 1
-    ibv_devinfo -d rxe0 | grep -E 'active_mtu' | sed 's/^[[:space:]]*/run-coherence: rxe0 /'
+    "$(dirname "$(readlink -f "$0")")/../../../userspace/vm/rxe-mtu" 9000 ||
+        fail "rxe0 did not take a 4 KiB path MTU"
 fi
 
 "$tests" "$@"
