@@ -34,10 +34,34 @@ expect unknown_kernel_refused 125 $? 'grep -q "unknown kernel .5.4." "$out/err"'
 "$odp_vm" --kernel 6.1 2>"$out/err"
 expect missing_command_refused 125 $? 'grep -q "no command given" "$out/err"'
 
+# A guest that dies before its command starts is booted once more, saying so;
+# twice is an error.  The stand-in QEMU fails its first start only.
+mkdir -p "$out/share"
+real_qemu=$(command -v qemu-system-x86_64)
+printf '#!/bin/bash\n[[ -e %q ]] && exec %q "$@"\ntouch %q\nexit 1\n' \
+    "$out/qemu-died" "$real_qemu" "$out/qemu-died" >"$out/qemu-dies-once"
+printf '#!/bin/sh\nexit 1\n' >"$out/qemu-dies"
+chmod +x "$out/qemu-dies-once" "$out/qemu-dies"
+ODP_VM_QEMU=$out/qemu-dies-once "$odp_vm" --kernel 6.1 --share "$out/share" -- \
+    bash -c "echo ran >>$out/share/runs; exit 5" 2>"$out/err"
+expect boot_death_retried_once 5 $? \
+    'grep -q "stopped while booting, before the command started" "$out/err" &&
+     grep -q "booting it once more" "$out/err" && [[ $(cat "$out/share/runs") == ran ]]'
+ODP_VM_QEMU=$out/qemu-dies "$odp_vm" --kernel 6.1 -- true 2>"$out/err"
+expect boot_death_twice_is_an_error 125 $? \
+    '[[ $(grep -c "booting it once more" "$out/err") == 1 ]] &&
+     grep -q "stopped without reporting a status" "$out/err"'
+# A guest whose kernel dies once the command has started is never booted
+# again: the command must not run twice.
+"$odp_vm" --kernel 6.1 --share "$out/share" -- \
+    bash -c "echo ran >>$out/share/crash-runs; echo c >/proc/sysrq-trigger; sleep 60" 2>"$out/err"
+expect crash_after_start_not_retried 125 $? \
+    '! grep -q "booting it once more" "$out/err" && grep -q "stopped without reporting a status" "$out/err" &&
+     [[ $(cat "$out/share/crash-runs") == ran ]]'
+
 "$odp_vm" --kernel 6.1 --timeout 3 -- sleep 600 >"$out/stdout" 2>"$out/err"
 expect timeout_exits_124 124 $? 'grep -q "did not finish within 3 s" "$out/err"'
 
-mkdir -p "$out/share"
 "$odp_vm" --kernel 6.1 --share "$out/share" -- bash -c \
     'echo to-stdout; echo to-stderr >&2; echo "$ODP_VM_KERNEL $PWD" >'"$out"'/share/seen; exit 7' \
     >"$out/stdout" 2>"$out/err"

@@ -63,6 +63,16 @@ odp_matches_kernel() {
     esac
 }
 
+# Timed tools (odp-perf, perftest) need a clock that is cheap to read and
+# agrees across vCPUs: the TSC, which odp-vm vouches for (tsc=reliable).
+guest_clock_is_tsc() {
+    local clock
+    clock=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
+    echo "  clocksource: $clock"
+    [[ $clock == tsc ]]
+}
+
+check guest_clock_is_tsc guest_clock_is_tsc
 check rxe0_active rxe0_active
 check rc_pingpong rc_pingpong
 check odp_capability_matches_kernel_$ODP_VM_KERNEL odp_matches_kernel
