@@ -111,8 +111,9 @@ cross_check() { # label mode [ib_write_bw args]
     local label=$1 mode=$2
     shift 2
     local refs=() ours=() ref our line=""
-    # Under emulation ib_write_bw now and then prints a 0.00 average (its
-    # cycle-counter clock): such a run is repeated, up to eight pairs in all.
+    # ib_write_bw prints a 0.00 average when its clock calibration fails (it
+    # did when the guests' clock was HPET): such a pair is repeated, up to
+    # eight pairs in all.
     for _ in 1 2 3 4 5 6 7 8; do
         ref=$(perftest_bw "$@")
         our=$(odp_perf_bw "$mode")
