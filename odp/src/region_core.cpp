@@ -268,8 +268,12 @@ std::uint64_t RegionCore::destroy_pin(Pin& pin) noexcept {
     const std::uint64_t bytes = pin.pinned_bytes;
     pin.pieces.clear();
     pin.pinned_bytes = 0;
+    // The region's count first: a region's pinned bytes stay a part of the
+    // device's reservation, so its peak never exceeds the budget. The other
+    // order let a fault reserve the freed bytes and count them in this
+    // region before they left it (CI's TSan run saw the peak one chunk over).
+    pinned_.fetch_sub(bytes, std::memory_order_release);
     dev_.unreserve(bytes);
-    pinned_.fetch_sub(bytes, std::memory_order_relaxed);
     // Free, same incarnation (the next user bumps it).
     pin.state.store(
         Pin::free_bit | (pin.state.load(std::memory_order_relaxed) & ~(Pin::incarnation_unit - 1)),
