@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -69,28 +70,6 @@ std::vector<std::uint64_t> registration_sizes(std::uint64_t max) {
     }
     sizes.push_back(max);
     return sizes;
-}
-
-Row row_from(const ClientResult& result, oob::TestKind test, std::uint64_t size) {
-    Row row;
-    row.mode = std::string(odp::to_string(result.local_mode));
-    row.server_mode = std::string(odp::to_string(result.server_mode));
-    row.test = to_string(test);
-    row.size = size;
-    row.iterations = result.operations;
-    row.bw_MBps = result.bw_MBps;
-    if (result.latency) {
-        row.lat_us_p50 = result.latency->p50_us;
-        row.lat_us_p99 = result.latency->p99_us;
-    }
-    row.pinned_bytes_peak =
-        std::max(result.local_stats.peak_pinned_bytes, result.server_report.pinned_bytes_peak);
-    row.faults = result.local_stats.chunk_faults + result.server_report.faults;
-    row.invalidations =
-        result.local_stats.total_invalidations() + result.server_report.invalidations;
-    row.verified_bytes = result.verified_bytes;
-    row.mismatched_bytes = result.mismatched_bytes;
-    return row;
 }
 
 const Row* find(const std::vector<Row>& rows, const std::string& mode, const std::string& test,
@@ -162,6 +141,40 @@ Goal ratio_goal(std::string name, std::optional<double> numerator,
 }
 
 }  // namespace
+
+Row row_from_rounds(const std::vector<ClientResult>& rounds, oob::TestKind test,
+                    std::uint64_t size) {
+    Row row;
+    row.mode = std::string(odp::to_string(rounds.front().local_mode));
+    row.server_mode = std::string(odp::to_string(rounds.front().server_mode));
+    row.test = to_string(test);
+    row.size = size;
+    std::uint64_t bytes = 0;
+    double seconds = 0;
+    std::vector<double> samples;
+    for (const ClientResult& round : rounds) {
+        row.iterations += round.operations;
+        bytes += round.bytes;
+        seconds += round.seconds;
+        samples.insert(samples.end(), round.latency_samples_us.begin(),
+                       round.latency_samples_us.end());
+        row.pinned_bytes_peak =
+            std::max({row.pinned_bytes_peak, round.local_stats.peak_pinned_bytes,
+                      round.server_report.pinned_bytes_peak});
+        row.faults += round.local_stats.chunk_faults + round.server_report.faults;
+        row.invalidations +=
+            round.local_stats.total_invalidations() + round.server_report.invalidations;
+        row.verified_bytes += round.verified_bytes;
+        row.mismatched_bytes += round.mismatched_bytes;
+    }
+    row.bw_MBps = bandwidth_MBps(bytes, seconds);
+    if (!samples.empty()) {
+        const LatencySummary latency = summarize(std::move(samples));
+        row.lat_us_p50 = latency.p50_us;
+        row.lat_us_p99 = latency.p99_us;
+    }
+    return row;
+}
 
 std::vector<Goal> evaluate_goals(const std::vector<Row>& rows) {
     std::vector<Goal> goals;
@@ -288,7 +301,8 @@ CompareResult run_compare(const CompareConfig& config) {
                                 device->budget_source() + ")";
         }
     }
-    Progress progress(modes.size() * (tests.size() * sizes.size() + reg_sizes.size() + 4));
+    const std::uint32_t rounds = std::max<std::uint32_t>(config.rounds, 1);
+    Progress progress(modes.size() * (tests.size() * sizes.size() * rounds + reg_sizes.size() + 4));
 
     // Keeps the per-process Mirror alive between measurements, so that
     // registration times are those of a process that already watches memory.
@@ -297,43 +311,62 @@ CompareResult run_compare(const CompareConfig& config) {
         keepalive_buffer.data(), keepalive_buffer.size(), kBufferAccess, odp::Mode::Emulated);
     result.emulated_monitor = keepalive.monitor();
 
-    // Modes take turns at each test and size, so that the machine's drift over
-    // a long run (load, memory) does not fall on one mode.
+    // Modes take turns at each test and size, in rounds that each run a part
+    // of the iterations: a disturbance of the machine (other guests, a busy
+    // host) lasting seconds then falls on every mode alike instead of
+    // deciding one mode's numbers.
     for (const oob::TestKind test : tests) {
         for (const std::uint64_t size : sizes) {
+            // Large messages: fewer iterations (about 256 MiB per bandwidth
+            // run, 32 MiB of latency samples), never under 16.
+            const std::uint64_t iterations =
+                std::min(config.bw_iterations, std::max<std::uint64_t>((256ULL << 20) / size, 16));
+            const std::uint64_t latency_iterations =
+                std::min(config.lat_iterations, std::max<std::uint64_t>((32ULL << 20) / size, 16));
+            const std::uint32_t depth =
+                depth_within_budget(device->max_pinned_bytes(), size, config.depth);
+            std::map<odp::Mode, std::vector<ClientResult>> runs;
+            std::map<odp::Mode, std::string> errors;
+            for (std::uint32_t round = 0; round < rounds; ++round) {
+                for (const odp::Mode mode : modes) {
+                    const std::string mode_name(odp::to_string(mode));
+                    progress.step(mode_name + " " + to_string(test) + " " + std::to_string(size) +
+                                  " B, round " + std::to_string(round + 1) + "/" +
+                                  std::to_string(rounds));
+                    if (errors.contains(mode)) {
+                        continue;  // its first error is the row
+                    }
+                    ClientSpec spec;
+                    spec.device = config.device;
+                    spec.host = peer.host;
+                    spec.port = peer.port;
+                    spec.test = test;
+                    spec.size = size;
+                    spec.iterations = (iterations + rounds - 1) / rounds;
+                    spec.latency_iterations = (latency_iterations + rounds - 1) / rounds;
+                    spec.depth = depth;
+                    spec.mode = mode;
+                    spec.peer_mode = mode;
+                    try {
+                        runs[mode].push_back(run_client_test(*device, spec));
+                    } catch (const std::exception& error) {
+                        errors[mode] = error.what();
+                    }
+                }
+            }
             for (const odp::Mode mode : modes) {
-                const std::string mode_name(odp::to_string(mode));
-                progress.step(mode_name + " " + to_string(test) + " " + std::to_string(size) +
-                              " B");
-                ClientSpec spec;
-                spec.device = config.device;
-                spec.host = peer.host;
-                spec.port = peer.port;
-                spec.test = test;
-                spec.size = size;
-                // Large messages: fewer iterations (about 256 MiB per
-                // bandwidth run, 32 MiB of latency samples), never under 16.
-                spec.iterations = std::min(config.bw_iterations,
-                                           std::max<std::uint64_t>((256ULL << 20) / size, 16));
-                spec.latency_iterations = std::min(
-                    config.lat_iterations, std::max<std::uint64_t>((32ULL << 20) / size, 16));
-                spec.depth = depth_within_budget(device->max_pinned_bytes(), size, config.depth);
-                spec.mode = mode;
-                spec.peer_mode = mode;
-                try {
-                    Row row = row_from(run_client_test(*device, spec), test, size);
-                    row.depth = spec.depth;
-                    result.rows.push_back(std::move(row));
-                } catch (const std::exception& error) {
-                    Row row;
-                    row.mode = mode_name;
-                    row.server_mode = mode_name;
+                Row row;
+                if (const auto error = errors.find(mode); error != errors.end()) {
+                    row.mode = std::string(odp::to_string(mode));
+                    row.server_mode = row.mode;
                     row.test = to_string(test);
                     row.size = size;
-                    row.depth = spec.depth;
-                    row.error = error.what();
-                    result.rows.push_back(std::move(row));
+                    row.error = error->second;
+                } else {
+                    row = row_from_rounds(runs.at(mode), test, size);
                 }
+                row.depth = depth;
+                result.rows.push_back(std::move(row));
             }
         }
     }

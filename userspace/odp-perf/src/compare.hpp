@@ -10,6 +10,7 @@
 
 #include "measure.hpp"
 #include "native_check.hpp"
+#include "traffic.hpp"
 
 namespace odp_perf {
 
@@ -18,7 +19,9 @@ struct CompareConfig {
     std::optional<std::string> json_path;
     std::optional<std::string> plot_path;
     std::uint64_t bw_iterations = 2000;
-    std::uint64_t lat_iterations = 300;
+    std::uint64_t lat_iterations = 2000;
+    // Each test and size runs in this many rounds, the modes taking turns.
+    std::uint32_t rounds = 4;
     std::uint32_t depth = 32;
     std::vector<std::uint64_t> sizes{8, 65536};  // message sizes for every traffic test
     bool sweep = false;                          // sizes: 2 B .. 8 MiB (sweep_sizes)
@@ -30,6 +33,12 @@ struct CompareConfig {
     int remap_rounds = 6;
     std::string command_line;  // recorded in the JSON
 };
+
+// One table row from a mode's rounds of one test and size: counts add up, the
+// bandwidth is all bytes over all measured time, the latency percentiles are
+// taken over every sample, the pinned peak is the highest.
+Row row_from_rounds(const std::vector<ClientResult>& rounds, oob::TestKind test,
+                    std::uint64_t size);
 
 struct Goal {
     std::string name;

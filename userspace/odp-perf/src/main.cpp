@@ -27,7 +27,8 @@ constexpr const char* kUsage = R"(usage:
                   [--mode pinned|native|emulated|auto] [--peer-mode MODE]
                   [--lat] [--lat-iters N] [--depth N] [--slots N]
   odp-perf compare [--device D] [--json FILE] [--plot FILE.png] [--quick]
-                   [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--reg-max BYTES]
+                   [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--rounds N]
+                   [--reg-max BYTES]
                    [--budget BYTES] [--working-set BYTES]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
@@ -40,6 +41,8 @@ every mode the device supports, and prints one table with ratios to pinned
 (schema of --json: docs/compare.md). Its message sizes: --sizes 8,4K,64K
 (default 8,64K); --sweep: 2 B to 8 MiB (client --sweep too), within half the
 pinned budget, large messages with fewer iterations and fewer in flight.
+Each test and size runs in --rounds N (default 4) parts, the modes taking
+turns, so that a passing disturbance of the machine falls on every mode.
 )";
 
 [[noreturn]] void usage_error(const std::string& what) {
@@ -290,6 +293,12 @@ int compare_main(Arguments& args, const std::string& command_line) {
             config.lat_iterations = parse_size(args.value(arg), arg);
         } else if (arg == "--reg-max") {
             config.reg_max = parse_size(args.value(arg), arg);
+        } else if (arg == "--rounds") {
+            const std::uint64_t rounds = parse_size(args.value(arg), arg);
+            if (rounds == 0 || rounds > 100) {
+                usage_error("--rounds takes 1 to 100, got " + std::to_string(rounds));
+            }
+            config.rounds = static_cast<std::uint32_t>(rounds);
         } else if (arg == "--sweep") {
             config.sweep = true;
         } else if (arg == "--sizes") {
@@ -312,6 +321,7 @@ int compare_main(Arguments& args, const std::string& command_line) {
             // A short run for tests: fewer iterations, registration up to 64 MiB.
             config.bw_iterations = 300;
             config.lat_iterations = 100;
+            config.rounds = 2;
             config.reg_max = 64ULL << 20;
             config.budget_iterations = 600;
             config.remap_rounds = 3;

@@ -14,8 +14,6 @@ using Clock = std::chrono::steady_clock;
 constexpr odp::Access kBufferAccess =
     odp::Access::LocalWrite | odp::Access::RemoteWrite | odp::Access::RemoteRead;
 
-constexpr double kMiB = 1024.0 * 1024.0;  // perftest's MB/sec is 2^20 bytes per second
-
 double micros(Clock::duration d) {
     return std::chrono::duration<double, std::micro>(d).count();
 }
@@ -121,6 +119,10 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
     return window;
 }
 
+double bandwidth_MBps(std::uint64_t bytes, double seconds) {
+    return seconds > 0 ? static_cast<double>(bytes) / seconds / (1024.0 * 1024.0) : 0;
+}
+
 LatencySummary summarize(std::vector<double> samples) {
     LatencySummary summary;
     if (samples.empty()) {
@@ -218,8 +220,7 @@ ClientResult run_client_test(odp::Device& device, const ClientSpec& spec) {
         result.operations = window.operations;
         result.bytes = window.operations * spec.size;
         result.seconds = window.seconds;
-        result.bw_MBps =
-            window.seconds > 0 ? static_cast<double>(result.bytes) / window.seconds / kMiB : 0;
+        result.bw_MBps = bandwidth_MBps(result.bytes, window.seconds);
         result.msg_rate_Mpps =
             window.seconds > 0 ? static_cast<double>(window.operations) / window.seconds / 1e6 : 0;
         result.leases_invalidated += window.invalidated;
@@ -238,7 +239,8 @@ ClientResult run_client_test(odp::Device& device, const ClientSpec& spec) {
             samples.push_back(micros(Clock::now() - start));
             ++operations;
         }
-        result.latency = summarize(std::move(samples));
+        result.latency = summarize(samples);
+        result.latency_samples_us = std::move(samples);
     }
 
     if (spec.test == oob::TestKind::Read) {

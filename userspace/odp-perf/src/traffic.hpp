@@ -19,6 +19,8 @@ struct LatencySummary {
     double max_us = 0;
 };
 LatencySummary summarize(std::vector<double> samples_us);
+// perftest's MB/sec: 2^20 bytes per second (0 when no time passed).
+double bandwidth_MBps(std::uint64_t bytes, double seconds);
 
 struct ClientSpec {
     std::string device;  // "" = first
@@ -49,7 +51,8 @@ struct ClientResult {
     double bw_MBps = 0;  // MB = 2^20 bytes, as perftest's MB/sec
     double msg_rate_Mpps = 0;
     std::optional<LatencySummary> latency;
-    std::uint64_t verified_bytes = 0;  // by the client (read) and the server (write, send)
+    std::vector<double> latency_samples_us;  // what `latency` summarizes
+    std::uint64_t verified_bytes = 0;        // by the client (read) and the server (write, send)
     std::uint64_t mismatched_bytes = 0;
     std::uint64_t leases_invalidated = 0;
     odp::Stats local_stats;
