@@ -22,8 +22,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <odp/error.hpp>
@@ -156,6 +158,7 @@ class UserfaultfdSource final : public Source {
     std::vector<Unwatched> add(std::uint64_t id, Range range) override {
         const Range aligned = page_align(range);
         const std::lock_guard lock(mutex_);
+        forget_armed_if_unmapped();
         std::vector<Refusal> refusals = register_range(aligned);
         watches_.emplace(id, aligned);
         std::vector<Unwatched> unwatched;
@@ -175,6 +178,7 @@ class UserfaultfdSource final : public Source {
             }
             const Range removed = found->second;
             watches_.erase(found);
+            armed_.clear();  // what stays registered is re-learnt at the next arm
             for (const Range& piece : uncovered(removed)) {
                 unregister_range(piece);
             }
@@ -186,6 +190,14 @@ class UserfaultfdSource final : public Source {
     void arm(std::uint64_t /*id*/, Range sub) override {
         const Range aligned = page_align(sub);
         const std::lock_guard lock(mutex_);
+        // A range registered since the last unmap anywhere is still
+        // registered: only munmap, mremap and mmap over it (all sending an
+        // event) drop a registration; a mapping made in a hole was never in
+        // armed_. This skips a mappings query and an ioctl per chunk fault.
+        forget_armed_if_unmapped();
+        if (armed_covers(aligned)) {
+            return;
+        }
         const std::vector<Refusal> refusals = register_range(aligned);
         if (!refusals.empty()) {
             const Refusal& first = refusals.front();
@@ -199,8 +211,9 @@ class UserfaultfdSource final : public Source {
 
   private:
     // Registers every mapping in `range`; holes are skipped (nothing to pin
-    // there), and what cannot be registered is returned.
-    std::vector<Refusal> register_range(Range range) const {
+    // there), and what cannot be registered is returned. What was registered
+    // is remembered in armed_. Caller holds mutex_.
+    std::vector<Refusal> register_range(Range range) {
         std::vector<Refusal> refusals;
         for (const Mapping& mapping : read_mappings(range)) {
             const Range piece = mapping.range.intersect(range);
@@ -215,6 +228,7 @@ class UserfaultfdSource final : public Source {
             request.range.len = piece.length();
             request.mode = UFFDIO_REGISTER_MODE_WP;
             if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &request) == 0) {
+                remember_armed(piece);
                 continue;
             }
             const int error = errno;
@@ -268,6 +282,41 @@ class UserfaultfdSource final : public Source {
         }
     }
 
+    // armed_ holds page ranges registered since the reader last saw an event
+    // that can drop a registration (unmaps_seen_ then moves on and armed_ is
+    // emptied). Caller holds mutex_.
+    void forget_armed_if_unmapped() {
+        const std::uint64_t seen = unmaps_seen_.load(std::memory_order_acquire);
+        if (seen != armed_as_of_) {
+            armed_.clear();
+            armed_as_of_ = seen;
+        }
+    }
+    void remember_armed(Range piece) {
+        // Merge with neighbours so that a chunk over adjacent pieces is found.
+        auto next = armed_.lower_bound(piece.begin);
+        if (next != armed_.begin()) {
+            auto previous = std::prev(next);
+            if (previous->second >= piece.begin) {
+                piece = Range{previous->first, std::max(previous->second, piece.end)};
+                next = armed_.erase(previous);
+            }
+        }
+        while (next != armed_.end() && next->first <= piece.end) {
+            piece.end = std::max(piece.end, next->second);
+            next = armed_.erase(next);
+        }
+        armed_.emplace(piece.begin, piece.end);
+    }
+    [[nodiscard]] bool armed_covers(Range range) const {
+        auto found = armed_.upper_bound(range.begin);
+        if (found == armed_.begin()) {
+            return false;
+        }
+        --found;
+        return found->first <= range.begin && range.end <= found->second;
+    }
+
     // The parts of `removed` that no remaining watch covers.
     [[nodiscard]] std::vector<Range> uncovered(Range removed) const {
         std::vector<Range> pieces{removed};
@@ -319,6 +368,7 @@ class UserfaultfdSource final : public Source {
                         continue;
                     }
                     if (errno != EAGAIN) {
+                        unmaps_seen_.fetch_add(1, std::memory_order_release);
                         overflow_.store(true, std::memory_order_release);
                     }
                     break;
@@ -336,6 +386,7 @@ class UserfaultfdSource final : public Source {
     void handle(const uffd_msg& message) noexcept {
         switch (message.event) {
             case UFFD_EVENT_UNMAP:
+                unmaps_seen_.fetch_add(1, std::memory_order_release);
                 push(Range{message.arg.remove.start, message.arg.remove.end},
                      InvalidationReason::Unmap);
                 break;
@@ -344,6 +395,7 @@ class UserfaultfdSource final : public Source {
                      InvalidationReason::Clear);
                 break;
             case UFFD_EVENT_REMAP: {
+                unmaps_seen_.fetch_add(1, std::memory_order_release);
                 const auto& remap = message.arg.remap;
                 // The pages left `from`; whatever `to` held was replaced.
                 push(Range{remap.from, remap.from + remap.len}, InvalidationReason::Unmap);
@@ -357,6 +409,7 @@ class UserfaultfdSource final : public Source {
                 break;
             default:
                 // Not asked for; treat as unknown change of everything.
+                unmaps_seen_.fetch_add(1, std::memory_order_release);
                 overflow_.store(true, std::memory_order_release);
                 break;
         }
@@ -386,6 +439,7 @@ class UserfaultfdSource final : public Source {
     }
 
     void report_loss_and_pause() noexcept {
+        unmaps_seen_.fetch_add(1, std::memory_order_release);  // events of any kind lost
         overflow_.store(true, std::memory_order_release);
         begun_.fetch_add(1, std::memory_order_acq_rel);
         read_through_.store(begun_.load(std::memory_order_acquire), std::memory_order_release);
@@ -402,10 +456,14 @@ class UserfaultfdSource final : public Source {
     std::atomic<std::uint64_t> begun_{0};         // read batches started
     std::atomic<std::uint64_t> read_through_{0};  // last batch fully in the ring
     std::atomic<bool> overflow_{false};
+    // Events that can drop a registration (unmap, remap, loss), as read.
+    std::atomic<std::uint64_t> unmaps_seen_{0};
     std::thread reader_;
 
     std::mutex mutex_;                        // watches_ and registration (application threads)
     std::map<std::uint64_t, Range> watches_;  // page-aligned watched ranges
+    std::map<std::uintptr_t, std::uintptr_t> armed_;  // registered [begin, end), merged
+    std::uint64_t armed_as_of_ = 0;                   // unmaps_seen_ when armed_ was valid
 };
 
 }  // namespace

@@ -178,6 +178,43 @@ TEST_F(MirrorUserfaultfd, ANewMappingIsSeenOnlyOnceArmed) {
     EXPECT_EQ(mirror_->stats().armed_ranges, 1U);
 }
 
+// arm() skips ranges it registered since the last unmap. A mapping that
+// replaced an armed one (an unmap event) must be registered at the next arm.
+TEST_F(MirrorUserfaultfd, AReplacedMappingIsRegisteredAtTheNextArm) {
+    Anonymous memory(2);
+    RecordingListener listener;
+    const Mirror::Watch watch = mirror_->watch(memory.range(), listener);
+    watch.arm(memory.range());  // registered and remembered
+    ASSERT_NE(::mmap(memory.address(), page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
+              MAP_FAILED);
+    mirror_->synchronize();
+    ASSERT_TRUE(heard_exactly(listener, memory.pages(0, 1), InvalidationReason::Unmap));
+    watch.arm(memory.range());  // must not trust what it remembered
+    ASSERT_EQ(::madvise(memory.address(), page, MADV_DONTNEED), 0);
+    mirror_->synchronize();
+    EXPECT_TRUE(heard_exactly(listener, memory.pages(0, 1), InvalidationReason::Clear))
+        << "the new mapping was not registered";
+}
+
+// A hole is never remembered as registered: a mapping made there later (no
+// event) is registered at the next arm.
+TEST_F(MirrorUserfaultfd, AMappingMadeInAHoleIsRegisteredAtTheNextArm) {
+    Anonymous memory(3);
+    ASSERT_EQ(::munmap(memory.address(1), page), 0);
+    RecordingListener listener;
+    const Mirror::Watch watch = mirror_->watch(memory.range(), listener);
+    watch.arm(memory.range());
+    ASSERT_NE(::mmap(memory.address(1), page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0),
+              MAP_FAILED);
+    watch.arm(memory.range());
+    ASSERT_EQ(::madvise(memory.address(1), page, MADV_DONTNEED), 0);
+    mirror_->synchronize();
+    EXPECT_TRUE(heard_exactly(listener, memory.pages(1, 1), InvalidationReason::Clear))
+        << "the mapping in the hole was not registered";
+}
+
 TEST_F(MirrorUserfaultfd, HolesInAWatchedRangeAreSkipped) {
     Anonymous memory(3);
     ASSERT_EQ(::munmap(memory.address(1), page), 0);
