@@ -88,6 +88,18 @@ class MirrorUserfaultfd : public ::testing::Test {
         }
     }
 
+    // madvise(DONTNEED) of one page is heard (as a clear) only when the
+    // page's mapping is registered.
+    bool dontneed_is_heard(const RecordingListener& listener, const Anonymous& memory,
+                           std::size_t page_index) const {
+        if (::madvise(memory.address(page_index), page, MADV_DONTNEED) != 0) {
+            ADD_FAILURE() << "madvise: " << std::strerror(errno);
+            return false;
+        }
+        mirror_->synchronize();
+        return heard_exactly(listener, memory.pages(page_index, 1), InvalidationReason::Clear);
+    }
+
     std::shared_ptr<Mirror> mirror_;
 };
 
@@ -191,10 +203,7 @@ TEST_F(MirrorUserfaultfd, AReplacedMappingIsRegisteredAtTheNextArm) {
     mirror_->synchronize();
     ASSERT_TRUE(heard_exactly(listener, memory.pages(0, 1), InvalidationReason::Unmap));
     watch.arm(memory.range());  // must not trust what it remembered
-    ASSERT_EQ(::madvise(memory.address(), page, MADV_DONTNEED), 0);
-    mirror_->synchronize();
-    EXPECT_TRUE(heard_exactly(listener, memory.pages(0, 1), InvalidationReason::Clear))
-        << "the new mapping was not registered";
+    EXPECT_TRUE(dontneed_is_heard(listener, memory, 0)) << "the new mapping was not registered";
 }
 
 // A hole is never remembered as registered: a mapping made there later (no
@@ -209,9 +218,7 @@ TEST_F(MirrorUserfaultfd, AMappingMadeInAHoleIsRegisteredAtTheNextArm) {
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0),
               MAP_FAILED);
     watch.arm(memory.range());
-    ASSERT_EQ(::madvise(memory.address(1), page, MADV_DONTNEED), 0);
-    mirror_->synchronize();
-    EXPECT_TRUE(heard_exactly(listener, memory.pages(1, 1), InvalidationReason::Clear))
+    EXPECT_TRUE(dontneed_is_heard(listener, memory, 1))
         << "the mapping in the hole was not registered";
 }
 
