@@ -1,6 +1,13 @@
 // compare's rows are made of several rounds per mode: how they add up.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "compare.hpp"
@@ -71,6 +78,162 @@ TEST(CompareRows, CountsAddUpAndThePeakIsTheHighest) {
     EXPECT_EQ(row.pinned_bytes_peak, 2U << 20);
     EXPECT_EQ(row.verified_bytes, 150U);
     EXPECT_EQ(row.mismatched_bytes, 1U) << "a wrong byte in any round shows in the row";
+}
+
+TEST(CompareRows, EachRoundKeepsItsOwnBandwidthAndMedian) {
+    const std::vector<ClientResult> rounds{round_of(16, 1 << 20, 1.0, {10.0, 20.0, 30.0}),
+                                           round_of(48, 3 << 20, 0.5, {5.0, 6.0, 7.0})};
+    const Row row = row_from_rounds(rounds, oob::TestKind::Write, 65536);
+    EXPECT_EQ(row.round_bw_MBps, (std::vector<double>{1.0, 6.0}));
+    EXPECT_EQ(row.round_lat_us_p50, (std::vector<double>{20.0, 6.0}));
+}
+
+TEST(Spread, RangeOfPairedRatios) {
+    const std::vector<double> emulated{9.0, 10.0, 12.0};
+    const std::vector<double> pinned{10.0, 10.0, 10.0, 99.0};  // the 4th has no partner
+    const std::optional<Interval> range = ratio_range(emulated, pinned);
+    ASSERT_TRUE(range);
+    EXPECT_DOUBLE_EQ(range->low, 0.9);
+    EXPECT_DOUBLE_EQ(range->high, 1.2);
+    EXPECT_EQ(range->samples, 3U);
+}
+
+TEST(Spread, OneUsablePairHasNoRange) {
+    EXPECT_FALSE(ratio_range(std::vector<double>{1.0}, std::vector<double>{2.0}));
+    EXPECT_FALSE(ratio_range(std::vector<double>{1.0, 2.0}, std::vector<double>{0.0, 2.0}))
+        << "a zero denominator is no sample";
+    EXPECT_FALSE(ratio_range({}, {}));
+}
+
+TEST(Spread, AGoalIsMetOnlyWhenTheWholeRangeClearsIt) {
+    const auto at_least = [](double r) { return r >= 0.97; };
+    EXPECT_EQ(judge(0.99, Interval{0.98, 1.01, 4}, at_least), Verdict::Met);
+    EXPECT_EQ(judge(0.99, Interval{0.95, 1.01, 4}, at_least), Verdict::Inconclusive);
+    EXPECT_EQ(judge(0.90, Interval{0.85, 0.96, 4}, at_least), Verdict::NotMet);
+    EXPECT_EQ(judge(0.99, std::nullopt, at_least), Verdict::Met) << "one round: the ratio decides";
+    EXPECT_EQ(judge(std::nullopt, std::nullopt, at_least), Verdict::NotMeasured);
+    const auto at_most = [](double r) { return r <= 1.05; };
+    EXPECT_EQ(judge(1.0, Interval{0.9, 1.1, 4}, at_most), Verdict::Inconclusive);
+    EXPECT_EQ(to_string(Verdict::Inconclusive), "inconclusive");
+}
+
+Row traffic_row(const std::string& mode, const std::string& test, std::uint64_t size,
+                std::vector<double> bw, std::vector<double> p50) {
+    Row row;
+    row.mode = mode;
+    row.test = test;
+    row.size = size;
+    double bw_sum = 0;
+    for (const double value : bw) {
+        bw_sum += value;
+    }
+    row.bw_MBps = bw_sum / static_cast<double>(bw.size());
+    row.lat_us_p50 = p50.front();
+    row.round_bw_MBps = std::move(bw);
+    row.round_lat_us_p50 = std::move(p50);
+    return row;
+}
+
+const Goal& goal_named(const std::vector<Goal>& goals, const std::string& prefix) {
+    for (const Goal& goal : goals) {
+        if (goal.name.starts_with(prefix)) {
+            return goal;
+        }
+    }
+    throw std::runtime_error("no goal " + prefix);
+}
+
+TEST(CompareGoals, BandwidthGoalCarriesTheRangeOfItsRounds) {
+    // Emulated against pinned, round by round: 0.96, 1.0, 1.04, 1.0. The
+    // pooled ratio (1.0) clears 0.97, one round does not: inconclusive.
+    const std::vector<Row> rows{traffic_row("pinned", "write", 65536, {100, 100, 100, 100}, {10}),
+                                traffic_row("emulated", "write", 65536, {96, 100, 104, 100}, {10}),
+                                traffic_row("pinned", "write", 8, {1}, {10, 10, 10, 10}),
+                                traffic_row("emulated", "write", 8, {1}, {10, 10.2, 10.1, 10})};
+    const std::vector<Goal> goals = evaluate_goals(rows);
+    const Goal& bandwidth =
+        goal_named(goals, "warm RDMA WRITE bandwidth 64 KiB: emulated / pinned");
+    ASSERT_TRUE(bandwidth.measured && bandwidth.range);
+    EXPECT_DOUBLE_EQ(*bandwidth.measured, 1.0);
+    EXPECT_DOUBLE_EQ(bandwidth.range->low, 0.96);
+    EXPECT_DOUBLE_EQ(bandwidth.range->high, 1.04);
+    EXPECT_EQ(bandwidth.verdict, Verdict::Inconclusive);
+    const Goal& latency = goal_named(goals, "RDMA WRITE latency p50 8 B");
+    ASSERT_TRUE(latency.range);
+    EXPECT_EQ(latency.verdict, Verdict::Met);
+    EXPECT_DOUBLE_EQ(latency.range->high, 1.02);
+    const Goal& touch = goal_named(goals, "first touch");
+    EXPECT_EQ(touch.verdict, Verdict::NotMeasured);
+}
+
+TEST(CompareGoals, FirstTouchPairsColdStartsInOrder) {
+    Row emulated;
+    emulated.mode = "emulated";
+    emulated.test = "first_touch";
+    emulated.size = 2 << 20;
+    emulated.first_touch_us = 110;
+    emulated.first_touch_us_samples = {100, 110, 130};
+    Row pinned = emulated;
+    pinned.mode = "pinned";
+    pinned.first_touch_us.reset();
+    pinned.reg_us = 100;
+    pinned.reg_us_samples = {100, 100, 100};
+    const Goal& touch = goal_named(evaluate_goals({emulated, pinned}), "first touch");
+    ASSERT_TRUE(touch.range);
+    EXPECT_DOUBLE_EQ(touch.range->low, 1.0);
+    EXPECT_DOUBLE_EQ(touch.range->high, 1.3);
+    EXPECT_EQ(touch.verdict, Verdict::Inconclusive) << "1.1 is under 1.2, 1.3 is not";
+}
+
+TEST(CompareJson, GoalsCarryTheirRangeAndVerdict) {
+    CompareResult result;
+    result.rows = {traffic_row("pinned", "write", 65536, {100, 100}, {10}),
+                   traffic_row("emulated", "write", 65536, {99, 98}, {10})};
+    result.goals = evaluate_goals(result.rows);
+    const std::string json = to_json(result, "odp-perf compare");
+    EXPECT_NE(json.find("\"round_bw_MBps\": [99, 98]"), std::string::npos) << json;
+    EXPECT_NE(json.find("\"ratio_low\": 0.98, \"ratio_high\": 0.99"), std::string::npos) << json;
+    EXPECT_NE(json.find("\"verdict\": \"met\", \"met\": true"), std::string::npos) << json;
+}
+
+// The plot: error bars from the rounds, sizes as people write them, and a
+// row whose bytes arrived wrong is not drawn as a bar. gnuplot must draw it
+// (scripts/setup installs gnuplot-nox); ODP_PLOT_KEEP=FILE keeps the picture.
+TEST(ComparePlot, DrawsASweepWithRangesAndWrongData) {
+    CompareResult result;
+    result.device = "rxe0";
+    result.kernel = "test";
+    result.modes = {"pinned", "native", "emulated"};
+    for (const std::string& mode : result.modes) {
+        for (const std::uint64_t size : {8ULL, 4096ULL, 65536ULL, 1ULL << 20}) {
+            for (const char* test : {"write", "read", "send"}) {
+                Row row = traffic_row(mode, test, size, {40, 44, 42, 43}, {20, 21, 25, 22});
+                row.mismatched_bytes = mode == "native" && size == 8 ? 8 : 0;
+                result.rows.push_back(row);
+            }
+        }
+        for (const std::uint64_t size : {4096ULL, 1ULL << 20, 1ULL << 30}) {
+            Row reg;
+            reg.mode = mode;
+            reg.test = "register";
+            reg.size = size;
+            reg.reg_us = static_cast<double>(size) / 4096.0 * (mode == "pinned" ? 1.0 : 0.01);
+            result.rows.push_back(reg);
+        }
+    }
+    const char* keep = std::getenv("ODP_PLOT_KEEP");
+    const std::string path =
+        keep ? keep : testing::TempDir() + "compare-plot-" + std::to_string(::getpid()) + ".png";
+    ASSERT_NO_THROW(plot(result, path));
+    std::ifstream png(path, std::ios::binary);
+    std::string magic(8, '\0');
+    png.read(magic.data(), 8);
+    EXPECT_EQ(magic, "\x89PNG\r\n\x1a\n");
+    png.seekg(0, std::ios::end);
+    EXPECT_GT(png.tellg(), 10000);
+    if (!keep) {
+        std::remove(path.c_str());
+    }
 }
 
 }  // namespace

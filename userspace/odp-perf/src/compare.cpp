@@ -18,6 +18,7 @@
 #include <map>
 #include <odp/error.hpp>
 #include <set>
+#include <span>
 #include <sstream>
 #include <thread>
 
@@ -127,17 +128,48 @@ std::string json_number(const std::optional<double>& value) {
     return out.str();
 }
 
-Goal ratio_goal(std::string name, std::optional<double> numerator,
-                std::optional<double> denominator, std::string target,
-                const std::function<bool(double)>& met, std::string note = {}) {
-    Goal goal{std::move(name), std::nullopt, std::move(target), false, std::move(note)};
-    if (numerator && denominator && *denominator > 0) {
-        goal.measured = *numerator / *denominator;
-        goal.met = met(*goal.measured);
+std::string json_array(const std::vector<double>& values) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        out += (i ? ", " : "") + json_number(values[i]);
+    }
+    return out + "]";
+}
+
+// A goal on the ratio numerator / denominator of two rows' values, with the
+// range of the paired per-round ratios.
+struct RatioOperand {
+    std::optional<double> value;
+    std::span<const double> rounds;
+};
+
+Goal ratio_goal(std::string name, const RatioOperand& numerator, const RatioOperand& denominator,
+                std::string target, const std::function<bool(double)>& met, std::string note = {}) {
+    Goal goal{std::move(name),   std::nullopt,         std::nullopt,
+              std::move(target), Verdict::NotMeasured, std::move(note)};
+    if (numerator.value && denominator.value && *denominator.value > 0) {
+        goal.measured = *numerator.value / *denominator.value;
+        goal.range = ratio_range(numerator.rounds, denominator.rounds);
+        goal.verdict = met ? judge(goal.measured, goal.range, met) : Verdict::Reported;
+        if (!goal.range && goal.note.empty()) {
+            goal.note = "one round: no spread";
+        }
     } else if (goal.note.empty()) {
         goal.note = "not measured in this run";
     }
     return goal;
+}
+
+// "0.981 [0.950, 1.012]": a ratio and the range of its per-round ratios.
+std::string ratio_text(std::optional<double> ratio, std::optional<Interval> range) {
+    if (!ratio) {
+        return "-";
+    }
+    std::string text = fixed(*ratio, 3);
+    if (range) {
+        text += " [" + fixed(range->low, 3) + ", " + fixed(range->high, 3) + "]";
+    }
+    return text;
 }
 
 }  // namespace
@@ -153,6 +185,12 @@ Row row_from_rounds(const std::vector<ClientResult>& rounds, oob::TestKind test,
     double seconds = 0;
     std::vector<double> samples;
     for (const ClientResult& round : rounds) {
+        if (round.seconds > 0) {
+            row.round_bw_MBps.push_back(bandwidth_MBps(round.bytes, round.seconds));
+        }
+        if (!round.latency_samples_us.empty()) {
+            row.round_lat_us_p50.push_back(summarize(round.latency_samples_us).p50_us);
+        }
         row.iterations += round.operations;
         bytes += round.bytes;
         seconds += round.seconds;
@@ -188,27 +226,26 @@ std::vector<Goal> evaluate_goals(const std::vector<Row>& rows) {
             reg_size = row.size == goal_size ? goal_size : std::max(reg_size, row.size);
         }
     }
-    auto reg = [&](const char* mode) -> std::optional<double> {
+    auto reg = [&](const char* mode) -> RatioOperand {
         const Row* row = find(rows, mode, "register", reg_size);
-        return row ? row->reg_us : std::nullopt;
+        return row ? RatioOperand{row->reg_us, row->reg_us_samples} : RatioOperand{};
     };
     const std::string reg_label = odp::format_bytes(reg_size);
     goals.push_back(ratio_goal("register populated " + reg_label + ": pinned time / emulated time",
                                reg("pinned"), reg("emulated"), ">= 100",
                                [](double r) { return r >= 100; }));
     if (find(rows, "native", "register", reg_size) != nullptr) {
-        goals.push_back(ratio_goal(
-            "register populated " + reg_label + ": pinned time / native time", reg("pinned"),
-            reg("native"), "report (about 3 in a trial)", [](double) { return true; }));
+        goals.push_back(
+            ratio_goal("register populated " + reg_label + ": pinned time / native time",
+                       reg("pinned"), reg("native"), "report (about 3 in a trial)", nullptr));
     }
-    auto bw = [&](const char* mode, const char* test, std::uint64_t size) -> std::optional<double> {
+    auto bw = [&](const char* mode, const char* test, std::uint64_t size) -> RatioOperand {
         const Row* row = find(rows, mode, test, size);
-        return row ? row->bw_MBps : std::nullopt;
+        return row ? RatioOperand{row->bw_MBps, row->round_bw_MBps} : RatioOperand{};
     };
-    auto p50 = [&](const char* mode, const char* test,
-                   std::uint64_t size) -> std::optional<double> {
+    auto p50 = [&](const char* mode, const char* test, std::uint64_t size) -> RatioOperand {
         const Row* row = find(rows, mode, test, size);
-        return row ? row->lat_us_p50 : std::nullopt;
+        return row ? RatioOperand{row->lat_us_p50, row->round_lat_us_p50} : RatioOperand{};
     };
     goals.push_back(ratio_goal("warm RDMA WRITE bandwidth 64 KiB: emulated / pinned",
                                bw("emulated", "write", 65536), bw("pinned", "write", 65536),
@@ -217,23 +254,22 @@ std::vector<Goal> evaluate_goals(const std::vector<Row>& rows) {
                                p50("emulated", "write", 8), p50("pinned", "write", 8), "<= 1.05",
                                [](double r) { return r <= 1.05; }));
     // First touch of an emulated chunk (the cold translate that registers it)
-    // against pinning (registering) the same bytes.
-    const Row* emulated_touch = nullptr;
-    const Row* pinned_touch = nullptr;
+    // against pinning (registering) the same bytes; the i-th cold start of
+    // each mode pair up.
+    RatioOperand emulated_touch;
+    RatioOperand pinned_registration;
     for (const Row& row : rows) {
         if (row.test == "first_touch" && row.error.empty()) {
             if (row.mode == "emulated") {
-                emulated_touch = &row;
+                emulated_touch = {row.first_touch_us, row.first_touch_us_samples};
             } else if (row.mode == "pinned") {
-                pinned_touch = &row;
+                pinned_registration = {row.reg_us, row.reg_us_samples};
             }
         }
     }
     goals.push_back(ratio_goal(
         "first touch of a 2 MiB emulated chunk (cold translate) / pinned registration of 2 MiB",
-        emulated_touch ? emulated_touch->first_touch_us : std::nullopt,
-        pinned_touch ? pinned_touch->reg_us : std::nullopt, "<= 1.2",
-        [](double r) { return r <= 1.2; }));
+        emulated_touch, pinned_registration, "<= 1.2", [](double r) { return r <= 1.2; }));
     if (find(rows, "native", "write", 65536) != nullptr) {
         goals.push_back(ratio_goal("warm RDMA WRITE bandwidth 64 KiB: emulated / native",
                                    bw("emulated", "write", 65536), bw("native", "write", 65536),
@@ -418,8 +454,8 @@ void print_table(const CompareResult& result, std::ostream& out) {
 
     out << std::left << std::setw(9) << "mode" << std::setw(6) << "test" << std::right
         << std::setw(8) << "#bytes" << std::setw(12) << "#iterations" << std::setw(6) << "depth"
-        << std::setw(13) << "BW avg[MB/s]" << std::setw(8) << "ratio" << std::setw(13)
-        << "t_p50[usec]" << std::setw(8) << "ratio" << std::setw(13) << "t_p99[usec]"
+        << std::setw(13) << "BW avg[MB/s]" << std::setw(22) << "ratio [rounds]" << std::setw(13)
+        << "t_p50[usec]" << std::setw(22) << "ratio [rounds]" << std::setw(13) << "t_p99[usec]"
         << std::setw(13) << "pinned peak" << std::setw(8) << "faults" << std::setw(7) << "inval"
         << "  verified\n";
     for (const Row& row : result.rows) {
@@ -433,15 +469,24 @@ void print_table(const CompareResult& result, std::ostream& out) {
             continue;
         }
         const Row* pinned = find(result.rows, "pinned", row.test, row.size);
-        auto ratio = [&](const std::optional<double>& mine, const std::optional<double>& base) {
-            return (mine && base && *base > 0) ? fixed(*mine / *base, 3) : std::string("-");
+        auto ratio = [&](const std::optional<double>& mine, const std::vector<double>& my_rounds,
+                         const std::optional<double>& base,
+                         const std::vector<double>& base_rounds) {
+            if (!mine || !base || !(*base > 0)) {
+                return std::string("-");
+            }
+            return ratio_text(*mine / *base, ratio_range(my_rounds, base_rounds));
         };
+        static const std::vector<double> none;
         out << std::setw(12) << row.iterations << std::setw(6) << row.depth << std::setw(13)
-            << optional_number(row.bw_MBps) << std::setw(8)
-            << ratio(row.bw_MBps, pinned ? pinned->bw_MBps : std::nullopt) << std::setw(13)
-            << optional_number(row.lat_us_p50) << std::setw(8)
-            << ratio(row.lat_us_p50, pinned ? pinned->lat_us_p50 : std::nullopt) << std::setw(13)
-            << optional_number(row.lat_us_p99) << std::setw(13)
+            << optional_number(row.bw_MBps) << std::setw(22)
+            << ratio(row.bw_MBps, row.round_bw_MBps, pinned ? pinned->bw_MBps : std::nullopt,
+                     pinned ? pinned->round_bw_MBps : none)
+            << std::setw(13) << optional_number(row.lat_us_p50) << std::setw(22)
+            << ratio(row.lat_us_p50, row.round_lat_us_p50,
+                     pinned ? pinned->lat_us_p50 : std::nullopt,
+                     pinned ? pinned->round_lat_us_p50 : none)
+            << std::setw(13) << optional_number(row.lat_us_p99) << std::setw(13)
             << odp::format_bytes(row.pinned_bytes_peak) << std::setw(8) << row.faults
             << std::setw(7) << row.invalidations << "  "
             << (row.mismatched_bytes == 0 ? "ok " : "MISMATCH ")
@@ -538,12 +583,15 @@ void print_table(const CompareResult& result, std::ostream& out) {
             << "\n";
     }
 
-    out << "\nGoals (issue 3; ratios of this run, not timed tests)\n";
+    out << "\nGoals (issue 3; ratios of this run with [the range of their rounds]; met only "
+           "when\n the whole range clears the target, inconclusive when it straddles it)\n";
     for (const Goal& goal : result.goals) {
-        out << "  " << goal.name << ": "
-            << (goal.measured ? fixed(*goal.measured, 3) : std::string("-")) << " (target "
-            << goal.target << ")" << (goal.measured ? (goal.met ? " met" : " NOT met") : "")
-            << (goal.note.empty() ? "" : " - " + goal.note) << "\n";
+        out << "  " << goal.name << ": " << ratio_text(goal.measured, goal.range) << " (target "
+            << goal.target << ")";
+        if (goal.verdict != Verdict::NotMeasured && goal.verdict != Verdict::Reported) {
+            out << " " << (goal.verdict == Verdict::NotMet ? "NOT met" : to_string(goal.verdict));
+        }
+        out << (goal.note.empty() ? "" : " - " + goal.note) << "\n";
     }
 }
 
@@ -582,7 +630,12 @@ std::string to_json(const CompareResult& result, const std::string& command_line
             << ", \"pinned_bytes_peak\": " << row.pinned_bytes_peak
             << ", \"faults\": " << row.faults << ", \"invalidations\": " << row.invalidations
             << ", \"verified_bytes\": " << row.verified_bytes
-            << ", \"mismatched_bytes\": " << row.mismatched_bytes << ", \"error\": "
+            << ", \"mismatched_bytes\": " << row.mismatched_bytes
+            << ", \"round_bw_MBps\": " << json_array(row.round_bw_MBps)
+            << ", \"round_lat_us_p50\": " << json_array(row.round_lat_us_p50)
+            << ", \"reg_us_samples\": " << json_array(row.reg_us_samples)
+            << ", \"first_touch_us_samples\": " << json_array(row.first_touch_us_samples)
+            << ", \"error\": "
             << (row.error.empty() ? "null" : "\"" + json_escape(row.error) + "\"") << "}"
             << (i + 1 < result.rows.size() ? "," : "") << "\n";
     }
@@ -590,8 +643,13 @@ std::string to_json(const CompareResult& result, const std::string& command_line
     for (std::size_t i = 0; i < result.goals.size(); ++i) {
         const Goal& goal = result.goals[i];
         out << "    {\"name\": \"" << json_escape(goal.name)
-            << "\", \"ratio\": " << json_number(goal.measured) << ", \"target\": \""
-            << json_escape(goal.target) << "\", \"met\": " << (goal.met ? "true" : "false")
+            << "\", \"ratio\": " << json_number(goal.measured) << ", \"ratio_low\": "
+            << json_number(goal.range ? std::optional(goal.range->low) : std::nullopt)
+            << ", \"ratio_high\": "
+            << json_number(goal.range ? std::optional(goal.range->high) : std::nullopt)
+            << ", \"target\": \"" << json_escape(goal.target) << "\", \"verdict\": \""
+            << to_string(goal.verdict)
+            << "\", \"met\": " << (goal.verdict == Verdict::Met ? "true" : "false")
             << ", \"note\": \"" << json_escape(goal.note) << "\"}"
             << (i + 1 < result.goals.size() ? "," : "") << "\n";
     }
@@ -614,25 +672,40 @@ void plot(const CompareResult& result, const std::string& png_path) {
         }
     } cleanup{dir};
 
-    // Bandwidth and latency per test, one column per mode.
-    std::ofstream traffic(dir / "traffic.dat");
-    traffic << "# test";
-    for (const std::string& mode : result.modes) {
-        traffic << " " << mode << "_bw " << mode << "_p50";
-    }
-    traffic << "\n";
-    for (const char* test : {"write", "read", "send"}) {
-        traffic << test;
-        for (const std::string& mode : result.modes) {
-            const Row* big = find(result.rows, mode, test, 65536);
-            const Row* small = find(result.rows, mode, test, 8);
-            traffic << " " << (big && big->bw_MBps ? fixed(*big->bw_MBps, 3) : "NaN") << " "
-                    << (small && small->lat_us_p50 ? fixed(*small->lat_us_p50, 3) : "NaN");
+    // Bandwidth (64 KiB) and latency p50 (8 B) per test: one value and its
+    // range over the rounds per mode. A row whose bytes arrived wrong, or that
+    // failed, is drawn as an empty bar (gnuplot refuses a column of NaN) and
+    // its test's label says why.
+    auto per_test = [&](const std::string& file, std::uint64_t size,
+                        const std::optional<double> Row::*value,
+                        const std::vector<double> Row::*rounds) {
+        std::ofstream data(dir / file);
+        for (const char* test : {"write", "read", "send"}) {
+            std::string label = test;
+            std::string columns;
+            for (const std::string& mode : result.modes) {
+                const Row* row = find(result.rows, mode, test, size);
+                const bool wrong = row != nullptr && row->mismatched_bytes > 0;
+                if (row == nullptr || wrong || !(row->*value)) {
+                    label += "\\n" + mode + (wrong ? ": data wrong" : ": failed");
+                    columns += " 0 0 0";
+                    continue;
+                }
+                const std::vector<double>& values = row->*rounds;
+                const auto [low, high] =
+                    values.empty() ? std::pair{*(row->*value), *(row->*value)}
+                                   : std::pair{*std::min_element(values.begin(), values.end()),
+                                               *std::max_element(values.begin(), values.end())};
+                columns +=
+                    " " + fixed(*(row->*value), 3) + " " + fixed(low, 3) + " " + fixed(high, 3);
+            }
+            data << "\"" << label << "\"" << columns << "\n";
         }
-        traffic << "\n";
-    }
-    traffic.close();
-    // Bandwidth against message size (a sweep), one file per mode and test.
+    };
+    per_test("bw.dat", 65536, &Row::bw_MBps, &Row::round_bw_MBps);
+    per_test("lat.dat", 8, &Row::lat_us_p50, &Row::round_lat_us_p50);
+    // Bandwidth against message size (a sweep), one file per mode; points
+    // whose data check failed go to a file of their own, drawn as crosses.
     std::set<std::uint64_t> traffic_sizes;
     for (const Row& row : result.rows) {
         if (row.test == "write" && row.bw_MBps) {
@@ -640,60 +713,98 @@ void plot(const CompareResult& result, const std::string& png_path) {
         }
     }
     const bool sweep = traffic_sizes.size() > 2;
+    std::set<std::uint64_t> reg_sizes;
+    std::set<std::string> modes_with_wrong_data;
     for (const std::string& mode : result.modes) {
         std::ofstream sweep_data(dir / ("sweep-" + mode + ".dat"));
-        for (const Row& row : result.rows) {
-            if (row.mode == mode && row.test == "write" && row.bw_MBps) {
-                sweep_data << row.size << " " << *row.bw_MBps << "\n";
-            }
-        }
-    }
-    for (const std::string& mode : result.modes) {
+        std::ofstream wrong_data(dir / ("sweep-wrong-" + mode + ".dat"));
         std::ofstream reg(dir / ("reg-" + mode + ".dat"));
         for (const Row& row : result.rows) {
-            if (row.mode == mode && row.test == "register" && row.reg_us) {
+            if (row.mode != mode) {
+                continue;
+            }
+            if (row.test == "write" && row.bw_MBps) {
+                const std::vector<double>& values = row.round_bw_MBps;
+                const double low =
+                    values.empty() ? *row.bw_MBps : *std::min_element(values.begin(), values.end());
+                const double high =
+                    values.empty() ? *row.bw_MBps : *std::max_element(values.begin(), values.end());
+                if (row.mismatched_bytes > 0) {
+                    modes_with_wrong_data.insert(mode);
+                }
+                (row.mismatched_bytes > 0 ? wrong_data : sweep_data)
+                    << row.size << " " << *row.bw_MBps << " " << low << " " << high << "\n";
+            }
+            if (row.test == "register" && row.reg_us) {
                 reg << row.size << " " << *row.reg_us << "\n";
+                reg_sizes.insert(row.size);
             }
         }
     }
+    // Sizes as people write them ("1 MiB"), not 1.04858e+06.
+    auto size_tics = [](const std::set<std::uint64_t>& sizes) {
+        std::string tics = sizes.empty() ? std::string()
+                                         : "set xrange [" + std::to_string(*sizes.begin() / 2) +
+                                               ":" + std::to_string(*sizes.rbegin() * 2) + "]\n";
+        tics += "set xtics rotate by -30 (";
+        bool first = true;
+        for (const std::uint64_t size : sizes) {
+            tics +=
+                (first ? "\"" : ", \"") + odp::format_bytes(size) + "\" " + std::to_string(size);
+            first = false;
+        }
+        return tics + ")\n";
+    };
     std::string quoted_png;
     for (const char c : png_path) {
         quoted_png += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
     }
+    const auto mode_columns = [&](const std::string& file) {
+        std::string plot;
+        for (std::size_t i = 0; i < result.modes.size(); ++i) {
+            const std::size_t column = 2 + 3 * i;
+            plot += (i ? ", '" : "'") + (dir / file).string() + "' using " +
+                    std::to_string(column) + ":" + std::to_string(column + 1) + ":" +
+                    std::to_string(column + 2) + ":xtic(1) title '" + result.modes[i] + "'";
+        }
+        return plot;
+    };
     std::ofstream script(dir / "plot.gp");
     script << "set terminal pngcairo size " << (sweep ? "1400,1000" : "1400,500") << " font ',10'\n"
            << "set output \"" << quoted_png << "\"\n"
            << "set multiplot layout " << (sweep ? "2,2" : "1,3")
            << " title \"odp-perf compare: " << result.device << ", kernel " << result.kernel
-           << "\"\n"
-           << "set style data histograms\nset style histogram clustered gap 1\n"
-           << "set style fill solid 0.8 border -1\nset key top right\nset grid ytics\n"
+           << " (error bars: range over the rounds)\"\n"
+           << "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
+           << "set style fill solid 0.8 border -1\nset key outside right top vertical\nset grid "
+              "ytics\n"
            << "set title 'RDMA bandwidth, 64 KiB messages'\nset ylabel 'MB/s'\nset yrange [0:*]\n"
-           << "plot ";
-    for (std::size_t i = 0; i < result.modes.size(); ++i) {
-        script << (i ? ", " : "") << "'" << (dir / "traffic.dat").string() << "' using "
-               << 2 + 2 * i << ":xtic(1) title '" << result.modes[i] << "'";
-    }
-    script << "\nset title 'Latency p50, 8-byte messages'\nset ylabel 'usec'\nplot ";
-    for (std::size_t i = 0; i < result.modes.size(); ++i) {
-        script << (i ? ", " : "") << "'" << (dir / "traffic.dat").string() << "' using "
-               << 3 + 2 * i << ":xtic(1) title '" << result.modes[i] << "'";
-    }
-    script << "\nset style data linespoints\nset logscale xy\nset title 'Registration time, "
-              "populated buffer'\nset xlabel 'bytes'\nset ylabel 'usec'\nset yrange [*:*]\n"
-              "set key top left\nplot ";
+           << "plot " << mode_columns("bw.dat") << "\n"
+           << "set title 'Latency p50, 8-byte messages'\nset ylabel 'usec'\n"
+           << "plot " << mode_columns("lat.dat") << "\n";
+    script << "set style data linespoints\nset logscale xy\nset title 'Registration time, "
+              "populated buffer'\nset xlabel 'buffer size'\nset ylabel 'usec'\nset yrange [*:*]\n"
+              "set key inside top left vertical\n"
+           << size_tics(reg_sizes) << "plot ";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
         script << (i ? ", " : "") << "'" << (dir / ("reg-" + result.modes[i] + ".dat")).string()
-               << "' using 1:2 title '" << result.modes[i] << "'";
+               << "' using 1:2 lt " << i + 1 << " title '" << result.modes[i] << "'";
     }
     if (sweep) {
         script << "\nset title 'RDMA WRITE bandwidth against message size'\nset xlabel "
-                  "'bytes per message'\nset ylabel 'MB/s'\nset logscale x 2\nunset logscale y\n"
-                  "set yrange [0:*]\nplot ";
+                  "'message size'\nset ylabel 'MB/s'\nset logscale x 2\nunset logscale y\n"
+                  "set yrange [0:*]\n"
+               << size_tics(traffic_sizes) << "plot ";
         for (std::size_t i = 0; i < result.modes.size(); ++i) {
-            script << (i ? ", " : "") << "'"
-                   << (dir / ("sweep-" + result.modes[i] + ".dat")).string()
-                   << "' using 1:2 title '" << result.modes[i] << "'";
+            const std::string& mode = result.modes[i];
+            const std::string colour = " lt " + std::to_string(i + 1);
+            script << (i ? ", " : "") << "'" << (dir / ("sweep-" + mode + ".dat")).string()
+                   << "' using 1:2:3:4 with yerrorlines" << colour << " title '" << mode << "'";
+            if (modes_with_wrong_data.contains(mode)) {
+                script << ", '" << (dir / ("sweep-wrong-" + mode + ".dat")).string()
+                       << "' using 1:2 with points pt 2 ps 2" << colour << " title '" << mode
+                       << ": data check failed'";
+            }
         }
     }
     script << "\nunset multiplot\n";

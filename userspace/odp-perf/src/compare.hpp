@@ -10,6 +10,7 @@
 
 #include "measure.hpp"
 #include "native_check.hpp"
+#include "spread.hpp"
 #include "traffic.hpp"
 
 namespace odp_perf {
@@ -43,8 +44,9 @@ Row row_from_rounds(const std::vector<ClientResult>& rounds, oob::TestKind test,
 struct Goal {
     std::string name;
     std::optional<double> measured;  // the ratio
+    std::optional<Interval> range;   // of its per-round ratios
     std::string target;              // ">= 0.97", "<= 1.05", ...
-    bool met = false;
+    Verdict verdict = Verdict::NotMeasured;
     std::string note;
 };
 
@@ -67,7 +69,8 @@ std::string to_json(const CompareResult& result, const std::string& command_line
 // Draws the comparison with gnuplot; throws odp::Error if gnuplot is missing or fails.
 void plot(const CompareResult& result, const std::string& png_path);
 
-// Goals of issue 3 computed from the rows (ratios of one run).
+// Goals of issue 3 computed from the rows: each ratio of one run with the
+// range of its per-round ratios, judged met only when the range clears it.
 std::vector<Goal> evaluate_goals(const std::vector<Row>& rows);
 
 }  // namespace odp_perf

@@ -86,6 +86,7 @@ std::vector<Row> measure_registration(odp::Device& device, odp::Mode mode,
                 add_stats(row, region.stats());
             }
             row.reg_us = median(samples);
+            row.reg_us_samples = std::move(samples);
             row.iterations = static_cast<std::uint64_t>(repeats);
         } catch (const std::exception& error) {
             row.error = error.what();
@@ -154,6 +155,8 @@ Row measure_first_touch(odp::Device& device, const Peer& peer, odp::Mode mode, s
         }
         row.reg_us = median(registrations);
         row.first_touch_us = median(first_touches);
+        row.reg_us_samples = std::move(registrations);
+        row.first_touch_us_samples = std::move(first_touches);
         if (prefetch) {
             row.prefetch_us = median(prefetches);
         }

@@ -36,6 +36,13 @@ struct Row {
     std::uint64_t verified_bytes = 0;
     std::uint64_t mismatched_bytes = 0;
     std::string error;  // why this measurement could not be made ("" if it was)
+    // One value per round (traffic) or per repeat (registration, cold
+    // starts), in the order taken; the modes take turns, so the i-th values
+    // of two modes pair up into the i-th ratio (spread.hpp).
+    std::vector<double> round_bw_MBps;
+    std::vector<double> round_lat_us_p50;
+    std::vector<double> reg_us_samples;
+    std::vector<double> first_touch_us_samples;
 };
 
 struct Peer {
