@@ -674,7 +674,9 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
                 if (mapped.empty() || mapped.front() != part) {
                     throw_unmapped(part);
                 }
-                mark_stale(*current, false);
+                // Changed, not just stale: leases may still hold it, and once
+                // out of its slot no invalidation can reach it any more.
+                mark_stale(*current, true);
             }
             Pin* expected = current;
             slot.pin.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel);

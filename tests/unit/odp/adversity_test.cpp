@@ -4,6 +4,8 @@
 // fault), and the last release never touches a region that close() freed.
 // The races are opened on purpose with the library's test hooks.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -210,6 +212,24 @@ TEST_F(Adversity, LastReleaseRacingRegionCloseFreesNothingInUse) {
     EXPECT_EQ(dev.fake->live_registrations().size(), 0U);
     EXPECT_EQ(dev.fake->counters().deregistrations, 1U);
     EXPECT_EQ(dev.device->pinned_bytes(), 0U);
+}
+
+// A chunk registered around a hole is registered again once memory is mapped
+// into the hole; a lease still holding the old registration must still hear
+// a later change of its own pages (the old pin is no longer in its slot).
+TEST_F(Adversity, LeaseOfAChunkReregisteredOverAFilledHoleHearsLaterChanges) {
+    Region region = make_region();
+    const std::size_t page_size = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    ASSERT_EQ(munmap(buffer.data() + MiB, page_size), 0);
+    Lease held = region.translate(buffer.data(), 4096);
+    void* back = mmap(buffer.data() + MiB, page_size, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    ASSERT_NE(back, MAP_FAILED);
+    Lease filled = region.translate(buffer.data() + MiB, page_size);
+    ASSERT_NE(filled.sges()[0].lkey, held.sges()[0].lkey) << "the chunk was registered again";
+    region.invalidate(page(), InvalidationReason::Unmap);
+    EXPECT_TRUE(held.release()) << "the unmap under the held (old) registration was missed";
+    EXPECT_TRUE(filled.release());
 }
 
 }  // namespace
