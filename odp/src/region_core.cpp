@@ -872,6 +872,7 @@ Exposure RegionCore::expose(std::uintptr_t address, std::size_t length, Exposure
         state->released = true;
         throw;
     }
+    exposure.state_ = std::move(state);  // from here on its destructor unlists it
     run_test_hook(HookPoint::ExposeTranslated);
     exposure.range_ = want;
     const auto sges = exposure.lease_.sges();
@@ -880,7 +881,6 @@ Exposure RegionCore::expose(std::uintptr_t address, std::size_t length, Exposure
     for (std::size_t i = 0; i < sges.size(); ++i) {
         exposure.segments_.push_back(RemoteSegment{sges[i].addr, sges[i].length, rkeys[i]});
     }
-    exposure.state_ = std::move(state);
     return exposure;
 }
 

@@ -160,11 +160,13 @@ struct DeviceState {
     std::unique_ptr<Nic> nic;
     std::uint64_t max_pinned = 0;
     std::string budget_source;
-    std::atomic<std::uint64_t> pinned{0};
-    std::atomic<std::uint64_t> peak_pinned{0};
     // The part of `pinned` held by pinned regions: never evictable, so a
     // request that does not fit beside them cannot fit by releasing leases.
+    // Read by every translate, written only when a pinned region comes or
+    // goes: kept off the cache line that faults write.
     std::atomic<std::uint64_t> pinned_regions{0};
+    alignas(64) std::atomic<std::uint64_t> pinned{0};
+    std::atomic<std::uint64_t> peak_pinned{0};
     std::atomic<std::uint64_t> clock{1};  // LRU time: advances at every fault
 
     // The slow-path lock: faults, eviction, sweeping, the region list and
