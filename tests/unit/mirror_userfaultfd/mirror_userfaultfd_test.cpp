@@ -10,6 +10,7 @@
 #include <sys/shm.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -18,6 +19,7 @@
 #include <odp/error.hpp>
 #include <odp/mirror.hpp>
 #include <optional>
+#include <vector>
 
 #include "../mirror_core/recording_listener.hpp"
 
@@ -30,10 +32,13 @@ using test::RecordingListener;
 
 const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
 
-// An anonymous private mapping owned by the test.
+// An anonymous private mapping owned by the test. Pages it unmaps (or moves
+// away) are forgotten: once gone, their addresses may be mapped again by
+// anyone (the sanitizers' runtime reuses such a page for a thread's dynamic
+// TLS block), so the destructor must never unmap them a second time.
 class Anonymous {
   public:
-    explicit Anonymous(std::size_t pages) : length_(pages * page) {
+    explicit Anonymous(std::size_t pages) : length_(pages * page), gone_(pages, false) {
         void* address =
             ::mmap(nullptr, length_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (address == MAP_FAILED) {
@@ -43,7 +48,25 @@ class Anonymous {
     }
     Anonymous(const Anonymous&) = delete;
     Anonymous& operator=(const Anonymous&) = delete;
-    ~Anonymous() { ::munmap(address(), length_); }  // parts may be gone already: fine
+    ~Anonymous() {
+        for (std::size_t index = 0; index < gone_.size(); ++index) {
+            if (!gone_[index]) {
+                ::munmap(address(index), page);
+            }
+        }
+    }
+    // munmap() of `count` pages from `first`; forgets them when it succeeds.
+    int unmap(std::size_t first, std::size_t count) {
+        const int result = ::munmap(address(first), count * page);
+        if (result == 0) {
+            forget(first, count);
+        }
+        return result;
+    }
+    // The pages left this mapping some other way (mremap).
+    void forget(std::size_t first, std::size_t count) {
+        std::fill_n(gone_.begin() + static_cast<std::ptrdiff_t>(first), count, true);
+    }
     [[nodiscard]] void* address(std::size_t page_index = 0) const {
         return reinterpret_cast<void*>(begin_ + page_index * page);
     }
@@ -55,6 +78,7 @@ class Anonymous {
   private:
     std::size_t length_;
     std::uintptr_t begin_ = 0;
+    std::vector<bool> gone_;
 };
 
 template <typename Call>
@@ -114,7 +138,7 @@ TEST_F(MirrorUserfaultfd, MunmapIsAnUnmapEvent) {
     RecordingListener listener;
     const Mirror::Watch watch = mirror_->watch(memory.range(), listener);
     EXPECT_TRUE(watch.unwatched().empty());
-    ASSERT_EQ(::munmap(memory.address(1), 2 * page), 0);
+    ASSERT_EQ(memory.unmap(1, 2), 0);
     mirror_->synchronize();
     EXPECT_TRUE(heard_exactly(listener, memory.pages(1, 2), InvalidationReason::Unmap));
     EXPECT_EQ(listener.count(), 1U);
@@ -144,6 +168,7 @@ TEST_F(MirrorUserfaultfd, MremapAwayAndBackIsSeenBothWays) {
     // The registration moved with the pages: moving back is seen too.
     ASSERT_NE(::mremap(moved, 4 * page, 4 * page, MREMAP_MAYMOVE | MREMAP_FIXED, memory.address()),
               MAP_FAILED);
+    elsewhere.forget(0, 4);  // replaced by memory's pages, which left again
     mirror_->synchronize();
     EXPECT_TRUE(heard_exactly(listener, memory.range(), InvalidationReason::Unmap));
 }
@@ -153,6 +178,7 @@ TEST_F(MirrorUserfaultfd, MremapShrinkIsAnUnmapOfTheTail) {
     RecordingListener listener;
     const Mirror::Watch watch = mirror_->watch(memory.range(), listener);
     ASSERT_NE(::mremap(memory.address(), 4 * page, 2 * page, 0), MAP_FAILED);
+    memory.forget(2, 2);
     mirror_->synchronize();
     EXPECT_TRUE(heard_exactly(listener, memory.pages(2, 2), InvalidationReason::Unmap));
 }
@@ -224,11 +250,11 @@ TEST_F(MirrorUserfaultfd, AMappingMadeInAHoleIsRegisteredAtTheNextArm) {
 
 TEST_F(MirrorUserfaultfd, HolesInAWatchedRangeAreSkipped) {
     Anonymous memory(3);
-    ASSERT_EQ(::munmap(memory.address(1), page), 0);
+    ASSERT_EQ(memory.unmap(1, 1), 0);
     RecordingListener listener;
     const Mirror::Watch watch = mirror_->watch(memory.range(), listener);
     EXPECT_TRUE(watch.unwatched().empty());
-    ASSERT_EQ(::munmap(memory.address(2), page), 0);
+    ASSERT_EQ(memory.unmap(2, 1), 0);
     mirror_->synchronize();
     EXPECT_TRUE(heard_exactly(listener, memory.pages(2, 1), InvalidationReason::Unmap));
 }
@@ -265,11 +291,11 @@ TEST_F(MirrorUserfaultfd, ABlockedListenerNeverStallsAnUnmappingThread) {
     RecordingListener plain;
     const Mirror::Watch w1 = mirror_->watch(first.range(), blocking);
     const Mirror::Watch w2 = mirror_->watch(second.range(), plain);
-    ASSERT_EQ(::munmap(first.address(), page), 0);
+    ASSERT_EQ(first.unmap(0, 1), 0);
     while (!entered.load()) {
         std::this_thread::sleep_for(1ms);
     }
-    auto unmap = std::async(std::launch::async, [&] { return ::munmap(second.address(), page); });
+    auto unmap = std::async(std::launch::async, [&] { return second.unmap(0, 1); });
     EXPECT_EQ(unmap.wait_for(3s), std::future_status::ready) << "munmap waited for a listener";
     closed.unlock();
     EXPECT_EQ(unmap.get(), 0);
@@ -283,7 +309,7 @@ TEST_F(MirrorUserfaultfd, AfterUnwatchNoEventIsProduced) {
     std::optional<Mirror::Watch> watch(mirror_->watch(memory.range(), listener));
     watch.reset();
     const std::uint64_t before = mirror_->stats().events;
-    ASSERT_EQ(::munmap(memory.address(), page), 0);
+    ASSERT_EQ(memory.unmap(0, 1), 0);
     mirror_->synchronize();
     EXPECT_EQ(mirror_->stats().events, before) << "the range was not unregistered";
     EXPECT_EQ(listener.count(), 0U);
@@ -295,7 +321,7 @@ TEST_F(MirrorUserfaultfd, OverlappingWatchesKeepTheRegistrationOfTheOther) {
     const Mirror::Watch wa = mirror_->watch(memory.range(), a);
     std::optional<Mirror::Watch> wb(mirror_->watch(memory.pages(0, 2), b));
     wb.reset();  // must not unregister pages that `a` still watches
-    ASSERT_EQ(::munmap(memory.address(0), page), 0);
+    ASSERT_EQ(memory.unmap(0, 1), 0);
     mirror_->synchronize();
     EXPECT_TRUE(heard_exactly(a, memory.pages(0, 1), InvalidationReason::Unmap));
 }
@@ -391,7 +417,7 @@ TEST_F(MirrorUserfaultfd, EventsCanBeDeliveredOnTheCallersIoContext) {
         Anonymous memory(2);
         RecordingListener listener;
         const Mirror::Watch watch = mirror->watch(memory.range(), listener);
-        ASSERT_EQ(::munmap(memory.address(), 2 * page), 0);
+        ASSERT_EQ(memory.unmap(0, 2), 0);
         mirror->synchronize();
         ASSERT_TRUE(heard_exactly(listener, memory.range(), InvalidationReason::Unmap));
         EXPECT_EQ(listener.heard()[0].thread, runner.get_id());
