@@ -171,10 +171,13 @@ class Mirror::Watch {
     // call it before pinning memory there. Module, None, Fake: nothing to do
     // (the module watches addresses, not mappings). Userfaultfd: registers the
     // mappings created since watch() (a new mmap inside the range is not
-    // watched until armed). Throws odp::Error naming the first part that cannot
-    // be watched and why (EINVAL file mapping, EPERM read-only, EBUSY another
-    // userfaultfd) and what to do.
-    void arm(Range sub) const;
+    // watched until armed), each whole so that the application's VMAs are
+    // never split. Returns the parts of `sub` watched now (all of it, but for
+    // userfaultfd's holes), in order: memory mapped into a hole after arm()
+    // is not watched, so pin only inside them (or arm again). Throws
+    // odp::Error naming the first part that cannot be watched and why (EINVAL
+    // file mapping, EPERM read-only, EBUSY another userfaultfd) and what to do.
+    std::vector<Range> arm(Range sub) const;
 
     // What watch() could not watch in range() (empty when all of it is).
     [[nodiscard]] std::vector<Unwatched> unwatched() const;
