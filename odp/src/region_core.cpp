@@ -72,8 +72,8 @@ RegionCore::RegionCore(std::shared_ptr<Device> device, const Config& config)
             watch_ = mirror_->watch(config_.range, *this);
             monitor_ = std::string(to_string(mirror_->kind()));
             if (const std::string parts = summarize(watch_.unwatched()); !parts.empty()) {
-                monitor_ += "; not watched: " + parts +
-                            " (Region::unwatched() lists each with the reason)";
+                monitor_ +=
+                    "; not watched: " + parts + " (Region::unwatched() lists each with the reason)";
             }
         } else {
             monitor_ = "none (the application promised never to change mapped buffers)";

@@ -72,7 +72,8 @@ class FakeSource final : public Source {
         std::vector<Unwatched> result;
         for (const Unwatched& bad : unwatchable_) {
             if (bad.range.overlaps(range)) {
-                result.push_back(Unwatched{bad.range.intersect(range), bad.why, bad.error, bad.mapping});
+                result.push_back(
+                    Unwatched{bad.range.intersect(range), bad.why, bad.error, bad.mapping});
             }
         }
         return result;

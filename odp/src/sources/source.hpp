@@ -82,8 +82,7 @@ std::unique_ptr<Source> make_userfaultfd_source(const MirrorOptions& options);
                                                       bool has_ptrace_capability);
 // What this kernel's userfaultfd lacks for the source (UFFDIO_API's
 // `features` and `ioctls` answers), or "" if nothing.
-[[nodiscard]] std::string userfaultfd_api_shortcoming(std::uint64_t features,
-                                                      std::uint64_t ioctls);
+[[nodiscard]] std::string userfaultfd_api_shortcoming(std::uint64_t features, std::uint64_t ioctls);
 std::unique_ptr<Source> make_module_source(const MirrorOptions& options);
 
 // A bounded single-producer single-consumer queue of events; never blocks and

@@ -118,14 +118,14 @@ UniqueFd open_userfaultfd(std::string& how) {
         }
     }
     device_errno = errno;
-    throw Error(syscall_errno,
-                "cannot create a userfaultfd: userfaultfd(UFFD_USER_MODE_ONLY): " +
-                    errno_text(user_mode_errno) + "; userfaultfd(): " + errno_text(syscall_errno) +
-                    "; /dev/userfaultfd: " + errno_text(device_errno) + " (" +
-                    explain_userfaultfd_refusal(user_mode_errno, syscall_errno, device_errno,
-                                                read_unprivileged_sysctl(),
-                                                has_ptrace_capability()) +
-                    ")");
+    throw Error(
+        syscall_errno,
+        "cannot create a userfaultfd: userfaultfd(UFFD_USER_MODE_ONLY): " +
+            errno_text(user_mode_errno) + "; userfaultfd(): " + errno_text(syscall_errno) +
+            "; /dev/userfaultfd: " + errno_text(device_errno) + " (" +
+            explain_userfaultfd_refusal(user_mode_errno, syscall_errno, device_errno,
+                                        read_unprivileged_sysctl(), has_ptrace_capability()) +
+            ")");
 }
 
 class UserfaultfdSource final : public Source {
@@ -143,8 +143,8 @@ class UserfaultfdSource final : public Source {
         }
         if (const std::string lacks = userfaultfd_api_shortcoming(api.features, api.ioctls);
             !lacks.empty()) {
-            throw Error(ENOTSUP, "userfaultfd on this kernel " + lacks +
-                                     "; load odp_mirror.ko instead");
+            throw Error(ENOTSUP,
+                        "userfaultfd on this kernel " + lacks + "; load odp_mirror.ko instead");
         }
         features_ = api.features;
         reader_ = start_thread_without_signals([this] { read_loop(); });
@@ -275,10 +275,9 @@ class UserfaultfdSource final : public Source {
                 (mapping.path.empty() ? std::string("anonymous") : mapping.path) + " " +
                 mapping.permissions;
             if (mapping.path.starts_with("/SYSV")) {
-                registration.refusals.push_back(
-                    Refusal{piece, ENOTSUP,
-                            name + ": System V shared memory: shmdt() sends no userfaultfd event",
-                            name});
+                registration.refusals.push_back(Refusal{
+                    piece, ENOTSUP,
+                    name + ": System V shared memory: shmdt() sends no userfaultfd event", name});
                 continue;
             }
             uffdio_register request{};
@@ -331,9 +330,9 @@ class UserfaultfdSource final : public Source {
     // watch overlaps (a part would split the mapping). Caller holds mutex_.
     void unregister_unwatched_mappings(Range removed) const {
         for (const Mapping& mapping : read_mappings(removed)) {
-            const bool still_watched =
-                std::any_of(watches_.begin(), watches_.end(),
-                            [&](const auto& watch) { return watch.second.overlaps(mapping.range); });
+            const bool still_watched = std::any_of(
+                watches_.begin(), watches_.end(),
+                [&](const auto& watch) { return watch.second.overlaps(mapping.range); });
             if (!still_watched) {
                 uffdio_range request{mapping.range.begin, mapping.range.length()};
                 ::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &request);  // refused ones were never ours
@@ -489,8 +488,8 @@ class UserfaultfdSource final : public Source {
     std::string how_;
     UniqueFd uffd_;
     std::uint64_t features_ = 0;  // UFFDIO_API's answer
-    WakeFd ready_;  // reader -> dispatcher
-    WakeFd stop_;   // destructor -> reader
+    WakeFd ready_;                // reader -> dispatcher
+    WakeFd stop_;                 // destructor -> reader
     EventRing ring_;
     std::atomic<std::uint64_t> begun_{0};         // read batches started
     std::atomic<std::uint64_t> read_through_{0};  // last batch fully in the ring
@@ -526,12 +525,13 @@ std::string explain_userfaultfd_refusal(int user_mode_errno, int syscall_errno, 
             "a seccomp filter (e.g. a container runtime's default profile) or a security "
             "module (SELinux, AppArmor) denies the userfaultfd system call";
         if (user_mode_errno != EPERM) {
-            why += std::string(", although ") +
-                   (has_ptrace_capability ? "the process has CAP_SYS_PTRACE"
-                                          : "vm.unprivileged_userfaultfd is 1");
+            why += std::string(", although ") + (has_ptrace_capability
+                                                     ? "the process has CAP_SYS_PTRACE"
+                                                     : "vm.unprivileged_userfaultfd is 1");
         }
-        why += ": allow it there (e.g. docker --security-opt seccomp=<profile allowing "
-               "userfaultfd>)";
+        why +=
+            ": allow it there (e.g. docker --security-opt seccomp=<profile allowing "
+            "userfaultfd>)";
         if (device_errno == ENOENT) {
             why += " or expose /dev/userfaultfd to the container";
         }

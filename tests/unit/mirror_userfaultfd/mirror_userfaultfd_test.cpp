@@ -9,12 +9,12 @@
 #include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/shm.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -465,8 +465,7 @@ TEST(UserfaultfdDiagnostics, EpermIsBlamedOnTheSysctlOnlyWhenItForbids) {
           detail::explain_userfaultfd_refusal(EINVAL, EPERM, ENOENT, 1, false),
           detail::explain_userfaultfd_refusal(EINVAL, EPERM, ENOENT, 0, true)}) {
         EXPECT_NE(filtered.find("seccomp"), std::string::npos) << filtered;
-        EXPECT_EQ(filtered.find("vm.unprivileged_userfaultfd is 0"), std::string::npos)
-            << filtered;
+        EXPECT_EQ(filtered.find("vm.unprivileged_userfaultfd is 0"), std::string::npos) << filtered;
     }
 }
 

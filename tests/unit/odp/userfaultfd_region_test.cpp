@@ -126,8 +126,8 @@ TEST_F(UserfaultfdRegion, WatchingAndArmingKeepTheApplicationsMappingWhole) {
 
     memory.replace(0, memory.size());  // the application recycles its buffer
     use_every_chunk(region);
-    EXPECT_EQ(memory.vma_count(), 1U) << "the VMA count grew with the chunks faulted:"
-                                      << memory.maps();
+    EXPECT_EQ(memory.vma_count(), 1U)
+        << "the VMA count grew with the chunks faulted:" << memory.maps();
     EXPECT_GE(region.stats().chunk_faults, 16U);
 }
 
