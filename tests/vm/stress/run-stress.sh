@@ -6,7 +6,9 @@
 # MADV_PAGEOUT, a 4 KiB path MTU), loads odp_mirror.ko where it is built for
 # this kernel, then runs odp-stress once per source: emulated regions with
 # the module source, with the userfaultfd source, and pinned regions as the
-# control (for --control-seconds, default 15). Every run prints its summary
+# control (for --control-seconds, default 15). Before each emulated run,
+# odp-zap-window (next to odp-stress) tries the widened fault-during-zap
+# window 10 times with that source. Every run prints its summary
 # and a "ROW |...|" line (scripts/soak collects them). Afterwards unloads the
 # module and fails on a BUG/WARNING/Oops in the kernel log, or if any run
 # failed.
@@ -68,12 +70,14 @@ else
 fi
 
 status=0
+zap_window=$(dirname "$stress")/odp-zap-window
+[ -x "$zap_window" ] || fail "$zap_window is missing: build target odp-zap-window"
 run() {
-    echo "== odp-stress $*"
-    "$stress" "$@"
+    echo "== $(basename "$1") ${*:2}"
+    "$@"
     local rc=$?
     [ "$rc" -eq 0 ] || {
-        echo "run-stress: odp-stress $* exited $rc" >&2
+        echo "run-stress: $(basename "$1") ${*:2} exited $rc" >&2
         status=1
     }
 }
@@ -81,19 +85,24 @@ for source in ${sources//,/ }; do
     case $source in
     module)
         if [ "$module" = 1 ]; then
-            run --mode emulated --source module "${limit[@]}" "$@"
+            run "$zap_window" --source module
+            run "$stress" --mode emulated --source module "${limit[@]}" "$@"
         else
             echo "run-stress: skipped the module source: no odp_mirror.ko for kernel $ODP_VM_KERNEL"
         fi
         ;;
-    userfaultfd) run --mode emulated --source userfaultfd "${limit[@]}" "$@" ;;
-    pinned) run --mode pinned --seconds "$control_seconds" "$@" ;;
+    userfaultfd)
+        run "$zap_window" --source userfaultfd
+        run "$stress" --mode emulated --source userfaultfd "${limit[@]}" "$@"
+        ;;
+    pinned) run "$stress" --mode pinned --seconds "$control_seconds" "$@" ;;
     *) fail "unknown source '$source' (module, userfaultfd, pinned)" ;;
     esac
 done
 
 if [ "$zram_swap" = 1 ]; then
     swapoff /dev/zram0 || fail "swapoff /dev/zram0"
+    echo 1 >/sys/block/zram0/reset
 fi
 if [ "$module" = 1 ]; then
     rmmod odp_mirror || fail "rmmod odp_mirror (a reference leaked?)"

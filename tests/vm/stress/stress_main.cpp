@@ -90,7 +90,7 @@ const char* const usage_text = R"(usage: odp-stress [options]
   --seed N                   seeds every thread's choices (default 1)
   --workers N                transfer threads, each on its own QP and slice (default 2)
   --changers N               mapping-changer threads (default 1)
-  --kinds LIST|all           changes, comma-separated: munmap-mmap, dontneed, mremap,
+  --kinds LIST|all|none      changes, comma-separated: munmap-mmap, dontneed, mremap,
                              mprotect, fork-write, pageout, migrate, thp-split
   --ops LIST|all             transfers: write, read, send (default all)
   --change-rate R            changes per second per changer (default 500; 0: no pause)
@@ -170,6 +170,9 @@ Options parse_options(int argc, char** argv) {
                 if (name == "all") {
                     options.kinds.assign(all_change_kinds.begin(), all_change_kinds.end());
                     continue;
+                }
+                if (name == "none") {
+                    continue;  // no changer: the transfers alone must be right
                 }
                 const auto kind = parse_change_kind(name);
                 if (!kind) {
@@ -315,6 +318,41 @@ class Journal {
     std::vector<ChangeRecord> ring_ = std::vector<ChangeRecord>(std::size_t{1} << 16);
     std::uint64_t next_ = 0;
 };
+
+// How often a change of each kind is picked, relative to the others. A fork
+// copies every pinned page and the page tables and write-protects the whole
+// address space (every registered chunk goes stale); a THP collapse copies
+// 2 MiB; a migration copies pages. Under emulation each of those takes tens to
+// hundreds of milliseconds, so they come less often, and a changer still
+// makes hundreds of the cheap changes a second.
+unsigned weight_of(ChangeKind kind) noexcept {
+    switch (kind) {
+        case ChangeKind::ForkWrite:
+            return 1;
+        case ChangeKind::ThpSplit:
+            return 2;
+        case ChangeKind::Migrate:
+            return 4;
+        default:
+            return 8;
+    }
+}
+
+// One of `kinds` (not empty), drawn by weight_of.
+ChangeKind pick_kind(const std::vector<ChangeKind>& kinds, std::mt19937_64& random) {
+    unsigned total = 0;
+    for (const ChangeKind kind : kinds) {
+        total += weight_of(kind);
+    }
+    auto draw = static_cast<unsigned>(random() % total);
+    for (const ChangeKind kind : kinds) {
+        if (draw < weight_of(kind)) {
+            return kind;
+        }
+        draw -= weight_of(kind);
+    }
+    return kinds.back();
+}
 
 // ------------------------------------------------------------------ counters
 
@@ -633,7 +671,7 @@ void Stress::transfer(unsigned index, Loopback& loopback, std::mt19937_64& rando
 // just transferred: after the completions, before the release.
 ChangeResult Stress::late_change(std::size_t offset, std::size_t length, std::size_t slice_end,
                                  std::mt19937_64& random) {
-    const ChangeKind kind = late_kinds_[random() % late_kinds_.size()];
+    const ChangeKind kind = pick_kind(late_kinds_, random);
     const Side side = random() % 2 == 0 ? Side::Source : Side::Target;
     const std::size_t page = page_size();
     const std::size_t begin = (offset + random() % length) / page * page;
@@ -741,7 +779,7 @@ void Stress::change(unsigned index) {
                 }
                 std::this_thread::sleep_until(next);
             }
-            const ChangeKind kind = kinds_[random() % kinds_.size()];
+            const ChangeKind kind = pick_kind(kinds_, random);
             const Side side = random() % 2 == 0 ? Side::Source : Side::Target;
             std::size_t offset = 0;
             std::size_t length = 0;
