@@ -169,13 +169,15 @@ ChangeResult fork_and_write(unsigned char* address, std::size_t length) {
     return result;
 }
 
-ChangeResult page_out(unsigned char* address, std::size_t length) {
+ChangeResult advise(unsigned char* address, std::size_t length, int advice, const char* call,
+                    bool zeroes) {
     ChangeResult result;
-    if (::madvise(address, length, MADV_PAGEOUT) != 0) {
-        result.failure = failed("madvise(MADV_PAGEOUT)");
+    if (::madvise(address, length, advice) != 0) {
+        result.failure = failed(call);
         return result;
     }
     result.applied = true;
+    result.zeroed = zeroes;
     return result;
 }
 
@@ -370,16 +372,8 @@ ChangeResult apply_change(ChangeKind kind, const Buffer& buffer, std::size_t off
     switch (kind) {
         case ChangeKind::MunmapMmap:
             return munmap_mmap(address, length);
-        case ChangeKind::Dontneed: {
-            ChangeResult result;
-            if (::madvise(address, length, MADV_DONTNEED) != 0) {
-                result.failure = failed("madvise(MADV_DONTNEED)");
-                return result;
-            }
-            result.applied = true;
-            result.zeroed = true;
-            return result;
-        }
+        case ChangeKind::Dontneed:
+            return advise(address, length, MADV_DONTNEED, "madvise(MADV_DONTNEED)", true);
         case ChangeKind::Mremap:
             return mremap_away_and_back(address, length);
         case ChangeKind::Mprotect:
@@ -387,7 +381,7 @@ ChangeResult apply_change(ChangeKind kind, const Buffer& buffer, std::size_t off
         case ChangeKind::ForkWrite:
             return fork_and_write(address, length);
         case ChangeKind::Pageout:
-            return page_out(address, length);
+            return advise(address, length, MADV_PAGEOUT, "madvise(MADV_PAGEOUT)", false);
         case ChangeKind::Migrate:
             return migrate(address, length, random, allow_whole_process);
         case ChangeKind::ThpSplit:

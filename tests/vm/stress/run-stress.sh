@@ -110,5 +110,5 @@ fi
 if dmesg | tail -n +"$((log_start + 1))" | grep -E 'BUG|WARNING|Oops|general protection|refcount_t' >&2; then
     fail "the kernel log shows the problems above"
 fi
-[ "$status" -eq 0 ] || fail "a stress run failed (see above)"
-echo "run-stress: kernel $ODP_VM_KERNEL: no silent error, control saw stale data, kernel log clean"
+[ "$status" -eq 0 ] || fail "a stress run failed (see above; $SECONDS s)"
+echo "run-stress: kernel $ODP_VM_KERNEL: no silent error, control saw stale data, kernel log clean ($SECONDS s)"
