@@ -1,7 +1,10 @@
+#include <linux/capability.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <odp/device.hpp>
 #include <odp/error.hpp>
 
@@ -22,36 +25,60 @@ constexpr std::uintptr_t user_address_space_end =
 
 }  // namespace
 
-DeviceState::DeviceState(std::unique_ptr<Nic> nic_in, const DeviceOptions& options)
-    : nic(std::move(nic_in)) {
+PinLimits probe_pin_limits() {
+    PinLimits limits;
     rlimit limit{};
     check_syscall(getrlimit(RLIMIT_MEMLOCK, &limit), "getrlimit(RLIMIT_MEMLOCK)");
-    const bool unlimited = limit.rlim_cur == RLIM_INFINITY;
-    const auto pages = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES));
-    const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
-    if (options.max_pinned_bytes) {
-        const std::uint64_t wanted = *options.max_pinned_bytes;
-        if (wanted == 0) {
-            throw_error(EINVAL, "max_pinned_bytes 0 on " + std::string(nic->name()) +
+    if (limit.rlim_cur != RLIM_INFINITY) {
+        limits.memlock = limit.rlim_cur;
+    }
+    // CAP_IPC_LOCK in the effective set: the kernel pins beyond RLIMIT_MEMLOCK
+    // (how most RDMA programs run, as root). capget() directly: no libcap.
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    std::array<__user_cap_data_struct, _LINUX_CAPABILITY_U32S_3> data{};
+    if (syscall(SYS_capget, &header, data.data()) == 0) {
+        limits.ipc_lock =
+            (data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective & CAP_TO_MASK(CAP_IPC_LOCK)) != 0;
+    }
+    limits.physical_memory = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                             static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    return limits;
+}
+
+Budget choose_budget(const PinLimits& limits, std::optional<std::uint64_t> requested,
+                     bool pins_memory, std::string_view nic_name) {
+    // The kernel enforces RLIMIT_MEMLOCK only without CAP_IPC_LOCK.
+    const std::optional<std::uint64_t> enforced = limits.ipc_lock ? std::nullopt : limits.memlock;
+    if (requested) {
+        if (*requested == 0) {
+            throw_error(EINVAL, "max_pinned_bytes 0 on " + std::string(nic_name) +
                                     ": nothing could ever be registered; leave it unset for "
-                                    "the RLIMIT_MEMLOCK default");
+                                    "the default");
         }
-        if (!unlimited && nic->pins_memory() && wanted > limit.rlim_cur) {
-            throw_error(EINVAL, "max_pinned_bytes " + format_bytes(wanted) + " on " +
-                                    std::string(nic->name()) + " is above RLIMIT_MEMLOCK (" +
-                                    format_bytes(limit.rlim_cur) +
+        if (enforced && pins_memory && *requested > *enforced) {
+            throw_error(EINVAL, "max_pinned_bytes " + format_bytes(*requested) + " on " +
+                                    std::string(nic_name) + " is above RLIMIT_MEMLOCK (" +
+                                    format_bytes(*enforced) +
                                     "): raise the limit (`ulimit -l`) or ask for less");
         }
-        max_pinned = wanted;
-        budget_source = "explicit (" + format_bytes(wanted) + ")";
-    } else if (unlimited) {
-        max_pinned = pages * page / 2;
-        budget_source =
-            "half of RAM (" + format_bytes(max_pinned) + "; RLIMIT_MEMLOCK is unlimited)";
-    } else {
-        max_pinned = limit.rlim_cur;
-        budget_source = "RLIMIT_MEMLOCK (" + format_bytes(max_pinned) + ")";
+        return {*requested, "explicit (" + format_bytes(*requested) + ")"};
     }
+    if (enforced) {
+        return {*enforced, "RLIMIT_MEMLOCK (" + format_bytes(*enforced) + ")"};
+    }
+    const std::uint64_t half = limits.physical_memory / 2;
+    return {half, "half of RAM (" + format_bytes(half) + "; " +
+                      (limits.ipc_lock ? "CAP_IPC_LOCK: RLIMIT_MEMLOCK is not enforced"
+                                       : "RLIMIT_MEMLOCK is unlimited") +
+                      ")"};
+}
+
+DeviceState::DeviceState(std::unique_ptr<Nic> nic_in, const DeviceOptions& options)
+    : nic(std::move(nic_in)) {
+    Budget budget = choose_budget(probe_pin_limits(), options.max_pinned_bytes, nic->pins_memory(),
+                                  nic->name());
+    max_pinned = budget.bytes;
+    budget_source = std::move(budget.source);
 }
 
 void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
@@ -62,6 +89,17 @@ void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
                                  " pinned but max_pinned_bytes is " + format_bytes(max_pinned) +
                                  " (" + budget_source +
                                  "): raise the budget, use smaller chunks or a smaller region");
+    }
+    const std::uint64_t held_by_regions = pinned_regions.load(std::memory_order_acquire);
+    if (held_by_regions + bytes > max_pinned) {
+        // Pinned regions are never evicted: releasing leases cannot help.
+        requester.count_back_pressure();
+        throw_error(ENOBUFS, what + ": needs " + format_bytes(bytes) +
+                                 " pinned but pinned regions already hold " +
+                                 format_bytes(held_by_regions) + " of the " +
+                                 format_bytes(max_pinned) + " budget (" + budget_source +
+                                 "): drop a pinned region, register with Mode::Emulated (it "
+                                 "pins chunks on demand), or raise max_pinned_bytes");
     }
     std::vector<EvictionCandidate> candidates;
     bool swept = false;
@@ -102,11 +140,15 @@ void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
         }
         if (!evicted) {
             requester.count_back_pressure();
-            throw BackPressure(EAGAIN, what + ": the pinned budget of " + format_bytes(max_pinned) +
-                                           " (" + budget_source + ") is full of leased chunks (" +
-                                           format_bytes(pinned.load()) +
-                                           " pinned): release leases (complete work requests) and "
-                                           "retry, or raise max_pinned_bytes");
+            const std::uint64_t now = pinned.load(std::memory_order_acquire);
+            const std::uint64_t regions_now = pinned_regions.load(std::memory_order_acquire);
+            throw BackPressure(
+                EAGAIN, what + ": needs " + format_bytes(bytes) + " pinned but the budget of " +
+                            format_bytes(max_pinned) + " (" + budget_source +
+                            ") is full: " + format_bytes(now - std::min(now, regions_now)) +
+                            " in leased chunks, " + format_bytes(regions_now) +
+                            " in pinned regions: release leases (complete work requests) and "
+                            "retry, or raise max_pinned_bytes");
         }
     }
 }

@@ -49,7 +49,9 @@ bool Lease::release() noexcept {
     if (core == nullptr) {
         return false;
     }
-    bool changed = false;
+    // A change whose event the source recorded but has not delivered yet
+    // (the munmap returned before this call) must be in the pins' state.
+    bool changed = !core->catch_up();
     detail::Pin** pins = pin_data();
     const std::uint32_t count = std::exchange(pin_count_, 0);
     // Each pin holds a reference on the core: releasing the last one may
@@ -90,7 +92,9 @@ bool Exposure::release() noexcept {
     if (!lease_.held()) {
         return false;
     }
-    bool changed = false;
+    // Delivers pending events first: they mark the exposure and run its
+    // callback while it is still listed.
+    bool changed = !lease_.core_->catch_up();
     if (state_) {
         lease_.core_->remove_exposure(state_);
         {
@@ -99,12 +103,12 @@ bool Exposure::release() noexcept {
             const std::scoped_lock lock(state_->mutex);
             state_->released = true;
         }
-        changed = state_->changed.load(std::memory_order_acquire);
+        changed = state_->changed.load(std::memory_order_acquire) || changed;
     }
     // Exact (range-based) when the exposure was registered in time; the
     // chunk-granular answer of the lease is only used without a state.
     const bool chunk_changed = lease_.release();
-    changed = state_ ? changed : chunk_changed;
+    changed = state_ ? changed : chunk_changed || changed;
     state_.reset();
     segments_.clear();
     return changed;

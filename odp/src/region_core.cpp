@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "memory_map.hpp"
+#include "test_hooks.hpp"
 
 namespace odp::detail {
 
@@ -36,6 +37,8 @@ void raise_to(std::atomic<std::uint64_t>& peak, std::uint64_t value) noexcept {
 std::atomic<unsigned> next_stripe{0};
 
 }  // namespace
+
+std::atomic<TestHook> test_hook{nullptr};
 
 unsigned assign_stripe() noexcept {
     return next_stripe.fetch_add(1, std::memory_order_relaxed) % StripedCounter::stripes + 1;
@@ -77,7 +80,11 @@ RegionCore::RegionCore(std::shared_ptr<Device> device, const Config& config)
     }
 }
 
-RegionCore::~RegionCore() = default;
+RegionCore::~RegionCore() {
+    // Before any member goes: waits for a callback of this watch running on
+    // the dispatcher (none can start afterwards).
+    watch_.reset();
+}
 
 RegionCore* RegionCore::create(std::shared_ptr<Device> device, const Config& config) {
     if (config.mode == Mode::Emulated &&
@@ -102,6 +109,31 @@ RegionCore* RegionCore::create(std::shared_ptr<Device> device, const Config& con
     return core;
 }
 
+bool RegionCore::try_reference() noexcept {
+    std::int64_t count = references_.load(std::memory_order_relaxed);
+    do {
+        if (count == 0) {
+            return false;
+        }
+    } while (!references_.compare_exchange_weak(count, count + 1, std::memory_order_acq_rel,
+                                                std::memory_order_relaxed));
+    return true;
+}
+
+bool RegionCore::synchronize_mirror() noexcept {
+    try {
+        mirror_->synchronize();
+        return true;
+    } catch (const std::exception& error) {
+        log_error(std::string("waiting for the mirror's pending events failed; reporting the "
+                              "lease as changed: ") +
+                  error.what());
+    } catch (...) {
+        log_error("waiting for the mirror's pending events failed; reporting the lease as changed");
+    }
+    return false;
+}
+
 void RegionCore::drop_reference() noexcept {
     if (references_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         delete this;
@@ -109,8 +141,9 @@ void RegionCore::drop_reference() noexcept {
 }
 
 void RegionCore::close() noexcept {
-    // No callback runs once this returns; everything is made stale below.
-    watch_.reset();
+    // Everything is made stale below. The watch stays until the core goes:
+    // a pin still leased stays in its slot, where an invalidation finds it
+    // and marks it changed; the last release detaches it.
     {
         std::unique_lock lock(dev_.mutex);
         std::erase(dev_.regions, this);
@@ -120,12 +153,6 @@ void RegionCore::close() noexcept {
                 pin->state.fetch_or(Pin::stale_bit, std::memory_order_acq_rel);
             if ((old & (Pin::free_bit | Pin::dead_bit)) != 0) {
                 continue;
-            }
-            if (pin->chunk != Pin::whole_region) {
-                if (Slot* slot = slot_if_present(pin->chunk)) {
-                    Pin* expected = pin.get();
-                    slot->pin.compare_exchange_strong(expected, nullptr);
-                }
             }
             if (try_claim(*pin, true)) {
                 destroy_pin(*pin);  // cannot delete this: the handle's reference is held
@@ -228,7 +255,7 @@ void RegionCore::return_unused_pin_locked(Pin& pin) noexcept {
 bool RegionCore::mark_stale(Pin& pin, bool changed) noexcept {
     const std::uint64_t bits = Pin::stale_bit | (changed ? Pin::changed_bit : 0);
     const std::uint64_t old = pin.state.fetch_or(bits, std::memory_order_acq_rel);
-    if ((old & Pin::unusable) != 0) {
+    if ((old & (Pin::stale_bit | Pin::dead_bit | Pin::free_bit)) != 0) {
         return false;
     }
     chunks_invalidated_.fetch_add(1, std::memory_order_relaxed);
@@ -273,6 +300,9 @@ std::uint64_t RegionCore::destroy_pin(Pin& pin) noexcept {
     // order let a fault reserve the freed bytes and count them in this
     // region before they left it (CI's TSan run saw the peak one chunk over).
     pinned_.fetch_sub(bytes, std::memory_order_release);
+    if (pin.chunk == Pin::whole_region) {
+        dev_.pinned_regions.fetch_sub(bytes, std::memory_order_relaxed);
+    }
     dev_.unreserve(bytes);
     // Free, same incarnation (the next user bumps it).
     pin.state.store(
@@ -288,10 +318,20 @@ std::uint64_t RegionCore::destroy_pin(Pin& pin) noexcept {
 }
 
 bool RegionCore::release_pin(Pin* pin) noexcept {
-    const std::uint64_t old = pin->state.fetch_sub(1, std::memory_order_acq_rel);
+    // The last lease of a stale pin claims it in the same step that drops
+    // the lease: with a gap between the two, close() (or a sweep) could claim
+    // and destroy the pin, and delete this core, before the claim ran.
+    std::uint64_t old = pin->state.load(std::memory_order_relaxed);
+    bool claim = false;
+    do {
+        claim = (old & Pin::lease_mask) == 1 && (old & Pin::stale_bit) != 0;
+    } while (!pin->state.compare_exchange_weak(old, (old - 1) | (claim ? Pin::dead_bit : 0),
+                                               std::memory_order_acq_rel,
+                                               std::memory_order_relaxed));
     const bool changed = (old & Pin::changed_bit) != 0;
-    if ((old & Pin::lease_mask) == 1 && (old & Pin::stale_bit) != 0 && try_claim(*pin, true)) {
-        destroy_pin(*pin);
+    if (claim) [[unlikely]] {
+        run_test_hook(HookPoint::LastLeaseReleased);
+        destroy_pin(*pin);  // may delete this
     }
     return changed;
 }
@@ -368,6 +408,7 @@ void RegionCore::register_whole() {
     }
     pin.pinned_bytes = bytes;
     note_pinned(bytes);
+    dev_.pinned_regions.fetch_add(bytes, std::memory_order_relaxed);
     bytes_registered_.fetch_add(config_.implicit ? 0 : range.length(), std::memory_order_relaxed);
     pin.state.store(((pin.state.load(std::memory_order_relaxed) & ~(Pin::incarnation_unit - 1)) +
                      Pin::incarnation_unit),
@@ -445,7 +486,10 @@ Lease RegionCore::translate(std::uintptr_t address, std::size_t length, std::siz
         [[unlikely]] {
         (void)checked_part(address, length, "translate");  // throws the precise error
     }
-    const Range want{address, end};
+    return lease_range(Range{address, end}, max_sge, "translate");
+}
+
+Lease RegionCore::lease_range(Range want, std::size_t max_sge, const char* operation) {
     Lease lease;
     if (config_.mode != Mode::Emulated) {
         acquire_whole(want, max_sge, lease);
@@ -465,6 +509,12 @@ Lease RegionCore::translate(std::uintptr_t address, std::size_t length, std::siz
                                format_bytes(config_.chunk_size) + " chunks (one SGE each) but " +
                                "max_sge is " + std::to_string(max_sge) +
                                ": split the request or use larger chunks");
+    }
+    // The lease holds all its chunks at once: a range that can never fit the
+    // budget is refused before anything is registered or evicted.
+    if (count * config_.chunk_size + dev_.pinned_regions.load(std::memory_order_relaxed) >
+        dev_.max_pinned) [[unlikely]] {
+        check_fits_budget(want, first, last, operation);
     }
     lease.begin(this, count, count);
     std::uint64_t hits = 0;
@@ -494,6 +544,32 @@ RegionCore::Leaf& RegionCore::ensure_leaf_locked(std::size_t chunk) {
     leaves_.push_back(std::make_unique<Leaf>());
     entry.store(leaves_.back().get(), std::memory_order_seq_cst);
     return *leaves_.back();
+}
+
+void RegionCore::check_fits_budget(Range want, std::size_t first, std::size_t last,
+                                   const char* operation) const {
+    const std::uint64_t needed =
+        page_rounded(Range{chunk_range(first).begin, chunk_range(last).end});
+    const std::uint64_t held = dev_.pinned_regions.load(std::memory_order_acquire);
+    if (needed + held <= dev_.max_pinned) {
+        return;
+    }
+    const std::uint64_t room = dev_.max_pinned - std::min(held, dev_.max_pinned);
+    std::string advice = room >= config_.chunk_size
+                             ? "split it into pieces of at most " +
+                                   format_bytes(room / config_.chunk_size * config_.chunk_size) +
+                                   ", or raise max_pinned_bytes"
+                             : "raise max_pinned_bytes";
+    if (held != 0) {
+        advice += ", or drop pinned regions";
+    }
+    throw_error(ENOBUFS,
+                what(operation, want) + ": leases " + std::to_string(last - first + 1) + " " +
+                    format_bytes(config_.chunk_size) + " chunks at once (up to " +
+                    format_bytes(needed) + " pinned) but the pinned budget is " +
+                    format_bytes(dev_.max_pinned) + " (" + dev_.budget_source + ")" +
+                    (held != 0 ? ", of which pinned regions hold " + format_bytes(held) : "") +
+                    "; no retry can make it fit: " + advice);
 }
 
 void RegionCore::throw_unmapped(Range part) const {
@@ -598,7 +674,9 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
                 if (mapped.empty() || mapped.front() != part) {
                     throw_unmapped(part);
                 }
-                mark_stale(*current, false);
+                // Changed, not just stale: leases may still hold it, and once
+                // out of its slot no invalidation can reach it any more.
+                mark_stale(*current, true);
             }
             Pin* expected = current;
             slot.pin.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel);
@@ -618,18 +696,26 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
             return_unused_pin_locked(pin);
             throw;
         }
-        // Live, one lease (ours), next incarnation.
-        pin.state.store(
+        // One lease (ours), next incarnation, not leasable by others until
+        // the re-check below confirms it.
+        const std::uint64_t published =
             ((pin.state.load(std::memory_order_relaxed) & ~(Pin::incarnation_unit - 1)) +
              Pin::incarnation_unit) |
-                1,
-            std::memory_order_release);
+            Pin::unconfirmed_bit | 1;
+        pin.state.store(published, std::memory_order_release);
         pin.last_use.store(dev_.clock.fetch_add(1, std::memory_order_relaxed),
                            std::memory_order_relaxed);
         slot.pin.store(&pin, std::memory_order_seq_cst);
         chunk_faults_.fetch_add(1, std::memory_order_relaxed);
+        run_test_hook(HookPoint::FaultPublished);
+        // Confirmed only if no invalidation ran since the sequence was read:
+        // one before the pin was in its slot bumped the sequence, one after
+        // it marked the pin (then the exchange below fails).
+        std::uint64_t expected_state = published;
         if (slot.seq.load(std::memory_order_seq_cst) == seq &&
-            epoch_.load(std::memory_order_seq_cst) == epoch) {
+            epoch_.load(std::memory_order_seq_cst) == epoch &&
+            pin.state.compare_exchange_strong(expected_state, published & ~Pin::unconfirmed_bit,
+                                              std::memory_order_acq_rel)) {
             return {&pin, pin.find(part)};
         }
         // An invalidation ran while we registered: the pages we pinned may be
@@ -653,6 +739,16 @@ void RegionCore::on_invalidate(Range range, InvalidationReason reason) noexcept 
         on_invalidate_all(reason);
         return;
     }
+    // After close() only leases hold the core: an exposure callback that
+    // releases the last one must not delete it under this call.
+    const bool referenced = try_reference();
+    invalidate_range(range, reason);
+    if (referenced) {
+        drop_reference();
+    }
+}
+
+void RegionCore::invalidate_range(Range range, InvalidationReason reason) noexcept {
     invalidations_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
     const Range hit = range.intersect(config_.range);
     if (hit.empty()) {
@@ -687,6 +783,14 @@ void RegionCore::on_invalidate(Range range, InvalidationReason reason) noexcept 
 }
 
 void RegionCore::on_invalidate_all(InvalidationReason reason) noexcept {
+    const bool referenced = try_reference();  // as in on_invalidate
+    invalidate_everything(reason);
+    if (referenced) {
+        drop_reference();
+    }
+}
+
+void RegionCore::invalidate_everything(InvalidationReason reason) noexcept {
     invalidations_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
     if (config_.mode == Mode::Emulated) {
         epoch_.fetch_add(1, std::memory_order_seq_cst);
@@ -748,15 +852,9 @@ Exposure RegionCore::expose(std::uintptr_t address, std::size_t length, Exposure
                                 to_string(config_.access) +
                                 ", no remote access: register it with RemoteWrite/RemoteRead");
     }
-    Exposure exposure;
-    exposure.lease_ = translate(address, length, unlimited_sges);
-    exposure.range_ = want;
-    const auto sges = exposure.lease_.sges();
-    const auto rkeys = exposure.lease_.rkeys();
-    exposure.segments_.reserve(sges.size());
-    for (std::size_t i = 0; i < sges.size(); ++i) {
-        exposure.segments_.push_back(RemoteSegment{sges[i].addr, sges[i].length, rkeys[i]});
-    }
+    // Listed before the chunks are leased: an invalidation from here on runs
+    // the callback (one that lands before translate() is already behind the
+    // pages it leases). The callback may thus run before expose() returns.
     auto state = std::make_shared<ExposureState>();
     state->callback = std::move(callback);
     state->range = want;
@@ -765,13 +863,22 @@ Exposure RegionCore::expose(std::uintptr_t address, std::size_t length, Exposure
         exposures_.push_back(state);
         exposure_count_.fetch_add(1, std::memory_order_release);
     }
-    // An invalidation between translate() and the registration above was not
-    // matched against the exposure: the chunks remember it.
-    detail::Pin** pins = exposure.lease_.pin_data();
-    for (std::uint32_t i = 0; i < exposure.lease_.pin_count_; ++i) {
-        if ((pins[i]->state.load(std::memory_order_acquire) & Pin::changed_bit) != 0) {
-            state->changed.store(true, std::memory_order_release);
-        }
+    Exposure exposure;
+    try {
+        exposure.lease_ = lease_range(want, unlimited_sges, "expose");
+    } catch (...) {
+        remove_exposure(state);
+        const std::scoped_lock lock(state->mutex);
+        state->released = true;
+        throw;
+    }
+    run_test_hook(HookPoint::ExposeTranslated);
+    exposure.range_ = want;
+    const auto sges = exposure.lease_.sges();
+    const auto rkeys = exposure.lease_.rkeys();
+    exposure.segments_.reserve(sges.size());
+    for (std::size_t i = 0; i < sges.size(); ++i) {
+        exposure.segments_.push_back(RemoteSegment{sges[i].addr, sges[i].length, rkeys[i]});
     }
     exposure.state_ = std::move(state);
     return exposure;
@@ -809,7 +916,7 @@ void RegionCore::prefetch(std::uintptr_t address, std::size_t length, Prefetch a
         }
         case Mode::Emulated:
         case Mode::Auto: {
-            Lease lease = translate(address, length, unlimited_sges);
+            Lease lease = lease_range(want, unlimited_sges, "prefetch");
             lease.release();
             prefetches_.fetch_add(1, std::memory_order_relaxed);
             return;

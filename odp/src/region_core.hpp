@@ -36,7 +36,9 @@
 #include <odp/nic.hpp>
 #include <odp/region.hpp>
 #include <odp/stats.hpp>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace odp::detail {
@@ -91,7 +93,10 @@ struct Pin {
     static constexpr std::uint64_t changed_bit = std::uint64_t{1} << 25;  // mapping changed
     static constexpr std::uint64_t dead_bit = std::uint64_t{1} << 26;     // being deregistered
     static constexpr std::uint64_t free_bit = std::uint64_t{1} << 27;     // unused, in the pool
-    static constexpr std::uint64_t unusable = stale_bit | dead_bit | free_bit;
+    // Published by a fault that has not re-checked its chunk's sequence yet:
+    // its pages may already be the old ones, so nobody else may lease it.
+    static constexpr std::uint64_t unconfirmed_bit = std::uint64_t{1} << 28;
+    static constexpr std::uint64_t unusable = stale_bit | dead_bit | free_bit | unconfirmed_bit;
     static constexpr std::uint64_t incarnation_unit = std::uint64_t{1} << 32;
     static constexpr std::size_t whole_region = static_cast<std::size_t>(-1);
 
@@ -131,6 +136,24 @@ struct EvictionCandidate {
     Pin* pin = nullptr;
 };
 
+// What the kernel lets this process pin (probed once per device).
+struct PinLimits {
+    std::optional<std::uint64_t> memlock;  // RLIMIT_MEMLOCK; empty when unlimited
+    bool ipc_lock = false;                 // CAP_IPC_LOCK: RLIMIT_MEMLOCK is not enforced
+    std::uint64_t physical_memory = 0;
+};
+[[nodiscard]] PinLimits probe_pin_limits();
+
+struct Budget {
+    std::uint64_t bytes = 0;
+    std::string source;  // where it came from, for stats and errors
+};
+// The device's pinned budget: `requested` if given (refused above an enforced
+// RLIMIT_MEMLOCK when the NIC pins memory), else RLIMIT_MEMLOCK when the
+// kernel enforces it, else half of RAM.
+[[nodiscard]] Budget choose_budget(const PinLimits& limits, std::optional<std::uint64_t> requested,
+                                   bool pins_memory, std::string_view nic_name);
+
 struct DeviceState {
     DeviceState(std::unique_ptr<Nic> nic_in, const DeviceOptions& options);
 
@@ -139,6 +162,9 @@ struct DeviceState {
     std::string budget_source;
     std::atomic<std::uint64_t> pinned{0};
     std::atomic<std::uint64_t> peak_pinned{0};
+    // The part of `pinned` held by pinned regions: never evictable, so a
+    // request that does not fit beside them cannot fit by releasing leases.
+    std::atomic<std::uint64_t> pinned_regions{0};
     std::atomic<std::uint64_t> clock{1};  // LRU time: advances at every fault
 
     // The slow-path lock: faults, eviction, sweeping, the region list and
@@ -148,8 +174,9 @@ struct DeviceState {
     Stats retired;                     // totals of closed regions
 
     // Reserves `bytes` of the budget, sweeping stale pins and evicting LRU
-    // chunks of any region if needed. Throws BackPressure when everything
-    // left is leased. Caller holds `mutex`.
+    // chunks of any region if needed. Throws ENOBUFS when the bytes cannot
+    // fit beside the pinned regions, BackPressure (EAGAIN) when releasing
+    // leases would make room. Caller holds `mutex`.
     void reserve_locked(std::uint64_t bytes, RegionCore& requester, const std::string& what);
     void unreserve(std::uint64_t bytes) noexcept {
         pinned.fetch_sub(bytes, std::memory_order_acq_rel);
@@ -193,7 +220,17 @@ class RegionCore final : public InvalidationListener {
     void on_invalidate_all(InvalidationReason reason) noexcept override;
     void fire_exposures(Range hit, InvalidationReason reason) noexcept;
 
-    // Lease support: drops one lease; true if the pin's mapping changed.
+    // Lease support. Before a release reads its pins: delivers the events
+    // the source recorded but has not delivered yet (a change that returned
+    // before the release must be seen). A few atomic loads when none are
+    // pending. False if that failed (the caller must assume a change).
+    bool catch_up() noexcept {
+        if (!mirror_ || mirror_->up_to_date()) [[likely]] {
+            return true;
+        }
+        return synchronize_mirror();
+    }
+    // Drops one lease; true if the pin's mapping changed.
     bool release_pin(Pin* pin) noexcept;
     void remove_exposure(const std::shared_ptr<ExposureState>& state) noexcept;
 
@@ -230,6 +267,11 @@ class RegionCore final : public InvalidationListener {
     [[nodiscard]] Range chunk_range(std::size_t chunk) const noexcept;
     [[nodiscard]] Slot* slot_if_present(std::size_t chunk) const noexcept;
 
+    [[nodiscard]] Lease lease_range(Range want, std::size_t max_sge, const char* operation);
+    void check_fits_budget(Range want, std::size_t first, std::size_t last,
+                           const char* operation) const;
+    void invalidate_range(Range range, InvalidationReason reason) noexcept;
+    void invalidate_everything(InvalidationReason reason) noexcept;
     void register_whole();
     void acquire_whole(Range want, std::size_t max_sge, Lease& lease);
     Hit try_acquire(std::size_t chunk, Range part) noexcept;
@@ -242,6 +284,10 @@ class RegionCore final : public InvalidationListener {
     [[noreturn]] void throw_unmapped(Range part) const;
     bool mark_stale(Pin& pin, bool changed) noexcept;
     bool try_claim(Pin& pin, bool require_stale) noexcept;
+    bool synchronize_mirror() noexcept;
+    // A reference for the duration of a callback, unless the core is already
+    // being deleted (its destructor then waits for the callback to return).
+    bool try_reference() noexcept;
     std::uint64_t destroy_pin(Pin& pin) noexcept;  // after try_claim; may delete this
     void drop_reference() noexcept;
     void note_pinned(std::uint64_t bytes) noexcept;
@@ -254,8 +300,9 @@ class RegionCore final : public InvalidationListener {
     const std::size_t base_chunk_;
     const std::size_t chunk_count_;
     std::string monitor_;
-    // Emulated regions: the per-process Mirror and this region's watch on it
-    // (reset at close; the Mirror itself lives as long as the core).
+    // Emulated regions: the per-process Mirror and this region's watch on it.
+    // Both live as long as the core: a lease or exposure that outlives the
+    // Region handle must still hear that the mapping under it changed.
     std::shared_ptr<Mirror> mirror_;
     Mirror::Watch watch_;
 

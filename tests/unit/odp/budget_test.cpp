@@ -1,10 +1,13 @@
-// The pinned budget: default from RLIMIT_MEMLOCK, LRU eviction, back-pressure.
+// The pinned budget: its default (RLIMIT_MEMLOCK unless CAP_IPC_LOCK), LRU
+// eviction, back-pressure, requests that can never fit.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 
+#include <functional>
 #include <odp/device.hpp>
 #include <odp/region.hpp>
 
+#include "region_core.hpp"
 #include "test_support.hpp"
 
 namespace odp {
@@ -13,23 +16,16 @@ namespace {
 using test::expect_error;
 using test::MiB;
 
-TEST(Budget, DefaultsToMemlockLimit) {
-    rlimit limit{};
-    ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &limit), 0);
-    auto device = Device::open(std::make_unique<FakeNic>());
-    if (limit.rlim_cur == RLIM_INFINITY) {
-        EXPECT_NE(device->budget_source().find("half of RAM"), std::string::npos);
-    } else {
-        EXPECT_EQ(device->max_pinned_bytes(), limit.rlim_cur);
-        EXPECT_NE(device->budget_source().find("RLIMIT_MEMLOCK"), std::string::npos);
-    }
-}
-
 TEST(Budget, NeverAboveMemlockLimit) {
     rlimit limit{};
     ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &limit), 0);
     if (limit.rlim_cur == RLIM_INFINITY) {
-        GTEST_SKIP() << "RLIMIT_MEMLOCK is unlimited here: no limit to exceed";
+        GTEST_SKIP() << "RLIMIT_MEMLOCK is unlimited here: no limit to exceed "
+                        "(RootWithIpcLockIsNotHeldToMemlock covers the rule)";
+    }
+    if (detail::probe_pin_limits().ipc_lock) {
+        GTEST_SKIP() << "CAP_IPC_LOCK here: the kernel does not enforce RLIMIT_MEMLOCK "
+                        "(RootWithIpcLockIsNotHeldToMemlock covers the rule)";
     }
     const auto pinning_fake = [] {
         auto fake = std::make_unique<FakeNic>();
@@ -130,7 +126,7 @@ TEST_F(Budget3Chunks, RequestLargerThanTheBudgetIsRefused) {
                                                test::emulated());
     const std::string message =
         expect_error(ENOBUFS, [&] { (void)big.translate(buffer.data(), 1); });
-    EXPECT_NE(message.find("max_pinned_bytes is 1 MiB"), std::string::npos) << message;
+    EXPECT_NE(message.find("pinned budget is 1 MiB"), std::string::npos) << message;
 }
 
 TEST_F(Budget3Chunks, StaleChunksAreSweptBeforeEvicting) {
@@ -176,6 +172,103 @@ TEST_F(Budget3Chunks, PinnedRegionsCountAndCanEvictChunks) {
     EXPECT_FALSE(registered(1));
     EXPECT_EQ(region.stats().evictions, 2U);
     EXPECT_EQ(pinned.translate(pinned_buffer.data(), 4 * MiB).sges().size(), 1U);
+}
+
+// The default budget follows what the kernel enforces (an injected probe).
+TEST(Budget, RootWithIpcLockIsNotHeldToMemlock) {
+    detail::PinLimits limits;
+    limits.memlock = 8 * MiB;
+    limits.physical_memory = 16384 * MiB;
+    const detail::Budget plain = detail::choose_budget(limits, std::nullopt, true, "fake0");
+    EXPECT_EQ(plain.bytes, 8 * MiB);
+    EXPECT_NE(plain.source.find("RLIMIT_MEMLOCK (8 MiB)"), std::string::npos) << plain.source;
+    limits.ipc_lock = true;
+    const detail::Budget root = detail::choose_budget(limits, std::nullopt, true, "fake0");
+    EXPECT_EQ(root.bytes, 8192 * MiB);
+    EXPECT_NE(root.source.find("half of RAM"), std::string::npos) << root.source;
+    EXPECT_NE(root.source.find("CAP_IPC_LOCK"), std::string::npos) << root.source;
+    // Asking for more than RLIMIT_MEMLOCK is fine when it is not enforced ...
+    EXPECT_EQ(detail::choose_budget(limits, 64 * MiB, true, "fake0").bytes, 64 * MiB);
+    // ... and refused when it is.
+    limits.ipc_lock = false;
+    const std::string message = test::expect_error(
+        EINVAL, [&] { (void)detail::choose_budget(limits, 64 * MiB, true, "fake0"); });
+    EXPECT_NE(message.find("RLIMIT_MEMLOCK"), std::string::npos) << message;
+    limits.memlock.reset();
+    const detail::Budget unlimited = detail::choose_budget(limits, std::nullopt, true, "fake0");
+    EXPECT_EQ(unlimited.bytes, 8192 * MiB);
+    EXPECT_NE(unlimited.source.find("unlimited"), std::string::npos) << unlimited.source;
+}
+
+TEST(Budget, ThisProcessIsProbed) {
+    const detail::PinLimits limits = detail::probe_pin_limits();
+    EXPECT_GT(limits.physical_memory, 0U);
+    const auto device = Device::open(std::make_unique<FakeNic>());
+    EXPECT_EQ(device->max_pinned_bytes(),
+              detail::choose_budget(limits, std::nullopt, false, "fake0").bytes);
+}
+
+// A pinned region that cannot fit beside the pinned regions already there
+// says so (no lease release can help), and what to do.
+TEST(Budget, PinnedRegionBeyondThePinnedRegionsIsRefusedClearly) {
+    test::FakeDevice dev = test::make_device(8 * MiB);
+    test::Mapping first(8 * MiB);
+    test::Mapping second(MiB);
+    const Region whole =
+        dev.device->register_region(first.data(), first.size(), Access::LocalWrite, Mode::Pinned);
+    const std::string message = expect_error(ENOBUFS, [&] {
+        (void)dev.device->register_region(second.data(), second.size(), Access::LocalWrite,
+                                          Mode::Pinned);
+    });
+    EXPECT_EQ(message.find("leased chunks"), std::string::npos) << message;
+    EXPECT_NE(message.find("pinned regions already hold 8 MiB of the 8 MiB budget"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("Mode::Emulated"), std::string::npos) << message;
+    EXPECT_EQ(dev.fake->live_registrations().size(), 1U);
+    EXPECT_EQ(dev.device->pinned_bytes(), 8 * MiB);
+}
+
+// A lease that can never fit the budget: ENOBUFS before anything is
+// registered, for each call that leases.
+class BudgetTooSmall : public ::testing::Test {
+  protected:
+    test::FakeDevice dev = test::make_device(4 * MiB);
+    test::Mapping buffer{8 * MiB};
+    Region region = dev.device->register_region(
+        buffer.data(), buffer.size(), Access::LocalWrite | Access::RemoteWrite, test::emulated());
+
+    void expect_refused(const char* operation, const std::function<void()>& call) {
+        const std::string message = expect_error(ENOBUFS, call);
+        EXPECT_NE(message.find(std::string(operation) + "("), std::string::npos) << message;
+        EXPECT_NE(message.find("up to 6 MiB pinned"), std::string::npos) << message;
+        EXPECT_NE(message.find("pinned budget is 4 MiB"), std::string::npos) << message;
+        EXPECT_NE(message.find("pieces of at most 4 MiB"), std::string::npos) << message;
+        EXPECT_EQ(dev.fake->counters().registrations, 0U) << "refused up front";
+        EXPECT_EQ(dev.device->pinned_bytes(), 0U);
+    }
+};
+
+TEST_F(BudgetTooSmall, TranslateIsRefusedUpFront) {
+    expect_refused("translate", [&] { (void)region.translate(buffer.data(), 6 * MiB); });
+}
+
+TEST_F(BudgetTooSmall, ExposeIsRefusedUpFront) {
+    expect_refused("expose", [&] { (void)region.expose(buffer.data(), 6 * MiB); });
+}
+
+TEST_F(BudgetTooSmall, PrefetchIsRefusedUpFront) {
+    expect_refused("prefetch", [&] { region.prefetch(buffer.data(), 6 * MiB); });
+}
+
+TEST_F(BudgetTooSmall, PinnedRegionsCountAgainstWhatCanFit) {
+    test::Mapping pinned_buffer(2 * MiB);
+    const Region pinned = dev.device->register_region(pinned_buffer.data(), 2 * MiB,
+                                                      Access::LocalWrite, Mode::Pinned);
+    const std::string message =
+        expect_error(ENOBUFS, [&] { (void)region.translate(buffer.data(), 4 * MiB); });
+    EXPECT_NE(message.find("pinned regions hold 2 MiB"), std::string::npos) << message;
+    EXPECT_EQ(region.translate(buffer.data(), 2 * MiB).sges().size(), 1U);
 }
 
 }  // namespace

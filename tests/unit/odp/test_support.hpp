@@ -8,11 +8,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <odp/device.hpp>
 #include <odp/error.hpp>
 #include <odp/fake_nic.hpp>
 #include <utility>
+
+#include "test_hooks.hpp"
 
 namespace odp::test {
 
@@ -117,5 +120,27 @@ inline RegionOptions emulated(std::size_t chunk = 2 * MiB) {
     options.monitor = MonitorKind::None;  // tests drive invalidation directly
     return options;
 }
+
+// Runs `body` at every library test hook point while in scope (one at a time).
+class ScopedTestHook {
+  public:
+    explicit ScopedTestHook(std::function<void(detail::HookPoint)> body) {
+        current() = std::move(body);
+        detail::test_hook.store(&trampoline);
+    }
+    ScopedTestHook(const ScopedTestHook&) = delete;
+    ScopedTestHook& operator=(const ScopedTestHook&) = delete;
+    ~ScopedTestHook() {
+        detail::test_hook.store(nullptr);
+        current() = {};
+    }
+
+  private:
+    static std::function<void(detail::HookPoint)>& current() {
+        static std::function<void(detail::HookPoint)> body;
+        return body;
+    }
+    static void trampoline(detail::HookPoint point) { current()(point); }
+};
 
 }  // namespace odp::test

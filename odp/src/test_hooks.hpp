@@ -1,0 +1,32 @@
+// Test-only hooks: points in the library where a host test runs code of its
+// own, to open a race window on purpose so that the race fails every time
+// instead of by luck. Production never sets the hook; each point costs one
+// relaxed load of a null pointer, and no point is on the hit path.
+#pragma once
+
+#include <atomic>
+
+namespace odp::detail {
+
+enum class HookPoint {
+    // release_pin: the last lease of a stale pin is gone, before the pin is
+    // deregistered (Region close may run here).
+    LastLeaseReleased,
+    // acquire_slow: a new pin is in its slot, before the fault re-checks the
+    // chunk's sequence (another thread may try to lease it here).
+    FaultPublished,
+    // expose: translate() returned, the exposure's chunks are leased.
+    ExposeTranslated,
+};
+
+using TestHook = void (*)(HookPoint point);
+extern std::atomic<TestHook> test_hook;
+
+inline void run_test_hook(HookPoint point) noexcept {
+    if (const TestHook hook = test_hook.load(std::memory_order_relaxed); hook != nullptr)
+        [[unlikely]] {
+        hook(point);
+    }
+}
+
+}  // namespace odp::detail
