@@ -437,6 +437,7 @@ class Stress {
     Journal journal_;
     std::mutex report_mutex_;  // first silent error, fatal error
     std::string first_silent_;
+    unsigned silent_reported_ = 0;
     std::string fatal_;
 };
 
@@ -719,7 +720,7 @@ void Stress::report_silent(std::uint64_t id, Operation operation, unsigned worke
     if (changes.empty()) {
         text << " none recorded";
     }
-    for (const ChangeRecord& record : changes) {
+    const auto describe = [&](const ChangeRecord& record) {
         text << "\n      #" << record.sequence << " " << name_of(record.kind) << " of the "
              << name_of(record.side) << " ";
         if (record.whole_process) {
@@ -729,11 +730,34 @@ void Stress::report_silent(std::uint64_t id, Operation operation, unsigned worke
         }
         text << (record.late ? " late (before the release)" : "")
              << (record.zeroed ? " zeroed" : "");
+    };
+    for (const ChangeRecord& record : changes) {
+        describe(record);
+    }
+    // A registration that went wrong during an earlier change (the zap
+    // window) stays cached: show the last changes of the bad bytes before.
+    const std::size_t bad_begin = (offset + first_bad) / page_size() * page_size();
+    bool earlier_complete = true;
+    std::vector<ChangeRecord> earlier =
+        journal_.overlapping(first_change > 256 ? first_change - 256 : 0, first_change, bad_begin,
+                             offset + length, earlier_complete);
+    if (earlier.size() > 4) {
+        earlier.erase(earlier.begin(), earlier.end() - 4);
+    }
+    text << "\n    the last changes of the differing bytes before it:";
+    if (earlier.empty()) {
+        text << " none in the 256 changes before";
+    }
+    for (const ChangeRecord& record : earlier) {
+        describe(record);
     }
     const std::scoped_lock lock(report_mutex_);
+    // The first ten in full as they happen; the first again in the summary.
+    if (++silent_reported_ <= 10) {
+        std::cerr << "odp-stress: " << text.str() << "\n" << std::flush;
+    }
     if (first_silent_.empty()) {
         first_silent_ = text.str();
-        std::cerr << "odp-stress: " << first_silent_ << "\n" << std::flush;
     }
 }
 
