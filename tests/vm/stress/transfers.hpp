@@ -1,0 +1,73 @@
+// RDMA transfers between two libodp regions over one RC QP connected to
+// itself (rxe0 loopback), each through the library's leases (the local side)
+// and exposures (the side a peer reaches with an rkey):
+//   write: source lease (the data), target exposure (the peer's RDMA WRITE lands there)
+//   read:  source exposure (the peer reads it), target lease (the READ response lands there)
+//   send:  source lease (SEND), target lease (the posted RECV)
+// start() posts the work requests and waits for their completions; the
+// caller then releases (Held::release) and checks the bytes.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <odp/device.hpp>
+#include <odp/region.hpp>
+#include <odp/verbs.hpp>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace odp::stress {
+
+enum class Operation : std::uint8_t { Write, Read, Send };
+inline constexpr std::array all_operations = {Operation::Write, Operation::Read, Operation::Send};
+inline constexpr std::size_t operation_count = all_operations.size();
+[[nodiscard]] std::string_view name_of(Operation operation) noexcept;
+[[nodiscard]] std::optional<Operation> parse_operation(std::string_view name) noexcept;
+
+// The SGEs covering bytes [offset, offset + length) of the concatenation of `sges`.
+[[nodiscard]] std::vector<ibv_sge> slice_sges(std::span<const ibv_sge> sges, std::size_t offset,
+                                              std::size_t length);
+
+// What one transfer holds until the caller has decided: its leases and exposure.
+struct Held {
+    Lease source_lease;
+    Lease target_lease;
+    Exposure source_exposure;
+    Exposure target_exposure;
+
+    // Releases everything; true if any release reported a change.
+    bool release() noexcept;
+};
+
+class Loopback {
+  public:
+    // One CQ and one RC QP on `device`'s PD, connected to itself; `max_sge`
+    // SGEs per work request.
+    Loopback(Device& device, std::uint32_t max_sge);
+    Loopback(const Loopback&) = delete;
+    Loopback& operator=(const Loopback&) = delete;
+
+    // Translates/exposes [source, +length) of `source_region` and
+    // [target, +length) of `target_region` as `operation` needs, posts the
+    // transfer and waits until every work request completed. Throws
+    // odp::Error from the library (EFAULT: memory unmapped at that moment,
+    // EAGAIN: the mapping kept changing; the caller retries) and
+    // odp::Error(EIO/ETIMEDOUT) for a failed or missing completion.
+    void run(Operation operation, Region& source_region, const unsigned char* source,
+             Region& target_region, unsigned char* target, std::size_t length, Held& held);
+
+  private:
+    void wait_for(std::size_t completions);
+
+    std::uint32_t max_sge_;
+    verbs::CqPtr cq_;
+    std::optional<verbs::RcQueuePair> qp_;
+    std::uint64_t wr_id_ = 0;
+};
+
+}  // namespace odp::stress
