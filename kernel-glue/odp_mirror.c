@@ -44,6 +44,7 @@
 #include <linux/atomic.h>
 #include <linux/bitmap.h>
 #include <linux/debugfs.h>
+#include <linux/delay.h>
 #include <linux/fs.h>
 #include <linux/hmm.h>
 #include <linux/kref.h>
@@ -224,6 +225,19 @@ static u64 odp_mm_serial;
 static struct odp_counters odp_global;
 static struct dentry *odp_debugfs_dir;
 
+/*
+ * Test hooks, root-only in debugfs (zero: off).  They widen race windows so
+ * that the guest tests fail every time instead of by luck:
+ *  inject_drop_delay_ms  a dropped event waits this long between reading the
+ *                        consumer's tail and counting itself lost;
+ *  inject_retry_ms       FAULT/SNAPSHOT batches see their result invalidated
+ *                        until they have been retrying for this long.
+ * notifier_inserts counts interval notifiers ever inserted (debugfs only).
+ */
+static u32 odp_inject_drop_delay_ms;
+static u32 odp_inject_retry_ms;
+static atomic64_t odp_notifier_inserts;
+
 static void odp_count(struct odp_mm *omm, enum odp_counter idx, s64 delta)
 {
 	atomic64_add(delta, &omm->counters.c[idx]);
@@ -372,6 +386,8 @@ static void odp_ring_push(struct odp_mm *omm, struct odp_mirror_event *ev)
 	tail = smp_load_acquire(&omm->consumer->tail);
 	if (head - tail >= omm->ring_entries) {
 		/* Full, or a bogus tail from userspace: drop, never wait. */
+		if (READ_ONCE(odp_inject_drop_delay_ms))
+			mdelay(READ_ONCE(odp_inject_drop_delay_ms));
 		/* Pairs with the reader's acquire of lost. */
 		smp_store_release(&hdr->lost, hdr->lost + 1);
 		WRITE_ONCE(hdr->overflow, 1);
@@ -601,6 +617,7 @@ static long odp_ioctl_register(struct odp_mm *omm, struct file *file,
 		odp_mm_put(omm);
 		return ret;
 	}
+	atomic64_inc(&odp_notifier_inserts);
 
 	mutex_lock(&omm->lock);
 	slot = find_first_zero_bit(omm->slots, omm->max_regions);
@@ -693,6 +710,7 @@ static int odp_walk_batch(struct odp_walk *w, unsigned long start,
 	struct odp_region *region = w->region;
 	struct odp_mm *omm = region->omm;
 	unsigned long deadline = jiffies + msecs_to_jiffies(ODP_FAULT_TIMEOUT_MS);
+	unsigned long batch_start = jiffies;
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
 	struct hmm_range range = {
 		.notifier = &region->notifier,
@@ -732,6 +750,14 @@ static int odp_walk_batch(struct odp_walk *w, unsigned long start,
 			spin_unlock(&region->lock);
 			w->retries++;
 			cond_resched();
+			continue;
+		}
+		if (READ_ONCE(odp_inject_retry_ms) &&
+		    time_before(jiffies, batch_start +
+				msecs_to_jiffies(READ_ONCE(odp_inject_retry_ms)))) {
+			spin_unlock(&region->lock);
+			w->retries++;
+			msleep(1);
 			continue;
 		}
 		/*
@@ -1073,6 +1099,8 @@ static int odp_stats_show(struct seq_file *m, void *unused)
 	char prefix[32];
 
 	odp_show_counters(m, "module.", &odp_global);
+	seq_printf(m, "module.notifier_inserts %lld\n",
+		   (long long)atomic64_read(&odp_notifier_inserts));
 	mutex_lock(&odp_mms_lock);
 	list_for_each_entry(omm, &odp_mms, node) {
 		snprintf(prefix, sizeof(prefix), "mm%llu.",
@@ -1106,6 +1134,10 @@ static int __init odp_init(void)
 	/* Statistics stay available through the ioctl if debugfs is absent. */
 	odp_debugfs_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	debugfs_create_file("stats", 0444, odp_debugfs_dir, NULL, &odp_stats_fops);
+	debugfs_create_u32("inject_drop_delay_ms", 0600, odp_debugfs_dir,
+			   &odp_inject_drop_delay_ms);
+	debugfs_create_u32("inject_retry_ms", 0600, odp_debugfs_dir,
+			   &odp_inject_retry_ms);
 	return 0;
 }
 

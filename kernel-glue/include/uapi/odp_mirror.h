@@ -68,6 +68,7 @@
 #define ODP_MIRROR_FEATURE_SNAPSHOT	(1ULL << 3) /* ODP_MIRROR_IOC_SNAPSHOT */
 #define ODP_MIRROR_FEATURE_STATS	(1ULL << 4) /* ODP_MIRROR_IOC_STATS and debugfs */
 #define ODP_MIRROR_FEATURE_POLL		(1ULL << 5) /* poll/epoll: EPOLLIN when events are queued */
+#define ODP_MIRROR_FEATURE_POLL_LOST	(1ULL << 6) /* ODP_MIRROR_CONSUMER_POLL_LOST */
 
 /*
  * Event reasons (struct odp_mirror_event.reason), derived from the kernel's
@@ -175,9 +176,16 @@ struct odp_mirror_ring_header {
 	__u64 reserved[5];	/* zero */
 };
 
+/* struct odp_mirror_ring_consumer.flags */
+/* poll/epoll also report EPOLLIN while lost != lost_seen. */
+#define ODP_MIRROR_CONSUMER_POLL_LOST	(1U << 0)
+
 struct odp_mirror_ring_consumer {
 	__u64 tail;		/* events consumed so far (store-release by userspace) */
-	__u64 reserved[7];	/* ignored by the kernel */
+	__u64 lost_seen;	/* with POLL_LOST: the `lost` the reader has handled */
+	__u32 flags;		/* ODP_MIRROR_CONSUMER_*; unknown bits are ignored */
+	__u32 reserved0;	/* ignored by the kernel */
+	__u64 reserved[5];	/* ignored by the kernel */
 };
 
 /* ODP_MIRROR_IOC_QUERY: ABI version, features, limits and the mmap sizes. */

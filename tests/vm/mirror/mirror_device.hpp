@@ -210,6 +210,14 @@ class Mirror {
                                __ATOMIC_ACQUIRE);
     }
 
+    // The reader's side of ODP_MIRROR_CONSUMER_POLL_LOST.
+    void set_consumer_flags(std::uint32_t flags) const {
+        __atomic_store_n(&consumer().flags, flags, __ATOMIC_RELEASE);
+    }
+    void set_lost_seen(std::uint64_t lost) const {
+        __atomic_store_n(&consumer().lost_seen, lost, __ATOMIC_RELEASE);
+    }
+
     // Every queued event, in order; the ring protocol of the uapi header.
     std::vector<odp_mirror_event> drain() const {
         std::vector<odp_mirror_event> out;

@@ -23,6 +23,9 @@ for _ in $(seq 50); do [ -c /dev/odp_mirror ] && break; sleep 0.1; done
 [ -c /dev/odp_mirror ] || fail "/dev/odp_mirror did not appear"
 mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug
 [ -r /sys/kernel/debug/odp_mirror/stats ] || fail "debugfs stats missing"
+# cgroup v2 with the memory controller, for the accounting test.
+mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup ||
+    fail "cannot mount cgroup2 on /sys/fs/cgroup"
 
 # Swap on zram so that MADV_PAGEOUT can push anonymous pages out (optional:
 # the pageout test skips with a reason without it).
