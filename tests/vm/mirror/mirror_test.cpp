@@ -1527,6 +1527,8 @@ TEST_F(MirrorTest, PollWakesForAnEventDroppedWhileTheReaderCaughtUp) {
         c.expect_eq(ready, 1, "poll woke for the dropped event");
         c.expect(waited < 3s, "within the delay, not at the timeout");
         c.expect_eq(static_cast<long long>(m.lost()), 1, "lost");
+        const auto queued = m.drain();
+        c.expect(queued.empty(), "nothing queued after the drop:" + describe(queued));
         m.set_lost_seen(m.lost());
         c.expect_eq(::poll(&pfd, 1, 0), 0, "not readable once the loss is handled");
     });
