@@ -30,9 +30,9 @@
  *
  * Locks:
  *  odp_mms_lock       the list of odp_mm objects and the per-user charges.
- *  odp_mm.lock        the id table and the slot bitmap.  Taken before
- *                     mmap_lock (mmu_interval_notifier_insert), never inside
- *                     a notifier callback.
+ *  odp_mm.lock        the id table and the slot bitmap.  Never held across
+ *                     a user access or mmap_lock, never taken inside a
+ *                     notifier callback; ioctls take it killably.
  *  odp_region.lock    spinlock: the notifier callback against the
  *                     read_retry/commit step of FAULT and SNAPSHOT, and the
  *                     region's generation.  Callbacks never sleep, so the
@@ -862,7 +862,7 @@ static int odp_walk_batch(struct odp_walk *w, unsigned long start,
 		    time_before(jiffies, batch_start +
 				msecs_to_jiffies(READ_ONCE(odp_inject_retry_ms)))) {
 			spin_unlock(&region->lock);
-			msleep(1);
+			usleep_range(1000, 2000);
 			goto retry;
 		}
 		/*

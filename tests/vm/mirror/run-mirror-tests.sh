@@ -55,6 +55,17 @@ echo "$gauges" | awk '$2 != 0 { bad = 1 } END { exit bad }' ||
 if grep '^user' /sys/kernel/debug/odp_mirror/stats >&2; then
     fail "memory still charged to users after the tests"
 fi
+# With kmemleak (scripts/debug-kernel): no object allocated by the module may
+# be unreferenced (objects must be 5 s old to be reported; scan while the
+# module is loaded so that its functions have names in the backtraces).
+if [ -w /sys/kernel/debug/kmemleak ]; then
+    sleep 6
+    echo scan >/sys/kernel/debug/kmemleak && echo scan >/sys/kernel/debug/kmemleak
+    if grep -q odp_ /sys/kernel/debug/kmemleak; then
+        cat /sys/kernel/debug/kmemleak >&2
+        fail "kmemleak reports objects allocated by odp_mirror"
+    fi
+fi
 rmmod odp_mirror || fail "rmmod odp_mirror"
 if dmesg | tail -n +"$((log_start + 1))" |
     grep -E 'BUG|WARNING|Oops|leak|general protection|refcount_t|odp_mirror.*error|possible .*(deadlock|recursive locking)|lockdep|KASAN|kmemleak|UBSAN|hung_task|soft lockup|rcu.*stall' >&2; then
