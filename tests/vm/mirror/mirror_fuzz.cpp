@@ -26,8 +26,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <new>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -46,8 +46,9 @@ constexpr std::size_t kWindowPages = 4096;  // 16 MiB the workers fight over
 // Errnos the ABI documents for ioctls, mmaps and opens; anything else is a bug.
 // EBADF, ENODEV: another thread closed the file (its number may even be
 // reused by another kind of file), which is part of the game.
-const std::set<int> kIoctlErrnos = {EINVAL, E2BIG, EFAULT, ENOTTY, ENOENT, ERANGE, EOVERFLOW,
-                                    ENOSPC, EPERM, EBUSY,  EINTR,  ESRCH,  ENOMEM, EDQUOT, EBADF};
+const std::set<int> kIoctlErrnos = {EINVAL, E2BIG,     EFAULT, ENOTTY, ENOENT,
+                                    ERANGE, EOVERFLOW, ENOSPC, EPERM,  EBUSY,
+                                    EINTR,  ESRCH,     ENOMEM, EDQUOT, EBADF};
 const std::set<int> kMmapErrnos = {EINVAL, EACCES, EPERM, ENOMEM, EAGAIN, EBADF, ENODEV};
 const std::set<int> kOpenErrnos = {ENOMEM, EDQUOT, EMFILE};
 
@@ -57,44 +58,6 @@ void unexpected(const char* what, int err) {
     std::fprintf(stderr, "odp_mirror_fuzz: unexpected: %s: %s (errno %d)\n", what, strerror(err),
                  err);
     g_unexpected->fetch_add(1);
-}
-
-bool send_fd(int sock, int fd) {
-    char byte = 'f';
-    iovec iov{&byte, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-    return ::sendmsg(sock, &msg, MSG_DONTWAIT) == 1;
-}
-
-int recv_fd(int sock) {
-    char byte = 0;
-    iovec iov{&byte, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    if (::recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1) {
-        return -1;
-    }
-    const cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    if (cmsg == nullptr || cmsg->cmsg_type != SCM_RIGHTS) {
-        return -1;
-    }
-    int fd = -1;
-    std::memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
-    return fd;
 }
 
 // One worker process: a few files, a window of memory, threads doing random things.
@@ -239,7 +202,13 @@ class Worker {
                 for (auto& b : arg) {
                     b = rng() % 4 == 0 ? static_cast<std::uint8_t>(rng()) : 0;
                 }
-                const std::uint32_t sizes[] = {0, 8, 64, 72, 96, 520, static_cast<std::uint32_t>(arg.size()),
+                const std::uint32_t sizes[] = {0,
+                                               8,
+                                               64,
+                                               72,
+                                               96,
+                                               520,
+                                               static_cast<std::uint32_t>(arg.size()),
                                                static_cast<std::uint32_t>(rng())};
                 const std::uint32_t size = sizes[rng() % 8];
                 std::memcpy(arg.data(), &size, 4);
@@ -272,7 +241,7 @@ class Worker {
                 break;
             case 11:
                 if (holder_ >= 0 && f >= 0 && rng() % 4 == 0) {
-                    send_fd(holder_, f);
+                    send_fd(holder_, f, MSG_DONTWAIT);
                 }
                 break;
             case 12:
@@ -295,8 +264,8 @@ class Worker {
                 ::munmap(at, len);
                 break;
             case 1:
-                ::mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                       -1, 0);
+                ::mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+                       0);
                 break;
             case 2:
                 ::madvise(at, len, rng() % 2 ? MADV_DONTNEED : MADV_PAGEOUT);
@@ -319,8 +288,7 @@ class Worker {
 
     void map_device(std::mt19937_64& rng, int f) {
         const std::uint64_t offsets[] = {ODP_MIRROR_MMAP_RING, ODP_MIRROR_MMAP_CONSUMER,
-                                         ODP_MIRROR_MMAP_GENERATIONS, rng() & ~(kPage - 1),
-                                         kPage};
+                                         ODP_MIRROR_MMAP_GENERATIONS, rng() & ~(kPage - 1), kPage};
         const std::uint64_t off = offsets[rng() % 5];
         const std::size_t len = (rng() % 80 + 1) * kPage;
         const int prot = rng() % 3 == 0 ? PROT_READ | PROT_WRITE : PROT_READ;
@@ -452,7 +420,8 @@ int main(int argc, char** argv) {
     std::printf("odp_mirror_fuzz: seed %llu, %d s, %d workers\n",
                 static_cast<unsigned long long>(opt.seed), opt.seconds, opt.workers);
     std::fflush(stdout);
-    void* shared = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    void* shared =
+        ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED) {
         std::perror("mmap");
         return 2;
@@ -499,7 +468,7 @@ int main(int argc, char** argv) {
             ::kill(alive[rng() % alive.size()], SIGKILL);  // often mid-FAULT
             killed++;
         }
-        for (int fd; (fd = recv_fd(holder.get())) >= 0;) {
+        for (int fd; (fd = recv_fd(holder.get(), MSG_DONTWAIT)) >= 0;) {
             held.emplace_back(fd);
             received++;
         }
@@ -521,7 +490,7 @@ int main(int argc, char** argv) {
     }
     while (::waitpid(-1, nullptr, 0) > 0) {
     }
-    for (int fd; (fd = recv_fd(holder.get())) >= 0;) {
+    for (int fd; (fd = recv_fd(holder.get(), MSG_DONTWAIT)) >= 0;) {
         ::close(fd);
         received++;
     }
