@@ -52,12 +52,30 @@ const std::set<int> kIoctlErrnos = {EINVAL, E2BIG,     EFAULT, ENOTTY, ENOENT,
 const std::set<int> kMmapErrnos = {EINVAL, EACCES, EPERM, ENOMEM, EAGAIN, EBADF, ENODEV};
 const std::set<int> kOpenErrnos = {ENOMEM, EDQUOT, EMFILE};
 
-std::atomic<int>* g_unexpected = nullptr;  // in shared memory, counted by every worker
+// What every worker did, in shared memory: calls and successes per operation.
+enum Op { kRegister, kUnregister, kFault, kSnapshot, kRandomIoctl, kStats, kQuery, kMmap, kOps };
+const char* const kOpNames[kOps] = {"REGISTER",     "UNREGISTER", "FAULT", "SNAPSHOT",
+                                    "random ioctl", "STATS",      "QUERY", "mmap"};
+struct Tally {
+    std::atomic<int> unexpected{0};
+    std::atomic<long long> calls[kOps] = {};
+    std::atomic<long long> ok[kOps] = {};
+    std::atomic<long long> events_checked{0};
+};
+static_assert(sizeof(Tally) <= 4096, "the tally lives in one shared page");
+Tally* g_tally = nullptr;
 
 void unexpected(const char* what, int err) {
     std::fprintf(stderr, "odp_mirror_fuzz: unexpected: %s: %s (errno %d)\n", what, strerror(err),
                  err);
-    g_unexpected->fetch_add(1);
+    g_tally->unexpected.fetch_add(1);
+}
+
+void count(Op op, bool ok) {
+    g_tally->calls[op].fetch_add(1, std::memory_order_relaxed);
+    if (ok) {
+        g_tally->ok[op].fetch_add(1, std::memory_order_relaxed);
+    }
 }
 
 // One worker process: a few files, a window of memory, threads doing random things.
@@ -148,9 +166,10 @@ class Worker {
         return ids_[rng() % ids_.size()].load();
     }
 
-    void check_ioctl(const char* what, int rc) {
+    static void check_ioctl(Op op, int rc) {
+        count(op, rc == 0);
         if (rc != 0 && !kIoctlErrnos.count(errno)) {
-            unexpected(what, errno);
+            unexpected(kOpNames[op], errno);
         }
     }
 
@@ -164,7 +183,7 @@ class Worker {
                 reg.length = random_length(rng);
                 reg.cookie = rng();
                 const int rc = ::ioctl(f, ODP_MIRROR_IOC_REGISTER, pointer(rng, &reg));
-                check_ioctl("REGISTER", rc);
+                check_ioctl(kRegister, rc);
                 if (rc == 0) {
                     ids_[rng() % ids_.size()] = reg.id;
                 }
@@ -173,7 +192,7 @@ class Worker {
             case 2: {
                 auto unreg = sized<odp_mirror_unregister>();
                 unreg.id = random_id(rng);
-                check_ioctl("UNREGISTER", ::ioctl(f, ODP_MIRROR_IOC_UNREGISTER, &unreg));
+                check_ioctl(kUnregister, ::ioctl(f, ODP_MIRROR_IOC_UNREGISTER, &unreg));
                 break;
             }
             case 3:
@@ -183,7 +202,7 @@ class Worker {
                 fault.start = random_start(rng);
                 fault.length = random_length(rng);
                 fault.flags = rng() % 2;
-                check_ioctl("FAULT", ::ioctl(f, ODP_MIRROR_IOC_FAULT, pointer(rng, &fault)));
+                check_ioctl(kFault, ::ioctl(f, ODP_MIRROR_IOC_FAULT, pointer(rng, &fault)));
                 break;
             }
             case 5: {
@@ -193,7 +212,7 @@ class Worker {
                 snap.start = random_start(rng);
                 snap.length = (rng() % 64 + 1) * kPage;
                 snap.pages = reinterpret_cast<std::uintptr_t>(pointer(rng, pages.data()));
-                check_ioctl("SNAPSHOT", ::ioctl(f, ODP_MIRROR_IOC_SNAPSHOT, &snap));
+                check_ioctl(kSnapshot, ::ioctl(f, ODP_MIRROR_IOC_SNAPSHOT, &snap));
                 break;
             }
             case 6: {
@@ -216,7 +235,7 @@ class Worker {
                 const unsigned long cmd =
                     rng() % 8 == 0 ? static_cast<unsigned long>(rng())
                                    : _IOC(rng() % 4, ODP_MIRROR_IOC_MAGIC, nr, rng() % 1024);
-                check_ioctl("random ioctl", ::ioctl(f, cmd, pointer(rng, arg.data())));
+                check_ioctl(kRandomIoctl, ::ioctl(f, cmd, pointer(rng, arg.data())));
                 break;
             }
             case 7:
@@ -227,9 +246,9 @@ class Worker {
                 break;
             case 9: {
                 auto st = sized<odp_mirror_stats>();
-                check_ioctl("STATS", ::ioctl(f, ODP_MIRROR_IOC_STATS, &st));
+                check_ioctl(kStats, ::ioctl(f, ODP_MIRROR_IOC_STATS, &st));
                 auto q = sized<odp_mirror_query>();
-                check_ioctl("QUERY", ::ioctl(f, ODP_MIRROR_IOC_QUERY, &q));
+                check_ioctl(kQuery, ::ioctl(f, ODP_MIRROR_IOC_QUERY, &q));
                 pollfd pfd{f, POLLIN, 0};
                 ::poll(&pfd, 1, static_cast<int>(rng() % 3));
                 break;
@@ -294,6 +313,7 @@ class Worker {
         const int prot = rng() % 3 == 0 ? PROT_READ | PROT_WRITE : PROT_READ;
         const int flags = rng() % 5 == 0 ? MAP_PRIVATE : MAP_SHARED;
         void* p = ::mmap(nullptr, len, prot, flags, f, static_cast<off_t>(off));
+        count(kMmap, p != MAP_FAILED);
         if (p == MAP_FAILED) {
             if (!kMmapErrnos.count(errno)) {
                 unexpected("mmap of the device", errno);
@@ -337,6 +357,7 @@ class Worker {
                     break;
                 }
                 const odp_mirror_event e = events[slot];
+                g_tally->events_checked.fetch_add(1, std::memory_order_relaxed);
                 if (e.seq == t && (e.start >= e.end || e.start % kPage != 0 || e.reason == 0 ||
                                    e.reason > ODP_MIRROR_REASON_OTHER)) {
                     unexpected("a malformed event in the ring", EPROTO);
@@ -426,7 +447,7 @@ int main(int argc, char** argv) {
         std::perror("mmap");
         return 2;
     }
-    g_unexpected = new (shared) std::atomic<int>(0);
+    g_tally = new (shared) Tally;
     struct sigaction skip {};
     skip.sa_handler = SIG_IGN;
     ::sigaction(SIGPIPE, &skip, nullptr);
@@ -495,10 +516,14 @@ int main(int argc, char** argv) {
         received++;
     }
     held.clear();
-    const int bad = g_unexpected->load();
+    const int bad = g_tally->unexpected.load();
+    for (int op = 0; op < kOps; ++op) {
+        std::printf("odp_mirror_fuzz: %-12s %8lld calls, %8lld succeeded\n", kOpNames[op],
+                    g_tally->calls[op].load(), g_tally->ok[op].load());
+    }
     std::printf(
         "odp_mirror_fuzz: %lld workers, %lld killed, %lld files passed over SCM_RIGHTS, "
-        "%d unexpected results\n",
-        spawned, killed, received, bad);
+        "%lld events checked, %d unexpected results\n",
+        spawned, killed, received, g_tally->events_checked.load(), bad);
     return bad == 0 ? 0 : 1;
 }
