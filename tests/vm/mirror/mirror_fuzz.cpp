@@ -40,7 +40,8 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 const std::size_t kPage = page_size();
-constexpr int kMadvPopulateWrite = 23;
+constexpr int kMadvPopulateWrite = 23;      // Linux 5.14
+constexpr int kMremapDontUnmap = 4;         // Linux 5.7
 constexpr std::size_t kWindowPages = 4096;  // 16 MiB the workers fight over
 
 // Errnos the ABI documents for ioctls, mmaps and opens; anything else is a bug.
@@ -274,13 +275,18 @@ class Worker {
         }
     }
 
+    // The window never has holes: a device mapping placed in one by the
+    // kernel would be overwritten by the next MAP_FIXED here (and look like
+    // a mapping that a fork child inherited).  So "unmap" is a MAP_FIXED
+    // replacement (the module sees the same UNMAP invalidation) and a move
+    // leaves its source mapped (MREMAP_DONTUNMAP).
     void mutate_window(std::mt19937_64& rng) {
         const std::size_t pages = rng() % 64 + 1;
         char* at = window_.data() + (rng() % (kWindowPages - pages)) * kPage;
         const std::size_t len = pages * kPage;
         switch (rng() % 6) {
             case 0:
-                ::munmap(at, len);
+                ::mmap(at, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
                 break;
             case 1:
                 ::mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
@@ -294,7 +300,9 @@ class Worker {
                 break;
             case 4: {
                 char* to = window_.data() + (rng() % (kWindowPages - pages)) * kPage;
-                ::mremap(at, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+                if (to != at) {
+                    ::mremap(at, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | kMremapDontUnmap, to);
+                }
                 break;
             }
             default:
@@ -350,6 +358,9 @@ class Worker {
             const auto* events = reinterpret_cast<const odp_mirror_event*>(
                 static_cast<const char*>(ring) + ODP_MIRROR_RING_EVENTS_OFFSET);
             const std::uint64_t h = __atomic_load_n(&hdr->head, __ATOMIC_ACQUIRE);
+            if (hdr->entries < 16 || (hdr->entries & (hdr->entries - 1)) != 0) {
+                unexpected("the ring header's entries is not a power of two >= 16", EPROTO);
+            }
             const std::uint64_t visible = kPage / sizeof(odp_mirror_event);  // second page only
             for (std::uint64_t t = __atomic_load_n(&c->tail, __ATOMIC_ACQUIRE); t != h; ++t) {
                 const std::uint64_t slot = t & (hdr->entries - 1);
