@@ -29,10 +29,10 @@
  *                     goes, so a fault in flight always has a live notifier.
  *
  * Locks:
- *  odp_mms_lock       the list of odp_mm objects.
- *  odp_mm.lock        the id table and the slot bitmap.  Taken before
- *                     mmap_lock (mmu_interval_notifier_insert), never inside
- *                     a notifier callback.
+ *  odp_mms_lock       the list of odp_mm objects and the per-user charges.
+ *  odp_mm.lock        the id table and the slot bitmap.  Never held across
+ *                     a user access or mmap_lock, never taken inside a
+ *                     notifier callback; ioctls take it killably.
  *  odp_region.lock    spinlock: the notifier callback against the
  *                     read_retry/commit step of FAULT and SNAPSHOT, and the
  *                     region's generation.  Callbacks never sleep, so the
@@ -43,7 +43,9 @@
 
 #include <linux/atomic.h>
 #include <linux/bitmap.h>
+#include <linux/cred.h>
 #include <linux/debugfs.h>
+#include <linux/delay.h>
 #include <linux/fs.h>
 #include <linux/hmm.h>
 #include <linux/kref.h>
@@ -70,7 +72,7 @@
 #define ODP_BATCH_PAGES		(PAGE_SIZE / sizeof(unsigned long))
 /* Upper bound of one FAULT or SNAPSHOT call, keeps a call's latency bounded. */
 #define ODP_MAX_FAULT_BYTES	(1ULL << 30)
-/* A batch that keeps being invalidated for this long fails with EBUSY. */
+/* A call whose thrown-away attempts took this long in total: EBUSY. */
 #define ODP_FAULT_TIMEOUT_MS	1000
 /* Argument structs larger than this are refused (E2BIG) before scanning. */
 #define ODP_MAX_ARG_SIZE	PAGE_SIZE
@@ -81,6 +83,7 @@
 
 static unsigned int max_regions = 4096;
 static unsigned int ring_entries = 4096;
+static unsigned long max_user_bytes = 256UL << 20;
 
 static int odp_param_set_regions(const char *val, const struct kernel_param *kp)
 {
@@ -124,6 +127,9 @@ MODULE_PARM_DESC(max_regions,
 module_param_cb(ring_entries, &odp_ring_param_ops, &ring_entries, 0644);
 MODULE_PARM_DESC(ring_entries,
 		 "Event ring slots per process, a power of two (16..1048576, default 4096); applies to processes that open the device afterwards");
+module_param(max_user_bytes, ulong, 0644);
+MODULE_PARM_DESC(max_user_bytes,
+		 "Kernel memory the per-process states of one user may hold, in bytes (0: no limit, default 256 MiB); checked when a process opens the device");
 
 /* Counter indices, in the order of struct odp_mirror_counters. */
 enum odp_counter {
@@ -177,11 +183,25 @@ struct odp_counters {
 	atomic64_t c[ODP_C_COUNT];
 };
 
+/*
+ * What the states of one user (real uid of the opener) hold; a state stays
+ * charged to its opener until freed, wherever its files went (passed over a
+ * socket, kept over exec).  Under odp_mms_lock.
+ */
+struct odp_user {
+	struct list_head node;		/* in odp_users */
+	kuid_t uid;
+	unsigned long bytes;
+	unsigned int mms;
+};
+
 struct odp_mm {
 	struct kref kref;
 	struct list_head node;		/* in odp_mms, under odp_mms_lock */
 	struct mm_struct *mm;		/* mmgrab()ed */
 	u64 serial;			/* name in debugfs */
+	struct odp_user *user;		/* charged @charge bytes */
+	unsigned long charge;
 
 	struct mutex lock;		/* regions, slots */
 	struct xarray regions;		/* id -> struct odp_region */
@@ -220,9 +240,23 @@ struct odp_region {
 
 static DEFINE_MUTEX(odp_mms_lock);
 static LIST_HEAD(odp_mms);
+static LIST_HEAD(odp_users);
 static u64 odp_mm_serial;
 static struct odp_counters odp_global;
 static struct dentry *odp_debugfs_dir;
+
+/*
+ * Test hooks, root-only in debugfs (zero: off).  They widen race windows so
+ * that the guest tests fail every time instead of by luck:
+ *  inject_drop_delay_ms  a dropped event waits this long between reading the
+ *                        consumer's tail and counting itself lost;
+ *  inject_retry_ms       FAULT/SNAPSHOT batches see their result invalidated
+ *                        until they have been retrying for this long.
+ * notifier_inserts counts interval notifiers ever inserted (debugfs only).
+ */
+static u32 odp_inject_drop_delay_ms;
+static u32 odp_inject_retry_ms;
+static atomic64_t odp_notifier_inserts;
 
 static void odp_count(struct odp_mm *omm, enum odp_counter idx, s64 delta)
 {
@@ -245,32 +279,103 @@ static void odp_vma_flags_mod(struct vm_area_struct *vma, vm_flags_t set,
 #endif
 }
 
+/* ---- per-user limit ---------------------------------------------------- */
+
+/* Charge @bytes to @uid, within max_user_bytes (EDQUOT beyond). */
+static struct odp_user *odp_user_charge(kuid_t uid, unsigned long bytes)
+{
+	unsigned long limit = READ_ONCE(max_user_bytes);
+	struct odp_user *user;
+
+	lockdep_assert_held(&odp_mms_lock);
+	list_for_each_entry(user, &odp_users, node) {
+		if (uid_eq(user->uid, uid))
+			goto found;
+	}
+	user = kzalloc(sizeof(*user), GFP_KERNEL_ACCOUNT);
+	if (!user)
+		return ERR_PTR(-ENOMEM);
+	user->uid = uid;
+	list_add(&user->node, &odp_users);
+found:
+	if (limit && (bytes > limit || user->bytes > limit - bytes)) {
+		pr_warn_ratelimited("uid %u: a new mirror needs %lu bytes and %u mirrors hold %lu: over max_user_bytes=%lu (EDQUOT); close mirrors or raise /sys/module/odp_mirror/parameters/max_user_bytes\n",
+				    from_kuid(&init_user_ns, uid), bytes, user->mms,
+				    user->bytes, limit);
+		if (!user->mms) {
+			list_del(&user->node);
+			kfree(user);
+		}
+		return ERR_PTR(-EDQUOT);
+	}
+	user->bytes += bytes;
+	user->mms++;
+	return user;
+}
+
+static void odp_user_uncharge(struct odp_user *user, unsigned long bytes)
+{
+	lockdep_assert_held(&odp_mms_lock);
+	user->bytes -= bytes;
+	if (!--user->mms) {
+		list_del(&user->node);
+		kfree(user);
+	}
+}
+
 /* ---- per-process state ------------------------------------------------- */
 
+/*
+ * Zeroed memory that gets mapped into the process: charged to the opener's
+ * memory cgroup, and failing (instead of OOM-killing) at the cgroup's limit.
+ */
+static void *odp_area_alloc(size_t size)
+{
+	return __vmalloc(size, GFP_KERNEL_ACCOUNT | __GFP_ZERO |
+			 __GFP_RETRY_MAYFAIL | __GFP_NOWARN);
+}
+
+/* Called under odp_mms_lock. */
 static struct odp_mm *odp_mm_create(struct mm_struct *mm)
 {
-	struct odp_mm *omm = kzalloc(sizeof(*omm), GFP_KERNEL);
+	struct odp_mm *omm = kzalloc(sizeof(*omm), GFP_KERNEL_ACCOUNT);
+	struct odp_user *user;
 	size_t ring_bytes;
 
 	if (!omm)
 		return ERR_PTR(-ENOMEM);
 	kref_init(&omm->kref);
 	mutex_init(&omm->lock);
-	xa_init_flags(&omm->regions, XA_FLAGS_ALLOC1);
+	xa_init_flags(&omm->regions, XA_FLAGS_ALLOC1 | XA_FLAGS_ACCOUNT);
 	spin_lock_init(&omm->ring_lock);
 	init_waitqueue_head(&omm->wq);
 	omm->max_regions = READ_ONCE(max_regions);
 	omm->ring_entries = READ_ONCE(ring_entries);
-
-	omm->slots = bitmap_zalloc(omm->max_regions, GFP_KERNEL);
 	omm->generations_size = PAGE_ALIGN(omm->max_regions * sizeof(u64));
-	omm->generations = vmalloc_user(omm->generations_size);
 	ring_bytes = ODP_MIRROR_RING_EVENTS_OFFSET +
 		     (size_t)omm->ring_entries * sizeof(struct odp_mirror_event);
 	omm->ring_size = PAGE_ALIGN(ring_bytes);
-	omm->ring = vmalloc_user(omm->ring_size);
-	omm->consumer = vmalloc_user(PAGE_SIZE);
+
+	/* Everything the state can ever hold, its full region table included. */
+	omm->charge = sizeof(*omm) + BITS_TO_LONGS(omm->max_regions) * sizeof(long) +
+		      omm->generations_size + omm->ring_size + PAGE_SIZE +
+		      (unsigned long)omm->max_regions * sizeof(struct odp_region);
+	user = odp_user_charge(current_uid(), omm->charge);
+	if (IS_ERR(user)) {
+		kfree(omm);
+		return ERR_CAST(user);
+	}
+	omm->user = user;
+
+	omm->slots = bitmap_zalloc(omm->max_regions, GFP_KERNEL_ACCOUNT);
+	omm->generations = odp_area_alloc(omm->generations_size);
+	omm->ring = odp_area_alloc(omm->ring_size);
+	omm->consumer = odp_area_alloc(PAGE_SIZE);
 	if (!omm->slots || !omm->generations || !omm->ring || !omm->consumer) {
+		pr_warn_ratelimited("uid %u: no memory for a mirror's %zu-byte event ring and %zu-byte generation array (memory cgroup limit? lower the ring_entries and max_regions parameters)\n",
+				    from_kuid(&init_user_ns, user->uid), omm->ring_size,
+				    omm->generations_size);
+		odp_user_uncharge(user, omm->charge);
 		bitmap_free(omm->slots);
 		vfree(omm->generations);
 		vfree(omm->ring);
@@ -295,6 +400,7 @@ static void odp_mm_free(struct kref *kref)
 
 	mutex_lock(&odp_mms_lock);
 	list_del(&omm->node);
+	odp_user_uncharge(omm->user, omm->charge);
 	mutex_unlock(&odp_mms_lock);
 
 	WARN_ON(!xa_empty(&omm->regions));
@@ -363,7 +469,6 @@ static u16 odp_reason(const struct mmu_notifier_range *range)
 static void odp_ring_push(struct odp_mm *omm, struct odp_mirror_event *ev)
 {
 	struct odp_mirror_ring_header *hdr = omm->ring;
-	bool queued = false;
 	u64 head, tail;
 
 	spin_lock(&omm->ring_lock);
@@ -372,6 +477,8 @@ static void odp_ring_push(struct odp_mm *omm, struct odp_mirror_event *ev)
 	tail = smp_load_acquire(&omm->consumer->tail);
 	if (head - tail >= omm->ring_entries) {
 		/* Full, or a bogus tail from userspace: drop, never wait. */
+		if (READ_ONCE(odp_inject_drop_delay_ms))
+			mdelay(READ_ONCE(odp_inject_drop_delay_ms));
 		/* Pairs with the reader's acquire of lost. */
 		smp_store_release(&hdr->lost, hdr->lost + 1);
 		WRITE_ONCE(hdr->overflow, 1);
@@ -383,10 +490,14 @@ static void odp_ring_push(struct odp_mm *omm, struct odp_mirror_event *ev)
 		/* Publish: the reader's acquire of head sees the whole slot. */
 		smp_store_release(&hdr->head, head + 1);
 		odp_count(omm, ODP_C_EVENTS, 1);
-		queued = true;
 	}
 	spin_unlock(&omm->ring_lock);
-	if (queued && wq_has_sleeper(&omm->wq))
+	/*
+	 * A drop wakes too: the reader may have caught up since we read its
+	 * tail, and must learn of the loss (ODP_MIRROR_CONSUMER_POLL_LOST).
+	 * wq_has_sleeper()'s full barrier pairs with the one in odp_poll().
+	 */
+	if (wq_has_sleeper(&omm->wq))
 		wake_up_interruptible_poll(&omm->wq, EPOLLIN | EPOLLRDNORM);
 }
 
@@ -456,17 +567,18 @@ static void odp_region_put(struct odp_region *region)
 	kref_put(&region->kref, odp_region_free);
 }
 
-/* Look up @id with a reference for a FAULT/SNAPSHOT. */
+/* Look up @id with a reference for a FAULT/SNAPSHOT (ENOENT, EINTR). */
 static struct odp_region *odp_region_get(struct odp_mm *omm, u32 id)
 {
 	struct odp_region *region;
 
-	mutex_lock(&omm->lock);
+	if (mutex_lock_killable(&omm->lock))
+		return ERR_PTR(-EINTR);
 	region = xa_load(&omm->regions, id);
 	if (region)
 		kref_get(&region->kref);
 	mutex_unlock(&omm->lock);
-	return region;
+	return region ?: ERR_PTR(-ENOENT);
 }
 
 /*
@@ -544,7 +656,8 @@ static long odp_ioctl_query(struct odp_mm *omm, void __user *uarg)
 	q.abi_version = ODP_MIRROR_ABI_VERSION;
 	q.features = ODP_MIRROR_FEATURE_EVENT_RING | ODP_MIRROR_FEATURE_GENERATIONS |
 		     ODP_MIRROR_FEATURE_FAULT | ODP_MIRROR_FEATURE_SNAPSHOT |
-		     ODP_MIRROR_FEATURE_STATS | ODP_MIRROR_FEATURE_POLL;
+		     ODP_MIRROR_FEATURE_STATS | ODP_MIRROR_FEATURE_POLL |
+		     ODP_MIRROR_FEATURE_POLL_LOST;
 	q.page_size = PAGE_SIZE;
 	q.max_regions = omm->max_regions;
 	q.ring_entries = omm->ring_entries;
@@ -576,15 +689,31 @@ static long odp_ioctl_register(struct odp_mm *omm, struct file *file,
 	if (ret)
 		return ret;
 
-	region = kzalloc(sizeof(*region), GFP_KERNEL);
-	if (!region)
+	/* Claim a slot first: a process at its limit costs no notifier. */
+	if (mutex_lock_killable(&omm->lock))
+		return -EINTR;
+	slot = find_first_zero_bit(omm->slots, omm->max_regions);
+	if (slot < omm->max_regions)
+		set_bit(slot, omm->slots);
+	mutex_unlock(&omm->lock);
+	if (slot >= omm->max_regions) {
+		pr_debug("region limit %u reached (module parameter max_regions)\n",
+			 omm->max_regions);
+		return -ENOSPC;
+	}
+
+	region = kzalloc(sizeof(*region), GFP_KERNEL_ACCOUNT);
+	if (!region) {
+		clear_bit(slot, omm->slots);
 		return -ENOMEM;
+	}
 	kref_init(&region->kref);
 	spin_lock_init(&region->lock);
 	region->start = reg.start;
 	region->end = end;
 	region->cookie = reg.cookie;
 	region->owner = file;
+	region->slot = slot;
 	kref_get(&omm->kref);
 	region->omm = omm;
 
@@ -597,50 +726,50 @@ static long odp_ioctl_register(struct odp_mm *omm, struct file *file,
 					   region->start, end - region->start,
 					   &odp_region_ops);
 	if (ret) {
+		clear_bit(slot, omm->slots);
 		kfree(region);
 		odp_mm_put(omm);
 		return ret;
 	}
+	atomic64_inc(&odp_notifier_inserts);
 
+	/* Never held across a user access, so a plain lock is short. */
 	mutex_lock(&omm->lock);
-	slot = find_first_zero_bit(omm->slots, omm->max_regions);
-	if (slot >= omm->max_regions) {
-		ret = -ENOSPC;
-		goto err_unlock;
-	}
 	ret = xa_alloc_cyclic(&omm->regions, &id, region, XA_LIMIT(1, INT_MAX),
-			      &omm->next_id, GFP_KERNEL);
-	if (ret < 0)
-		goto err_unlock;
-	set_bit(slot, omm->slots);
+			      &omm->next_id, GFP_KERNEL_ACCOUNT);
+	if (ret < 0) {
+		mutex_unlock(&omm->lock);
+		clear_bit(slot, omm->slots);
+		odp_region_put(region);
+		return ret;
+	}
 	spin_lock(&region->lock);
 	region->id = id;
-	region->slot = slot;
 	region->live = true;
 	reg.generation = omm->generations[slot];
 	spin_unlock(&region->lock);
 	odp_count(omm, ODP_C_REGIONS, 1);
 	odp_count(omm, ODP_C_REGISTRATIONS, 1);
+	mutex_unlock(&omm->lock);
 
+	/*
+	 * After unlocking: a result page that stalls (userfaultfd, FUSE) stalls
+	 * this call only, never the other ioctls or the close of the process.
+	 */
 	reg.id = id;
 	reg.slot = slot;
 	ret = odp_return_arg(uarg, &reg, sizeof(reg));
 	if (ret) {
-		/* Nobody learnt the id: undo. */
+		/* Nobody learnt the id (unless it was guessed and removed). */
+		mutex_lock(&omm->lock);
+		if (xa_load(&omm->regions, id) != region) {
+			mutex_unlock(&omm->lock);
+			return ret;
+		}
 		odp_region_kill(omm, region);
 		mutex_unlock(&omm->lock);
 		odp_region_put(region);
-		return ret;
 	}
-	mutex_unlock(&omm->lock);
-	return 0;
-
-err_unlock:
-	mutex_unlock(&omm->lock);
-	if (ret == -ENOSPC)
-		pr_debug("region limit %u reached (module parameter max_regions)\n",
-			 omm->max_regions);
-	odp_region_put(region);
 	return ret;
 }
 
@@ -655,7 +784,8 @@ static long odp_ioctl_unregister(struct odp_mm *omm, void __user *uarg)
 		return ret;
 	if (odp_reserved_set(unreg.reserved))
 		return -EINVAL;
-	mutex_lock(&omm->lock);
+	if (mutex_lock_killable(&omm->lock))
+		return -EINTR;
 	region = xa_load(&omm->regions, unreg.id);
 	if (!region) {
 		mutex_unlock(&omm->lock);
@@ -678,6 +808,7 @@ struct odp_walk {
 	u64 present;
 	u64 writable;
 	u64 retries;
+	unsigned long retry_jiffies;	/* spent on attempts thrown away */
 	u64 generation;
 	bool have_generation;
 };
@@ -692,7 +823,7 @@ static int odp_walk_batch(struct odp_walk *w, unsigned long start,
 {
 	struct odp_region *region = w->region;
 	struct odp_mm *omm = region->omm;
-	unsigned long deadline = jiffies + msecs_to_jiffies(ODP_FAULT_TIMEOUT_MS);
+	unsigned long batch_start = jiffies, attempt = jiffies;
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
 	struct hmm_range range = {
 		.notifier = &region->notifier,
@@ -708,18 +839,13 @@ static int odp_walk_batch(struct odp_walk *w, unsigned long start,
 	for (;;) {
 		if (fatal_signal_pending(current))
 			return -EINTR;
-		if (time_after(jiffies, deadline))
-			return -EBUSY;
 		range.notifier_seq = mmu_interval_read_begin(&region->notifier);
 		if (mmap_read_lock_killable(omm->mm))
 			return -EINTR;
 		ret = hmm_range_fault(&range);
 		mmap_read_unlock(omm->mm);
-		if (ret == -EBUSY) {
-			w->retries++;
-			cond_resched();
-			continue;
-		}
+		if (ret == -EBUSY)
+			goto retry;
 		if (ret)
 			return ret;
 
@@ -730,9 +856,14 @@ static int odp_walk_batch(struct odp_walk *w, unsigned long start,
 		}
 		if (mmu_interval_read_retry(&region->notifier, range.notifier_seq)) {
 			spin_unlock(&region->lock);
-			w->retries++;
-			cond_resched();
-			continue;
+			goto retry;
+		}
+		if (READ_ONCE(odp_inject_retry_ms) &&
+		    time_before(jiffies, batch_start +
+				msecs_to_jiffies(READ_ONCE(odp_inject_retry_ms)))) {
+			spin_unlock(&region->lock);
+			usleep_range(1000, 2000);
+			goto retry;
 		}
 		/*
 		 * Any later invalidation of what was walked so far moves the
@@ -759,6 +890,21 @@ static int odp_walk_batch(struct odp_walk *w, unsigned long start,
 		}
 		spin_unlock(&region->lock);
 		break;
+retry:
+		/*
+		 * One budget per call, not per batch: the time of every attempt
+		 * thrown away adds up (consecutive, so it is the call's whole
+		 * retrying time).  Only a retry is interruptible: progress is
+		 * never undone by a signal.
+		 */
+		w->retries++;
+		w->retry_jiffies += jiffies - attempt;
+		attempt = jiffies;
+		if (w->retry_jiffies > msecs_to_jiffies(ODP_FAULT_TIMEOUT_MS))
+			return -EBUSY;
+		if (signal_pending(current))
+			return -EINTR;
+		cond_resched();
 	}
 	if (w->umap && copy_to_user(w->umap + ((start - w->base) >> PAGE_SHIFT),
 				    w->map, npages))
@@ -784,8 +930,8 @@ static int odp_walk(struct odp_mm *omm, u32 id, u64 start, u64 length,
 	if (length > ODP_MAX_FAULT_BYTES)
 		return -EINVAL;
 	region = odp_region_get(omm, id);
-	if (!region)
-		return -ENOENT;
+	if (IS_ERR(region))
+		return PTR_ERR(region);
 	if (start < region->start || end64 > region->end) {
 		ret = -ERANGE;
 		goto out_region;
@@ -903,7 +1049,9 @@ static long odp_ioctl_stats(struct odp_mm *omm, void __user *uarg)
 	ret = odp_copy_arg(stats, sizeof(*stats), uarg, &usize);
 	if (ret)
 		goto out;
-	if (stats->flags) {
+	if (stats->flags ||
+	    memchr_inv(&stats->process, 0, sizeof(stats->process)) ||
+	    memchr_inv(&stats->module, 0, sizeof(stats->module))) {
 		ret = -EINVAL;
 		goto out;
 	}
@@ -989,8 +1137,10 @@ static int odp_mmap(struct file *file, struct vm_area_struct *vma)
 	unsigned long size = vma->vm_end - vma->vm_start;
 	u64 offset = (u64)vma->vm_pgoff << PAGE_SHIFT;
 	bool writable = false;
+	unsigned long addr;
 	size_t area_size;
 	void *area;
+	int ret;
 
 	if (vma->vm_mm != omm->mm)
 		return -EPERM;
@@ -1011,7 +1161,8 @@ static int odp_mmap(struct file *file, struct vm_area_struct *vma)
 	default:
 		return -EINVAL;
 	}
-	if (size > area_size || !(vma->vm_flags & VM_SHARED))
+	/* MAP_SHARED of a file opened read-only has VM_MAYSHARE only. */
+	if (size > area_size || !(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
 	if (!writable) {
 		if (vma->vm_flags & VM_WRITE)
@@ -1019,9 +1170,19 @@ static int odp_mmap(struct file *file, struct vm_area_struct *vma)
 		/* No later mprotect(PROT_WRITE) either. */
 		odp_vma_flags_mod(vma, 0, VM_MAYWRITE);
 	}
-	/* A fork child is another address space: it gets no copy. */
-	odp_vma_flags_mod(vma, VM_DONTCOPY | VM_DONTEXPAND | VM_DONTDUMP, 0);
-	return remap_vmalloc_range(vma, area, 0);
+	/*
+	 * A fork child is another address space: it gets no copy, and VM_IO
+	 * keeps madvise(MADV_DOFORK) from clearing VM_DONTCOPY (it also keeps
+	 * get_user_pages() and hmm_range_fault() off these pages).
+	 */
+	odp_vma_flags_mod(vma, VM_IO | VM_DONTCOPY | VM_DONTEXPAND | VM_DONTDUMP, 0);
+	for (addr = vma->vm_start; addr < vma->vm_end; addr += PAGE_SIZE) {
+		ret = vm_insert_page(vma, addr, vmalloc_to_page(area));
+		if (ret)
+			return ret;
+		area += PAGE_SIZE;
+	}
+	return 0;
 }
 
 static __poll_t odp_poll(struct file *file, poll_table *wait)
@@ -1031,8 +1192,16 @@ static __poll_t odp_poll(struct file *file, poll_table *wait)
 	if (current->mm != omm->mm)
 		return EPOLLERR;
 	poll_wait(file, &omm->wq, wait);
-	/* Pairs with the release of head in odp_ring_push(). */
-	if (smp_load_acquire(&omm->ring->head) != READ_ONCE(omm->consumer->tail))
+	/*
+	 * Being on the wait queue must be visible before head and lost are
+	 * read: pairs with wq_has_sleeper() in odp_ring_push(), so either the
+	 * producer wakes us or we see what it stored.
+	 */
+	smp_mb();
+	if (READ_ONCE(omm->ring->head) != READ_ONCE(omm->consumer->tail))
+		return EPOLLIN | EPOLLRDNORM;
+	if ((READ_ONCE(omm->consumer->flags) & ODP_MIRROR_CONSUMER_POLL_LOST) &&
+	    READ_ONCE(omm->ring->lost) != READ_ONCE(omm->consumer->lost_seen))
 		return EPOLLIN | EPOLLRDNORM;
 	return 0;
 }
@@ -1069,15 +1238,24 @@ static void odp_show_counters(struct seq_file *m, const char *prefix,
 
 static int odp_stats_show(struct seq_file *m, void *unused)
 {
+	struct odp_user *user;
 	struct odp_mm *omm;
 	char prefix[32];
 
 	odp_show_counters(m, "module.", &odp_global);
+	seq_printf(m, "module.notifier_inserts %lld\n",
+		   (long long)atomic64_read(&odp_notifier_inserts));
 	mutex_lock(&odp_mms_lock);
 	list_for_each_entry(omm, &odp_mms, node) {
 		snprintf(prefix, sizeof(prefix), "mm%llu.",
 			 (unsigned long long)omm->serial);
 		odp_show_counters(m, prefix, &omm->counters);
+	}
+	list_for_each_entry(user, &odp_users, node) {
+		uid_t uid = from_kuid(&init_user_ns, user->uid);
+
+		seq_printf(m, "user%u.bytes %lu\nuser%u.mms %u\n", uid,
+			   user->bytes, uid, user->mms);
 	}
 	mutex_unlock(&odp_mms_lock);
 	return 0;
@@ -1106,6 +1284,10 @@ static int __init odp_init(void)
 	/* Statistics stay available through the ioctl if debugfs is absent. */
 	odp_debugfs_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	debugfs_create_file("stats", 0444, odp_debugfs_dir, NULL, &odp_stats_fops);
+	debugfs_create_u32("inject_drop_delay_ms", 0600, odp_debugfs_dir,
+			   &odp_inject_drop_delay_ms);
+	debugfs_create_u32("inject_retry_ms", 0600, odp_debugfs_dir,
+			   &odp_inject_retry_ms);
 	return 0;
 }
 

@@ -45,6 +45,11 @@
  * `lost` in the ring header is incremented and `overflow` is set; a reader
  * that sees `lost` change must treat every region as invalidated.
  *
+ * Limits.  Every allocation is charged to the opener's memory cgroup; open()
+ * fails with ENOMEM at the cgroup's memory.max, and with EDQUOT when the
+ * states of the opener's uid would hold more than the module parameter
+ * max_user_bytes.
+ *
  * Must compile as C and as C++ in userspace (only <linux/types.h> and
  * <linux/ioctl.h> are needed).  See docs/kernel-abi.md for the full
  * reference, including the memory-ordering rules of the ring.
@@ -68,6 +73,7 @@
 #define ODP_MIRROR_FEATURE_SNAPSHOT	(1ULL << 3) /* ODP_MIRROR_IOC_SNAPSHOT */
 #define ODP_MIRROR_FEATURE_STATS	(1ULL << 4) /* ODP_MIRROR_IOC_STATS and debugfs */
 #define ODP_MIRROR_FEATURE_POLL		(1ULL << 5) /* poll/epoll: EPOLLIN when events are queued */
+#define ODP_MIRROR_FEATURE_POLL_LOST	(1ULL << 6) /* ODP_MIRROR_CONSUMER_POLL_LOST */
 
 /*
  * Event reasons (struct odp_mirror_event.reason), derived from the kernel's
@@ -147,7 +153,9 @@ struct odp_mirror_event {
  *   returned by REGISTER/FAULT/SNAPSHOT or carried by the last event.
  *
  * Any other offset, or a length past the end of an area: EINVAL.  Mappings
- * are not inherited by fork children (VM_DONTCOPY).
+ * are not inherited by fork children (VM_DONTCOPY, and VM_IO so that
+ * madvise(MADV_DOFORK) fails with EINVAL).  A file opened O_RDONLY can map
+ * the read-only areas.
  *
  * Ring protocol (single consumer per process):
  *   h = __atomic_load_n(&hdr->head, __ATOMIC_ACQUIRE);
@@ -158,7 +166,10 @@ struct odp_mirror_event {
  *   if (l != lost_seen) { every region is stale; lost_seen = l; }
  * The kernel queues an event only if head - tail < entries; a bogus tail
  * written by userspace only makes the kernel drop (and count) events.
- * poll/epoll report EPOLLIN while head != tail.
+ * poll/epoll report EPOLLIN while head != tail, and, with
+ * ODP_MIRROR_CONSUMER_POLL_LOST set in cons->flags, while lost != lost_seen:
+ * a reader that opts in stores the `lost` it has handled in cons->lost_seen
+ * (store-release), so a drop counted just after it caught up still wakes it.
  */
 #define ODP_MIRROR_MMAP_RING		0x00000000ULL
 #define ODP_MIRROR_MMAP_CONSUMER	0x10000000ULL
@@ -175,9 +186,16 @@ struct odp_mirror_ring_header {
 	__u64 reserved[5];	/* zero */
 };
 
+/* struct odp_mirror_ring_consumer.flags */
+/* poll/epoll also report EPOLLIN while lost != lost_seen. */
+#define ODP_MIRROR_CONSUMER_POLL_LOST	(1U << 0)
+
 struct odp_mirror_ring_consumer {
 	__u64 tail;		/* events consumed so far (store-release by userspace) */
-	__u64 reserved[7];	/* ignored by the kernel */
+	__u64 lost_seen;	/* with POLL_LOST: the `lost` the reader has handled */
+	__u32 flags;		/* ODP_MIRROR_CONSUMER_*; unknown bits are ignored */
+	__u32 reserved0;	/* ignored by the kernel */
+	__u64 reserved[5];	/* ignored by the kernel */
 };
 
 /* ODP_MIRROR_IOC_QUERY: ABI version, features, limits and the mmap sizes. */
@@ -203,7 +221,7 @@ struct odp_mirror_query {
  * nothing is faulted or pinned.  Regions may overlap.
  * Errors: EINVAL (zero/unaligned length or start, flags, reserved), EOVERFLOW,
  * ERANGE, ENOSPC (max_regions regions already registered in this process),
- * ENOMEM, EPERM (file of another address space).
+ * ENOMEM, EPERM (file of another address space), EINTR (fatal signal).
  */
 struct odp_mirror_register {
 	__u32 size;		/* in: sizeof(struct odp_mirror_register) */
@@ -221,7 +239,7 @@ struct odp_mirror_register {
  * ODP_MIRROR_IOC_UNREGISTER: remove a region.  Its generation is bumped (so
  * cached translations fail their check) and its slot freed; a FAULT or
  * SNAPSHOT still running on it finishes with ENOENT.  No event is queued.
- * Errors: ENOENT (unknown id), EINVAL (reserved), EPERM.
+ * Errors: ENOENT (unknown id), EINVAL (reserved), EPERM, EINTR (fatal signal).
  */
 struct odp_mirror_unregister {
 	__u32 size;		/* in: sizeof(struct odp_mirror_unregister) */
@@ -243,8 +261,9 @@ struct odp_mirror_unregister {
  * not inside the region), EINVAL (zero/unaligned, flags, reserved, longer
  * than max_fault_bytes), EOVERFLOW, EFAULT (a page is unmapped or not
  * accessible, e.g. PROT_NONE), EPERM (write to a read-only mapping, or file
- * of another address space), EBUSY (the range kept being invalidated for a
- * second: retry), EINTR (fatal signal), ESRCH (the address space is exiting),
+ * of another address space), EBUSY (the range kept being invalidated: the
+ * attempts this call threw away took a second in total: retry), EINTR (fatal
+ * signal, or any signal while retrying), ESRCH (the address space is exiting),
  * ENOMEM.
  */
 struct odp_mirror_fault {
@@ -307,7 +326,10 @@ struct odp_mirror_counters {
 	__u64 reserved[10];		/* zero */
 };
 
-/* ODP_MIRROR_IOC_STATS: counters of the calling process and of the module. */
+/*
+ * ODP_MIRROR_IOC_STATS: counters of the calling process and of the module.
+ * flags and both output structs must be zero on input (EINVAL).
+ */
 struct odp_mirror_stats {
 	__u32 size;			/* in: sizeof(struct odp_mirror_stats) */
 	__u32 flags;			/* in: zero */

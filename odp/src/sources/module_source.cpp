@@ -130,6 +130,12 @@ class ModuleSource final : public Source {
         __atomic_store_n(&cons_->tail, tail_, __ATOMIC_RELEASE);
         lost_seen_ = __atomic_load_n(&header_->lost, __ATOMIC_ACQUIRE);
         base_ = tail_ + lost_seen_;
+        // poll() then also wakes us for events the kernel had to drop after
+        // we caught up, which head alone would never show.
+        if ((query_.features & ODP_MIRROR_FEATURE_POLL_LOST) != 0) {
+            __atomic_store_n(&cons_->lost_seen, lost_seen_, __ATOMIC_RELEASE);
+            __atomic_store_n(&cons_->flags, ODP_MIRROR_CONSUMER_POLL_LOST, __ATOMIC_RELEASE);
+        }
     }
 
     [[nodiscard]] MonitorKind kind() const noexcept override { return MonitorKind::Module; }
@@ -164,6 +170,7 @@ class ModuleSource final : public Source {
         const std::uint64_t lost = __atomic_load_n(&header_->lost, __ATOMIC_ACQUIRE);
         if (lost != lost_seen_) {
             lost_seen_ = lost;
+            __atomic_store_n(&cons_->lost_seen, lost, __ATOMIC_RELEASE);
             sink.deliver_overflow();
         }
         return head + lost - base_;

@@ -26,6 +26,8 @@ static_assert(offsetof(odp_mirror_ring_header, lost) == 8);
 static_assert(offsetof(odp_mirror_ring_header, overflow) == 16);
 static_assert(offsetof(odp_mirror_ring_header, entries) == 20);
 static_assert(sizeof(odp_mirror_ring_consumer) == 64);
+static_assert(offsetof(odp_mirror_ring_consumer, lost_seen) == 8);
+static_assert(offsetof(odp_mirror_ring_consumer, flags) == 16);
 static_assert(sizeof(odp_mirror_query) == 96);
 static_assert(offsetof(odp_mirror_query, address_limit) == 64);
 static_assert(sizeof(odp_mirror_register) == 64);

@@ -7,6 +7,7 @@
 #include <odp_mirror.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -210,6 +211,14 @@ class Mirror {
                                __ATOMIC_ACQUIRE);
     }
 
+    // The reader's side of ODP_MIRROR_CONSUMER_POLL_LOST.
+    void set_consumer_flags(std::uint32_t flags) const {
+        __atomic_store_n(&consumer().flags, flags, __ATOMIC_RELEASE);
+    }
+    void set_lost_seen(std::uint64_t lost) const {
+        __atomic_store_n(&consumer().lost_seen, lost, __ATOMIC_RELEASE);
+    }
+
     // Every queued event, in order; the ring protocol of the uapi header.
     std::vector<odp_mirror_event> drain() const {
         std::vector<odp_mirror_event> out;
@@ -240,6 +249,51 @@ class Mirror {
     Mapping consumer_;
     Mapping generations_;
 };
+
+// Sends @fd over a unix socket (SCM_RIGHTS), or with fd < 0 the errno -fd
+// instead; recv_fd() returns the received descriptor or that -errno.
+inline bool send_fd(int sock, int fd, int flags = 0) {
+    std::int32_t payload = fd < 0 ? -fd : 0;
+    iovec iov{&payload, sizeof(payload)};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fd >= 0) {
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof(control);
+        cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    }
+    return ::sendmsg(sock, &msg, flags) == sizeof(payload);
+}
+
+inline int recv_fd(int sock, int flags = 0) {
+    std::int32_t payload = 0;
+    iovec iov{&payload, sizeof(payload)};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    if (::recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC) != sizeof(payload)) {
+        return -EPROTO;
+    }
+    if (payload != 0) {
+        return -payload;
+    }
+    const cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    if (cmsg == nullptr || cmsg->cmsg_type != SCM_RIGHTS) {
+        return -EPROTO;
+    }
+    int fd = -1;
+    std::memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
+    return fd;
+}
 
 // "module.open_files 0" ... from debugfs, no file of the module needed.
 inline std::map<std::string, long long> debugfs_stats() {

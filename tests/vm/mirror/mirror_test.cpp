@@ -2,9 +2,13 @@
 // Named after the behaviour they check, like the kernel's hmm-tests.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/userfaultfd.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -13,6 +17,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -185,18 +190,28 @@ void run_in_child(const std::function<void(ChildChecks&)>& body) {
         << failures;
 }
 
-// Sets a module parameter for the scope (applies to processes that open later).
-class ModuleParam {
+// 0 or the errno of mmap(@len, @prot, @flags) of @fd at @off (unmapped again).
+int mmap_errno(int fd, std::size_t len, int prot, int flags, std::uint64_t off) {
+    void* p = ::mmap(nullptr, len, prot, flags, fd, static_cast<off_t>(off));
+    if (p == MAP_FAILED) {
+        return errno;
+    }
+    ::munmap(p, len);
+    return 0;
+}
+
+// Writes @value to a sysfs/debugfs/cgroup file for the scope, then puts the
+// old value back.
+class ScopedWrite {
   public:
-    ModuleParam(std::string name, const std::string& value)
-        : path_("/sys/module/odp_mirror/parameters/" + std::move(name)) {
+    ScopedWrite(std::string path, const std::string& value) : path_(std::move(path)) {
         std::ifstream in(path_);
         in >> old_;
         write(value);
     }
-    ~ModuleParam() { write(old_); }
-    ModuleParam(const ModuleParam&) = delete;
-    ModuleParam& operator=(const ModuleParam&) = delete;
+    ~ScopedWrite() { write(old_); }
+    ScopedWrite(const ScopedWrite&) = delete;
+    ScopedWrite& operator=(const ScopedWrite&) = delete;
 
   private:
     void write(const std::string& value) const {
@@ -209,6 +224,20 @@ class ModuleParam {
     }
     std::string path_;
     std::string old_;
+};
+
+// A module parameter (applies to processes that open the device afterwards).
+class ModuleParam : public ScopedWrite {
+  public:
+    ModuleParam(const std::string& name, const std::string& value)
+        : ScopedWrite("/sys/module/odp_mirror/parameters/" + name, value) {}
+};
+
+// A test hook of the module in debugfs (inject_*, see docs/kernel-abi.md).
+class InjectKnob : public ScopedWrite {
+  public:
+    InjectKnob(const std::string& name, const std::string& value)
+        : ScopedWrite("/sys/kernel/debug/odp_mirror/" + name, value) {}
 };
 
 bool wait_for(const std::function<bool()>& cond, std::chrono::milliseconds limit = 3000ms) {
@@ -811,19 +840,10 @@ TEST_F(MirrorTest, FilePassedOverAUnixSocketIsRefused) {
     ASSERT_GE(pid, 0);
     if (pid == 0) {
         parent_end.reset();
-        char byte = 0;
-        iovec iov{&byte, 1};
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof(control);
-        if (::recvmsg(child_end.get(), &msg, 0) != 1 || CMSG_FIRSTHDR(&msg) == nullptr) {
+        const int fd = recv_fd(child_end.get());
+        if (fd < 0) {
             _exit(2);
         }
-        int fd = -1;
-        std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
         auto q = sized<odp_mirror_query>();
         const int err = ::ioctl(fd, ODP_MIRROR_IOC_QUERY, &q) == 0 ? 0 : errno;
         void* p = ::mmap(nullptr, kPage, PROT_READ, MAP_SHARED, fd, 0);
@@ -832,21 +852,7 @@ TEST_F(MirrorTest, FilePassedOverAUnixSocketIsRefused) {
     }
     child_end.reset();
     Mirror m;
-    char byte = 'f';
-    iovec iov{&byte, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    const int fd = m.fd();
-    std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-    ASSERT_EQ(::sendmsg(parent_end.get(), &msg, 0), 1);
+    ASSERT_TRUE(send_fd(parent_end.get(), m.fd()));
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
@@ -1174,6 +1180,10 @@ TEST_F(MirrorTest, BadArgumentsFailWithTheDocumentedErrnoAndLeakNothing) {
          edit<S>([](S& s) { s.start -= kPage; }), ERANGE},
         {"stats flags", ODP_MIRROR_IOC_STATS, edit<odp_mirror_stats>([](auto& s) { s.flags = 1; }),
          EINVAL},
+        {"stats output field set", ODP_MIRROR_IOC_STATS,
+         edit<odp_mirror_stats>([](auto& s) { s.process.regions = 1; }), EINVAL},
+        {"stats module output field set", ODP_MIRROR_IOC_STATS,
+         edit<odp_mirror_stats>([](auto& s) { s.module.reserved[9] = 1; }), EINVAL},
         {"stats short size", ODP_MIRROR_IOC_STATS,
          edit<odp_mirror_stats>([](auto& s) { s.size = 8; }), EINVAL},
         {"query output field set", ODP_MIRROR_IOC_QUERY,
@@ -1211,12 +1221,7 @@ TEST_F(MirrorTest, BadArgumentsFailWithTheDocumentedErrnoAndLeakNothing) {
     // mmap: offsets, sizes, protections, sharing.
     const auto& q = m.query();
     auto mmap_errno = [&](std::size_t len, int prot, int flags, std::uint64_t off) {
-        void* p = ::mmap(nullptr, len, prot, flags, m.fd(), static_cast<off_t>(off));
-        if (p == MAP_FAILED) {
-            return errno;
-        }
-        ::munmap(p, len);
-        return 0;
+        return ::mmap_errno(m.fd(), len, prot, flags, off);
     };
     EXPECT_EQ(mmap_errno(kPage, PROT_READ, MAP_SHARED, 3 * kPage), EINVAL) << "unknown offset";
     EXPECT_EQ(mmap_errno(q.ring_mmap_size + kPage, PROT_READ, MAP_SHARED, ODP_MIRROR_MMAP_RING),
@@ -1278,6 +1283,419 @@ TEST_F(MirrorTest, ModuleParametersRejectBadValues) {
         out.flush();
         EXPECT_FALSE(out.good()) << name << "=" << value << " must be refused";
     }
+}
+
+// ---- adversity: bounded and accounted state, wakeups, stalls ---------------
+
+// Opens a mirror in a short-lived child (running as @uid), registers a page,
+// sends the file back over a unix socket and exits: the per-process state
+// then outlives its process.  The received fd, or -errno of the child's open.
+int open_in_exiting_child(uid_t uid) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        return -errno;
+    }
+    Fd ours(sv[0]);
+    Fd theirs(sv[1]);
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+        return -errno;
+    }
+    if (pid == 0) {
+        if (uid != 0 && (::setresgid(uid, uid, uid) != 0 || ::setresuid(uid, uid, uid) != 0)) {
+            _exit(send_fd(theirs.get(), -errno) ? 0 : 1);
+        }
+        const int fd = ::open(ODP_MIRROR_DEVICE_PATH, O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            _exit(send_fd(theirs.get(), -errno) ? 0 : 1);
+        }
+        void* page =
+            ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        auto reg = sized<odp_mirror_register>();
+        reg.start = reinterpret_cast<std::uintptr_t>(page);
+        reg.length = kPage;
+        if (page == MAP_FAILED || ::ioctl(fd, ODP_MIRROR_IOC_REGISTER, &reg) != 0) {
+            _exit(send_fd(theirs.get(), -errno) ? 0 : 1);
+        }
+        _exit(send_fd(theirs.get(), fd) ? 0 : 1);
+    }
+    theirs.reset();
+    const int fd = recv_fd(ours.get());
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return fd;
+}
+
+TEST_F(MirrorTest, PerUserLimitCountsStatesThatOutliveTheirProcess) {
+    std::vector<Fd> held;
+    held.emplace_back(open_in_exiting_child(0));
+    ASSERT_GE(held.back().get(), 0) << strerror(-held.back().get());
+    auto s = debugfs_stats();
+    const long long one = s["user0.bytes"];
+    ASSERT_GT(one, 0) << "debugfs user0.bytes: a state is charged to the user who opened it";
+    EXPECT_EQ(s["user0.mms"], 1);
+    EXPECT_EQ(s["module.mms"], 1) << "the state outlived its process";
+    EXPECT_EQ(s["module.regions"], 1) << "and so did its region";
+
+    ModuleParam limit("max_user_bytes", std::to_string(3 * one + one / 2));
+    for (int i = 0; i < 2; ++i) {
+        held.emplace_back(open_in_exiting_child(0));
+        ASSERT_GE(held.back().get(), 0)
+            << "state " << i + 2 << ": " << strerror(-held.back().get());
+    }
+    EXPECT_EQ(open_in_exiting_child(0), -EDQUOT) << "a fourth state is over max_user_bytes";
+    s = debugfs_stats();
+    EXPECT_EQ(s["user0.bytes"], 3 * one);
+    EXPECT_EQ(s["user0.mms"], 3);
+    EXPECT_EQ(s["module.mms"], 3);
+
+    Fd other(open_in_exiting_child(65534));
+    EXPECT_GE(other.get(), 0) << "another user has a limit of its own: " << strerror(-other.get());
+    EXPECT_EQ(debugfs_stats()["user65534.bytes"], one);
+
+    held.clear();
+    other.reset();
+    EXPECT_TRUE(wait_for(module_gauges_zero)) << "the last holder's close freed everything";
+    s = debugfs_stats();
+    EXPECT_EQ(s.count("user0.bytes") + s.count("user65534.bytes"), 0u) << "no charge left";
+}
+
+TEST_F(MirrorTest, FileKeptOverExecKeepsItsStateUntilTheNewImageExits) {
+    int go[2], execed[2];
+    ASSERT_EQ(::pipe(go), 0);
+    ASSERT_EQ(::pipe2(execed, O_CLOEXEC), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::close(go[1]);
+        ::close(execed[0]);
+        const int fd = ::open(ODP_MIRROR_DEVICE_PATH, O_RDWR);  // no O_CLOEXEC
+        void* page =
+            ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        auto reg = sized<odp_mirror_register>();
+        reg.start = reinterpret_cast<std::uintptr_t>(page);
+        reg.length = kPage;
+        if (fd < 0 || ::ioctl(fd, ODP_MIRROR_IOC_REGISTER, &reg) != 0 || ::dup2(go[0], 0) != 0) {
+            _exit(1);
+        }
+        // The new image knows nothing of the file; it waits for the test.
+        ::execl("/bin/sh", "sh", "-c", "read line", static_cast<char*>(nullptr));
+        _exit(2);
+    }
+    ::close(go[0]);
+    ::close(execed[1]);
+    char c;
+    EXPECT_EQ(::read(execed[0], &c, 1), 0) << "exec happened (the CLOEXEC pipe closed)";
+    ::close(execed[0]);
+    auto s = debugfs_stats();
+    EXPECT_EQ(s["module.open_files"], 1) << "the file survived exec";
+    EXPECT_EQ(s["module.mms"], 1) << "its state is the old address space's";
+    EXPECT_EQ(s["module.regions"], 1);
+    EXPECT_GT(s["user0.bytes"], 0) << "still charged to its user";
+    ASSERT_EQ(::write(go[1], "\n", 1), 1);
+    ::close(go[1]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+    EXPECT_TRUE(wait_for(module_gauges_zero));
+    EXPECT_EQ(debugfs_stats().count("user0.bytes"), 0u);
+}
+
+// A memory cgroup v2 for the scope (run-mirror-tests.sh mounts cgroup2).
+class MemoryCgroup {
+  public:
+    MemoryCgroup() : path_("/sys/fs/cgroup/odp-mirror-test-" + std::to_string(::getpid())) {
+        std::ofstream("/sys/fs/cgroup/cgroup.subtree_control") << "+memory" << std::flush;
+        if (::mkdir(path_.c_str(), 0755) != 0) {
+            throw_errno(errno, "mkdir " + path_ + " (is cgroup2 mounted on /sys/fs/cgroup?)");
+        }
+    }
+    ~MemoryCgroup() { ::rmdir(path_.c_str()); }
+    MemoryCgroup(const MemoryCgroup&) = delete;
+    MemoryCgroup& operator=(const MemoryCgroup&) = delete;
+
+    void enter() const { write("cgroup.procs", "0"); }
+    void set_max(long long bytes) const { write("memory.max", std::to_string(bytes)); }
+    long long current() const {
+        std::ifstream in(path_ + "/memory.current");
+        long long v = -1;
+        in >> v;
+        return v;
+    }
+
+  private:
+    void write(const std::string& file, const std::string& value) const {
+        std::ofstream out(path_ + "/" + file);
+        out << value << std::flush;
+        if (!out) {
+            throw std::runtime_error("cannot write " + value + " to " + path_ + "/" + file);
+        }
+    }
+    std::string path_;
+};
+
+TEST_F(MirrorTest, StateMemoryIsChargedToTheOpenersMemoryCgroup) {
+    MemoryCgroup cgroup;
+    ModuleParam ring("ring_entries", "65536");  // a 4 MiB ring per state
+    run_in_child([&cgroup](ChildChecks& c) {
+        cgroup.enter();
+        const long long before = cgroup.current();
+        long long with = 0;
+        {
+            Mirror m(false);
+            with = cgroup.current();
+        }
+        c.expect(with - before >= (4LL << 20),
+                 "memory.current grew by the 4 MiB ring: " + std::to_string(before) + " -> " +
+                     std::to_string(with));
+        c.expect(cgroup.current() < with - (3LL << 20), "and shrank on close");
+        cgroup.set_max(cgroup.current() + (8LL << 20));
+        ModuleParam big("ring_entries", "1048576");  // 64 MiB
+        const int fd = ::open(ODP_MIRROR_DEVICE_PATH, O_RDWR | O_CLOEXEC);
+        c.expect_eq(fd < 0 ? errno : 0, ENOMEM, "open of a 64 MiB ring 8 MiB under memory.max");
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    });
+}
+
+// The reader drains while a dropped event sits in its injected delay between
+// reading the tail and counting itself lost: the drop must still wake the
+// reader's poll, and poll must report the loss it has not handled.
+TEST_F(MirrorTest, PollWakesForAnEventDroppedWhileTheReaderCaughtUp) {
+    // NUMA balancing write-protects pages now and then (PROTECTION events),
+    // which would wake the reader for another reason.
+    std::optional<ScopedWrite> no_numa_balancing;
+    if (std::filesystem::exists("/proc/sys/kernel/numa_balancing")) {
+        no_numa_balancing.emplace("/proc/sys/kernel/numa_balancing", "0");
+    }
+    ModuleParam small_ring("ring_entries", "16");
+    InjectKnob delay("inject_drop_delay_ms", "2000");
+    run_in_child([](ChildChecks& c) {
+        Mirror m;
+        c.expect((m.query().features & ODP_MIRROR_FEATURE_POLL_LOST) != 0, "feature POLL_LOST");
+        m.set_consumer_flags(ODP_MIRROR_CONSUMER_POLL_LOST);
+        Mapping map(kPage);
+        m.add(map);
+        for (int i = 0; i < 64 && m.head() < 16; ++i) {
+            ::madvise(map.data(), kPage, MADV_DONTNEED);  // one event each
+        }
+        c.expect_eq(static_cast<long long>(m.head()), 16, "ring full");
+        std::thread dropper([&] { ::madvise(map.data(), kPage, MADV_DONTNEED); });
+        std::this_thread::sleep_for(500ms);
+        m.drain();
+        const auto lost_seen = m.lost();
+        c.expect_eq(static_cast<long long>(lost_seen), 0, "the drop is still in its delay");
+        m.set_lost_seen(lost_seen);
+        pollfd pfd{m.fd(), POLLIN, 0};
+        const auto t0 = std::chrono::steady_clock::now();
+        const int ready = ::poll(&pfd, 1, 8000);
+        const auto waited = std::chrono::steady_clock::now() - t0;
+        dropper.join();
+        c.expect_eq(ready, 1, "poll woke for the dropped event");
+        c.expect(waited < 6s, "within the delay, not at the timeout");
+        c.expect_eq(static_cast<long long>(m.lost()), 1, "lost");
+        const auto queued = m.drain();
+        c.expect(queued.empty(), "nothing queued after the drop:" + describe(queued));
+        m.set_lost_seen(m.lost());
+        c.expect_eq(::poll(&pfd, 1, 0), 0, "not readable once the loss is handled");
+    });
+}
+
+TEST_F(MirrorTest, StressPollerNeverSleepsThroughQueuedOrLostEvents) {
+    ModuleParam small_ring("ring_entries", "16");
+    run_in_child([](ChildChecks& c) {
+        Mirror m;
+        m.set_consumer_flags(ODP_MIRROR_CONSUMER_POLL_LOST);
+        Mapping map(8 * kPage);
+        m.add(map);
+        std::atomic<bool> stop{false};
+        std::thread producer([&] {
+            std::mt19937 rng(11);
+            while (!stop.load()) {
+                // Bursts that overflow the ring now and then, short pauses.
+                for (auto i = rng() % 40 + 1; i > 0; --i) {
+                    ::madvise(map.data() + (rng() % 8) * kPage, kPage, MADV_DONTNEED);
+                }
+                std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
+            }
+        });
+        long long polls = 0, timeouts = 0;
+        const auto end = std::chrono::steady_clock::now() + 3s;
+        while (std::chrono::steady_clock::now() < end) {
+            m.drain();
+            m.set_lost_seen(m.lost());
+            pollfd pfd{m.fd(), POLLIN, 0};
+            // The producer never pauses for more than 20 ms: a 2 s timeout
+            // means the poller slept through a wakeup.
+            if (::poll(&pfd, 1, 2000) == 0) {
+                timeouts++;
+            }
+            polls++;
+        }
+        stop = true;
+        producer.join();
+        std::printf("poll stress: %lld polls, %llu events, %llu lost\n", polls,
+                    static_cast<unsigned long long>(m.head()),
+                    static_cast<unsigned long long>(m.lost()));
+        c.expect_eq(timeouts, 0, "polls that slept through queued or lost events");
+        c.expect(m.lost() > 0, "the ring overflowed");
+    });
+}
+
+// REGISTER's result goes to a page whose writes stall (userfaultfd
+// write-protect, nobody resolving the fault), like a page on a hung FUSE
+// file.  Other ioctls and closes of the process must not wait for it.
+TEST_F(MirrorTest, RegisterStalledOnItsOutputBlocksNoOtherIoctlOrClose) {
+    Mirror m;
+    Mapping map(4 * kPage);
+    const auto victim = m.add(map.addr(), kPage);
+    auto second = std::make_unique<Mirror>(false);
+    second->add(map.addr() + kPage, kPage);
+
+    Fd uffd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
+    ASSERT_GE(uffd.get(), 0) << "userfaultfd: " << strerror(errno);
+    uffdio_api api{};
+    api.api = UFFD_API;
+    ASSERT_EQ(::ioctl(uffd.get(), UFFDIO_API, &api), 0) << strerror(errno);
+    Mapping arg_page(kPage);
+    arg_page.populate();
+    uffdio_register uregister{};
+    uregister.range = {arg_page.addr(), kPage};
+    uregister.mode = UFFDIO_REGISTER_MODE_WP;
+    ASSERT_EQ(::ioctl(uffd.get(), UFFDIO_REGISTER, &uregister), 0) << strerror(errno);
+    auto reg = sized<odp_mirror_register>();
+    reg.start = map.addr() + 2 * kPage;
+    reg.length = kPage;
+    std::memcpy(arg_page.data(), &reg, sizeof(reg));
+    uffdio_writeprotect wp{};
+    wp.range = {arg_page.addr(), kPage};
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+    ASSERT_EQ(::ioctl(uffd.get(), UFFDIO_WRITEPROTECT, &wp), 0) << strerror(errno);
+
+    int stalled_err = -1;
+    std::thread stalled(
+        [&] { stalled_err = m.try_ioctl(ODP_MIRROR_IOC_REGISTER, arg_page.data()); });
+    pollfd pfd{uffd.get(), POLLIN, 0};
+    const bool faulted = ::poll(&pfd, 1, 5000) == 1;
+    std::atomic<bool> done{false};
+    int unregister_err = -1;
+    std::thread other([&] {
+        unregister_err = m.try_remove(victim.id);
+        second.reset();  // close() of another file with a region
+        done = true;
+    });
+    const bool completed = wait_for([&] { return done.load(); }, 3000ms);
+    // Let the stalled REGISTER go in any case, so that nothing hangs.
+    wp.mode = 0;
+    EXPECT_EQ(::ioctl(uffd.get(), UFFDIO_WRITEPROTECT, &wp), 0) << strerror(errno);
+    stalled.join();
+    other.join();
+    EXPECT_TRUE(faulted) << "REGISTER never wrote its result into the protected page";
+    EXPECT_TRUE(completed) << "UNREGISTER and close() waited for the stalled REGISTER";
+    EXPECT_EQ(unregister_err, 0);
+    EXPECT_EQ(stalled_err, 0);
+    std::memcpy(&reg, arg_page.data(), sizeof(reg));
+    EXPECT_NE(reg.id, 0u);
+    EXPECT_EQ(m.stats().process.regions, 1u) << "the stalled one, nothing else";
+}
+
+// MADV_DOFORK clears VM_DONTCOPY unless the mapping is VM_IO.
+TEST_F(MirrorTest, RingMappingsStayOutOfForkChildrenEvenAfterMadvDofork) {
+    Mirror m;
+    const auto& q = m.query();
+    Mapping ring(q.ring_mmap_size, PROT_READ, MAP_SHARED, m.fd(), ODP_MIRROR_MMAP_RING);
+    Mapping consumer(q.consumer_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd(),
+                     static_cast<off_t>(ODP_MIRROR_MMAP_CONSUMER));
+    EXPECT_NE(::madvise(ring.data(), ring.size(), MADV_DOFORK), 0);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_NE(::madvise(consumer.data(), consumer.size(), MADV_DOFORK), 0);
+    EXPECT_EQ(errno, EINVAL);
+    run_in_child([&](ChildChecks& c) {
+        // msync() fails with ENOMEM on addresses that are not mapped.
+        c.expect(::msync(ring.data(), kPage, MS_ASYNC) != 0 && errno == ENOMEM,
+                 "the ring is not mapped in the child");
+        c.expect(::msync(consumer.data(), kPage, MS_ASYNC) != 0 && errno == ENOMEM,
+                 "the consumer page is not mapped in the child");
+    });
+}
+
+TEST_F(MirrorTest, ReadOnlyFileMapsTheReadOnlyAreas) {
+    Fd fd(::open(ODP_MIRROR_DEVICE_PATH, O_RDONLY | O_CLOEXEC));
+    ASSERT_GE(fd.get(), 0) << strerror(errno);
+    auto q = sized<odp_mirror_query>();
+    ASSERT_EQ(::ioctl(fd.get(), ODP_MIRROR_IOC_QUERY, &q), 0) << strerror(errno);
+    auto mmap_errno = [&](std::size_t len, int prot, int flags, std::uint64_t off) {
+        return ::mmap_errno(fd.get(), len, prot, flags, off);
+    };
+    EXPECT_EQ(mmap_errno(q.ring_mmap_size, PROT_READ, MAP_SHARED, ODP_MIRROR_MMAP_RING), 0);
+    EXPECT_EQ(
+        mmap_errno(q.generations_mmap_size, PROT_READ, MAP_SHARED, ODP_MIRROR_MMAP_GENERATIONS), 0);
+    EXPECT_EQ(mmap_errno(kPage, PROT_READ | PROT_WRITE, MAP_SHARED, ODP_MIRROR_MMAP_CONSUMER),
+              EACCES)
+        << "a read-only file cannot map the consumer page writable";
+    EXPECT_EQ(mmap_errno(kPage, PROT_READ, MAP_PRIVATE, ODP_MIRROR_MMAP_RING), EINVAL);
+}
+
+// Four 2 MiB batches, each seeing its result invalidated for 600 ms: one call
+// gives up after 1 s of retries in total, not after 1 s per batch.
+TEST_F(MirrorTest, FaultRetriesAreBoundedPerCallNotPerBatch) {
+    Mirror m;
+    Mapping map(8ULL << 20);
+    const auto reg = m.add(map);
+    InjectKnob retry("inject_retry_ms", "600");
+    const auto t0 = std::chrono::steady_clock::now();
+    const int err = m.try_fault(reg.id, map.addr(), map.size(), true);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(err, EBUSY);
+    EXPECT_LT(took, 1900ms) << "took "
+                            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                            << " ms";
+    EXPECT_GT(m.stats().process.fault_retries, 0u);
+}
+
+TEST_F(MirrorTest, FaultRetryingIsInterruptedByASignal) {
+    struct sigaction quiet {};
+    quiet.sa_handler = [](int) {};  // no SA_RESTART
+    struct sigaction old {};
+    ASSERT_EQ(::sigaction(SIGUSR1, &quiet, &old), 0);
+    Mirror m;
+    Mapping map(2ULL << 20);
+    const auto reg = m.add(map);
+    InjectKnob retry("inject_retry_ms", "5000");
+    const pthread_t faulting = ::pthread_self();
+    std::thread signaller([faulting] {
+        std::this_thread::sleep_for(300ms);
+        ::pthread_kill(faulting, SIGUSR1);
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    const int err = m.try_fault(reg.id, map.addr(), map.size(), true);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    signaller.join();
+    ::sigaction(SIGUSR1, &old, nullptr);
+    EXPECT_EQ(err, EINTR);
+    EXPECT_LT(took, 900ms) << "took "
+                           << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                           << " ms";
+}
+
+TEST_F(MirrorTest, RegisterAtTheRegionLimitFailsBeforeInsertingANotifier) {
+    ModuleParam few("max_regions", "2");
+    run_in_child([](ChildChecks& c) {
+        Mirror m;
+        Mapping map(kPage);
+        m.add(map);
+        const auto before = debugfs_stats()["module.notifier_inserts"];
+        m.add(map);
+        const auto one = debugfs_stats()["module.notifier_inserts"];
+        c.expect_eq(one - before, 1, "a registration inserts one notifier");
+        auto reg = sized<odp_mirror_register>();
+        reg.start = map.addr();
+        reg.length = kPage;
+        c.expect_eq(m.try_ioctl(ODP_MIRROR_IOC_REGISTER, &reg), ENOSPC, "third region");
+        c.expect_eq(debugfs_stats()["module.notifier_inserts"], one,
+                    "the refused registration inserted no notifier");
+    });
 }
 
 // ---- stress -----------------------------------------------------------------
