@@ -9,7 +9,7 @@
 #   soft-RoCE guest with scripts/odp-vm and runs COMMAND in it (from the build
 #   tree, as root).  One guest per suite, never per case: guests are slow.
 
-set(ODP_VM_KERNELS 6.1 6.12 7.3 CACHE STRING "Guest kernels the vm tests run on")
+set(ODP_VM_KERNELS 5.10 6.1 6.12 7.3 CACHE STRING "Guest kernels the vm tests run on")
 
 function(odp_add_unit_test target)
   cmake_parse_arguments(ARG "" "" "SOURCES;LIBS" ${ARGN})

@@ -64,6 +64,7 @@
 #include <linux/wait.h>
 #include <linux/xarray.h>
 
+#include "odp_compat.h"
 #include "odp_mirror.h"
 
 /* Pages handled per hmm_range_fault() call; the pfn array is one page. */
@@ -228,21 +229,6 @@ static void odp_count(struct odp_mm *omm, enum odp_counter idx, s64 delta)
 {
 	atomic64_add(delta, &omm->counters.c[idx]);
 	atomic64_add(delta, &odp_global.c[idx]);
-}
-
-/*
- * vma->vm_flags became read-only in 6.3 (vm_flags_mod() takes care of the
- * VMA lock); 6.1 still modifies it directly under the mmap write lock.
- * Kbuild defines ODP_HAVE_VM_FLAGS_MOD when the headers have it.
- */
-static void odp_vma_flags_mod(struct vm_area_struct *vma, vm_flags_t set,
-			      vm_flags_t clear)
-{
-#ifdef ODP_HAVE_VM_FLAGS_MOD
-	vm_flags_mod(vma, set, clear);
-#else
-	vma->vm_flags = (vma->vm_flags | set) & ~clear;
-#endif
 }
 
 /* ---- per-process state ------------------------------------------------- */

@@ -6,13 +6,14 @@
 
 namespace odp::guest {
 
-// run-coherence.sh loaded odp_mirror.ko (6.1, 6.12): the Module source must work.
+// run-coherence.sh loaded odp_mirror.ko (built for this kernel): the Module
+// source must work.
 inline bool module_expected() {
     const char* value = std::getenv("ODP_COHERENCE_MODULE");
     return value != nullptr && std::string(value) == "1";
 }
 
-// The guest kernel (6.1, 6.12, 7.3), or "" outside a guest.
+// The guest kernel (5.10, 6.1, 6.12, 7.3), or "" outside a guest.
 inline std::string kernel() {
     const char* value = std::getenv("ODP_VM_KERNEL");
     return value == nullptr ? std::string() : std::string(value);

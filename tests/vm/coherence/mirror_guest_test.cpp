@@ -1,4 +1,4 @@
-// The invalidation sources against the guest kernels (6.1, 6.12, 7.3): each
+// The invalidation sources against the guest kernels (5.10 to 7.3): each
 // mapping change the coherence tests make, seen (or, where documented in
 // docs/sources.md, refused) by the module and by userfaultfd.
 #include <gtest/gtest.h>

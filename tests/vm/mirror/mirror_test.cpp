@@ -25,6 +25,10 @@ using namespace std::chrono_literals;
 namespace {
 
 const std::uint64_t kPage = page_size();
+// The least top of an x86-64 user address space (4-level paging): 2^47 less
+// the guard page below the non-canonical hole. 5.10 reports exactly that;
+// later kernels built with 5-level paging report more.
+const std::uint64_t kUserSpaceTop47 = (1ULL << 47) - kPage;
 
 struct Interval {
     std::uint64_t start;
@@ -255,7 +259,7 @@ TEST_F(MirrorTest, QueryReportsVersionFeaturesAndLayout) {
               ODP_MIRROR_RING_EVENTS_OFFSET + q.ring_entries * sizeof(odp_mirror_event));
     EXPECT_GE(q.generations_mmap_size, q.max_regions * sizeof(std::uint64_t));
     EXPECT_GE(q.consumer_mmap_size, sizeof(odp_mirror_ring_consumer));
-    EXPECT_GE(q.address_limit, 1ULL << 47);
+    EXPECT_GE(q.address_limit, kUserSpaceTop47);
     EXPECT_EQ(q.max_fault_bytes % kPage, 0u);
     EXPECT_EQ(m.header().entries, q.ring_entries);
     EXPECT_EQ(m.head(), 0u);
@@ -294,7 +298,7 @@ TEST_F(MirrorTest, RegisterWholeAddressSpaceFaultsNothing) {
     Mirror m;
     // From the first page to the top of the user address space.
     const std::uint64_t top = m.query().address_limit;
-    ASSERT_GE(top, 1ULL << 47);
+    ASSERT_GE(top, kUserSpaceTop47);
     const auto reg = m.add(kPage, top - kPage);
     const auto st = m.stats();
     EXPECT_EQ(st.process.pages_faulted, 0u);
@@ -1007,7 +1011,11 @@ TEST_F(MirrorTest, ReapingADyingProcessIsANonBlockableTeardown) {
         ASSERT_GE(pidfd.get(), 0) << strerror(errno);
         ASSERT_EQ(::kill(pid, SIGKILL), 0);
         // Fails with ESRCH/EINVAL when the child already tore its mm down.
-        (void)::syscall(kProcessMrelease, pidfd.get(), 0);
+        if (::syscall(kProcessMrelease, pidfd.get(), 0) != 0 && errno == ENOSYS) {
+            ::waitpid(pid, nullptr, 0);
+            GTEST_SKIP() << "no process_mrelease() on this kernel (it came in 5.15): the "
+                            "OOM reaper's path cannot be forced here";
+        }
         int status = 0;
         ASSERT_EQ(::waitpid(pid, &status, 0), pid);
         const auto after = debugfs_stats();

@@ -1,10 +1,18 @@
 #!/bin/bash
 # Runs inside an odp-vm guest as root:
 #   run-mirror-tests.sh <kernel-glue build dir> <gtest binary> [gtest args...]
-# Loads the odp_mirror.ko built for $ODP_VM_KERNEL, runs the tests, checks that
-# every module gauge is back to zero, unloads the module, and fails if the
-# kernel log shows a BUG, WARNING, Oops or leak since the module was loaded.
+#   run-mirror-tests.sh --dkms <kernel-glue source dir> <gtest binary> [gtest args...]
+# Loads the odp_mirror.ko built for $ODP_VM_KERNEL (with --dkms: installs it
+# through DKMS first, dkms-install.sh, and loads the installed copy with
+# modprobe), runs the tests, checks that every module gauge is back to zero,
+# unloads the module, and fails if the kernel log shows a BUG, WARNING, Oops
+# or leak since the module was loaded.
 set -u
+dkms=0
+if [ "$1" = --dkms ]; then
+    dkms=1
+    shift
+fi
 kglue=$1
 tests=$2
 shift 2
@@ -13,12 +21,18 @@ fail() {
     exit 1
 }
 [ -n "${ODP_VM_KERNEL:-}" ] || fail "ODP_VM_KERNEL is not set: run me through scripts/odp-vm"
-ko=$kglue/$ODP_VM_KERNEL/odp_mirror.ko
-[ -f "$ko" ] || fail "$ko is missing: build target odp_mirror_ko_${ODP_VM_KERNEL/./_}"
 [ -x "$tests" ] || fail "$tests is missing: build it first"
 
 log_start=$(dmesg | wc -l)
-insmod "$ko" || fail "insmod $ko"
+if [ "$dkms" = 1 ]; then
+    "$(dirname "$(readlink -f "$0")")/dkms-install.sh" "$kglue" || fail "installing the module through DKMS"
+    log_start=$(dmesg | wc -l)
+    modprobe odp_mirror || fail "modprobe odp_mirror (installed by dkms)"
+else
+    ko=$kglue/$ODP_VM_KERNEL/odp_mirror.ko
+    [ -f "$ko" ] || fail "$ko is missing: build target odp_mirror_ko_${ODP_VM_KERNEL/./_}"
+    insmod "$ko" || fail "insmod $ko"
+fi
 for _ in $(seq 50); do [ -c /dev/odp_mirror ] && break; sleep 0.1; done
 [ -c /dev/odp_mirror ] || fail "/dev/odp_mirror did not appear"
 mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug
@@ -43,4 +57,6 @@ if dmesg | tail -n +"$((log_start + 1))" | grep -E 'BUG|WARNING|Oops|leak|genera
     fail "the kernel log shows the problems above"
 fi
 [ "$status" -eq 0 ] || fail "the tests failed (exit $status)"
-echo "run-mirror-tests: kernel $ODP_VM_KERNEL: tests passed, counters zero, rmmod clean, kernel log clean"
+from=built
+[ "$dkms" = 1 ] && from="installed by dkms"
+echo "run-mirror-tests: kernel $ODP_VM_KERNEL, module $from: tests passed, counters zero, rmmod clean, kernel log clean"

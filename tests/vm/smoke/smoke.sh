@@ -52,7 +52,7 @@ odp_matches_kernel() {
     [[ $rc -eq 0 ]] && grep -qx 'consistent: yes' <<<"$out" || return 1
     case $ODP_VM_KERNEL in
     # rxe gained ODP in 6.15: older kernels must refuse ON_DEMAND and say so in their caps.
-    6.1 | 6.12)
+    5.10 | 6.1 | 6.12)
         grep -qx 'odp_caps.general: none' <<<"$out" &&
             grep -q '^reg_mr(ON_DEMAND): ' <<<"$out" && ! grep -qx 'reg_mr(ON_DEMAND): ok' <<<"$out"
         ;;
