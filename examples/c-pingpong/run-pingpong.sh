@@ -32,16 +32,21 @@ expect() {
     fi
 }
 
+# run_pair ARGS...: a server and a client with ARGS on rxe0 (loopback); sets
+# server_status and client_status, their output is in $out/server and $out/client.
+run_pair() {
+    "$example" "$@" >"$out/server" 2>&1 &
+    local server=$!
+    "$example" "$@" -t 30 "$ODP_VM_ADDR" >"$out/client" 2>&1
+    client_status=$?
+    wait "$server"
+    server_status=$?
+}
+
 # loopback PORT OP MODE SIZE ITERS [PATTERN]: server and client on rxe0.
 loopback() {
     local port=$1 op=$2 mode=$3 size=$4 iters=$5 pattern=${6:-"verified"}
-    local args=("${gid[@]}" -p "$port" -o "$op" -m "$mode" -s "$size" -n "$iters")
-    "$example" "${args[@]}" >"$out/server" 2>&1 &
-    local server=$!
-    "$example" "${args[@]}" -t 30 "$ODP_VM_ADDR" >"$out/client" 2>&1
-    local client_status=$?
-    wait "$server"
-    local server_status=$?
+    run_pair "${gid[@]}" -p "$port" -o "$op" -m "$mode" -s "$size" -n "$iters"
     local name="loopback -o $op -m $mode -s $size"
     expect "$name (server)" "$server_status" "$out/server" "$pattern"
     expect "$name (client)" "$client_status" "$out/client" "verified"
@@ -55,13 +60,7 @@ loopback() {
 # (exit 3 on the side that checked, the other side then stops too).
 native_known_bug() { # native_known_bug PORT OP
     local port=$1 op=$2
-    local args=("${gid[@]}" -p "$port" -o "$op" -m native -s 64K -n 3)
-    "$example" "${args[@]}" >"$out/server" 2>&1 &
-    local server=$!
-    "$example" "${args[@]}" -t 30 "$ODP_VM_ADDR" >"$out/client" 2>&1
-    local client_status=$?
-    wait "$server"
-    local server_status=$?
+    run_pair "${gid[@]}" -p "$port" -o "$op" -m native -s 64K -n 3
     if [ "$server_status$client_status" = 00 ]; then
         say "native -o $op -s 64K moved every byte right: 7.3's sub-page bug is gone (update docs/guide.md)"
     elif [ "$server_status" = 3 ] && grep -q "DATA CHECK FAILED" "$out/server"; then

@@ -77,7 +77,8 @@ T read_struct(const T* in, std::size_t first_size, const char* what,
     if (in == nullptr) {
         return value;
     }
-    if (in->size < first_size) {
+    // Above a page it is no struct this API will ever have: garbage.
+    if (in->size < first_size || in->size > 4096) {
         odp::throw_error(EINVAL, std::string(what) + ".size is " + std::to_string(in->size) +
                                      ", at least " + std::to_string(first_size) +
                                      " expected: initialise it with its odp_*_init() function");

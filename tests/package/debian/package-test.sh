@@ -36,6 +36,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
+! mountpoint -q "$root" || die "$root is still mounted (a process of an earlier run inside?)"
 rm -rf "$work"
 mkdir -p "$work/src"
 
