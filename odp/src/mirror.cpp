@@ -109,7 +109,8 @@ std::atomic<std::uint64_t> next_watch_id{1};
 thread_local bool delivering = false;
 }  // namespace
 
-class Mirror::Core final : public detail::EventSink, public std::enable_shared_from_this<Core> {
+class ODP_LOCAL Mirror::Core final : public detail::EventSink,
+                                     public std::enable_shared_from_this<Core> {
   public:
     Core(std::unique_ptr<detail::Source> source, boost::asio::io_context* io)
         : source_(std::move(source)), io_(io) {}

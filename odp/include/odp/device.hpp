@@ -2,6 +2,8 @@
 // budget shared by its regions, and the factory for regions.
 #pragma once
 
+#include <odp/export.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,7 +29,7 @@ struct DeviceOptions {
     std::optional<std::uint64_t> max_pinned_bytes;
 };
 
-class Device : public std::enable_shared_from_this<Device> {
+class ODP_API Device : public std::enable_shared_from_this<Device> {
     struct Key {};  // only the factories construct
 
   public:

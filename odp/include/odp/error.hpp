@@ -10,6 +10,8 @@
 // Destructors never throw: they report failures with odp::log_error().
 #pragma once
 
+#include <odp/export.h>
+
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -19,7 +21,7 @@
 
 namespace odp {
 
-class Error : public std::system_error {
+class ODP_API Error : public std::system_error {
   public:
     // `errno_value` is a positive errno (EINVAL, ENOMEM, ...); `message` says
     // what was being done, on what, and what to do.
@@ -32,16 +34,16 @@ class Error : public std::system_error {
 // Thrown when the pinned-memory budget is exhausted and nothing can be evicted
 // because every registered chunk is leased (errno EAGAIN): release leases
 // (complete work requests) and retry, or raise max_pinned_bytes.
-class BackPressure : public Error {
+class ODP_API BackPressure : public Error {
   public:
     using Error::Error;
 };
 
 // Throws odp::Error(errno_value, message).
-[[noreturn]] void throw_error(int errno_value, const std::string& message);
+[[noreturn]] ODP_API void throw_error(int errno_value, const std::string& message);
 
 // Throws odp::Error with the current errno (EIO if errno is 0).
-[[noreturn]] void throw_errno(const std::string& message);
+[[noreturn]] ODP_API void throw_errno(const std::string& message);
 
 // For functions that return -1 and set errno (system calls).
 inline int check_syscall(int rc, std::string_view what) {
@@ -70,12 +72,12 @@ T* check_ptr(T* pointer, std::string_view what) {
 
 // Logs a failure that cannot be thrown (destructors, noexcept paths) to stderr
 // with an "odp:" prefix. Never throws.
-void log_error(std::string_view message) noexcept;
+ODP_API void log_error(std::string_view message) noexcept;
 
 // "2 MiB", "1.5 GiB", "4096 B": sizes in messages.
-[[nodiscard]] std::string format_bytes(std::uint64_t bytes);
+[[nodiscard]] ODP_API std::string format_bytes(std::uint64_t bytes);
 
 // "0x7f2a00000000"
-[[nodiscard]] std::string format_address(std::uintptr_t address);
+[[nodiscard]] ODP_API std::string format_address(std::uintptr_t address);
 
 }  // namespace odp

@@ -2,6 +2,8 @@
 // bookkeeping only, with counters and injectable failures. Thread-safe.
 #pragma once
 
+#include <odp/export.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -13,7 +15,7 @@
 
 namespace odp {
 
-class FakeNic final : public Nic {
+class ODP_API FakeNic final : public Nic {
   public:
     struct Counters {
         std::uint64_t registrations = 0;     // successful register_memory calls

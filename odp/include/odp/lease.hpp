@@ -2,6 +2,7 @@
 #pragma once
 
 #include <infiniband/verbs.h>
+#include <odp/export.h>
 
 #include <array>
 #include <cstddef>
@@ -27,7 +28,7 @@ struct ExposureState;
 // region, device and mirror stay alive even if their handles are dropped.
 // Release it when the work request that uses the SGEs has completed.
 // Move-only; the destructor releases.
-class Lease {
+class ODP_API Lease {
   public:
     static constexpr std::size_t inline_capacity = 4;  // SGEs stored without allocating
 
@@ -127,7 +128,7 @@ using ExposureCallback = std::function<void(Range changed, InvalidationReason re
 // changes while exposed, a peer's writes may land in the old pages: release()
 // then returns true and the callback (if any) fires at once. Move-only; the
 // destructor releases.
-class Exposure {
+class ODP_API Exposure {
   public:
     Exposure() noexcept;
     Exposure(Exposure&& other) noexcept;

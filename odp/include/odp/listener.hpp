@@ -2,6 +2,8 @@
 // mirror.hpp) and the regions that need to hear about mapping changes.
 #pragma once
 
+#include <odp/export.h>
+
 #include <odp/types.hpp>
 
 namespace odp {
@@ -14,7 +16,7 @@ namespace odp {
 // memory (ibv_reg_mr can sleep on mmap_lock, and userfaultfd's unmapping thread
 // waits until the reader has consumed the event), never call back into the
 // Mirror, and never throw.
-class InvalidationListener {
+class ODP_API InvalidationListener {
   public:
     // The mapping under `range` (may extend beyond the watched range) changed.
     virtual void on_invalidate(Range range, InvalidationReason reason) noexcept = 0;

@@ -21,6 +21,8 @@
 // is read (see docs/sources.md).
 #pragma once
 
+#include <odp/export.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -45,7 +47,7 @@ enum class MonitorKind {
     Fake,         // tests inject events with Mirror::inject()
 };
 
-[[nodiscard]] std::string_view to_string(MonitorKind kind) noexcept;
+[[nodiscard]] ODP_API std::string_view to_string(MonitorKind kind) noexcept;
 
 // A part of a watched range that the source cannot watch, and why.
 struct Unwatched {
@@ -88,7 +90,7 @@ struct MirrorStats {
     std::uint64_t armed_ranges = 0;   // successful Watch::arm() calls
 };
 
-class Mirror : public std::enable_shared_from_this<Mirror> {
+class ODP_API Mirror : public std::enable_shared_from_this<Mirror> {
   public:
     class Watch;
     class Core;  // internal
@@ -158,7 +160,7 @@ class Mirror : public std::enable_shared_from_this<Mirror> {
 // any callback (its own or another watch's) does not wait and is safe. So never
 // destroy a Watch while holding a lock that its listener's callback takes,
 // except on the dispatch context itself.
-class Mirror::Watch {
+class ODP_API Mirror::Watch {
   public:
     Watch() noexcept = default;
     Watch(Watch&& other) noexcept;

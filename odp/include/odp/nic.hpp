@@ -3,6 +3,8 @@
 // tests and benchmarks run without a device.
 #pragma once
 
+#include <odp/export.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -48,7 +50,7 @@ struct DeviceCaps {
     std::string native_data_check;
 };
 // Multi-line, human readable ("odp: yes (implicit: no, prefetch: no)\nRC: send recv ...").
-[[nodiscard]] std::string to_string(const DeviceCaps& caps);
+[[nodiscard]] ODP_API std::string to_string(const DeviceCaps& caps);
 
 // A registration as the NIC returned it; owned by the caller, who must hand it
 // back to Nic::deregister() exactly once.
@@ -58,7 +60,7 @@ struct NicMr {
     std::uint32_t rkey = 0;
 };
 
-class Nic {
+class ODP_API Nic {
   public:
     virtual ~Nic() = default;
     Nic() = default;
@@ -89,6 +91,6 @@ class Nic {
 // supported). Throws odp::Error naming the device when there is none, it
 // cannot be opened (EACCES: permissions of /dev/infiniband/uverbs*), or a
 // query fails.
-[[nodiscard]] std::unique_ptr<Nic> open_verbs_nic(std::string_view name);
+[[nodiscard]] ODP_API std::unique_ptr<Nic> open_verbs_nic(std::string_view name);
 
 }  // namespace odp

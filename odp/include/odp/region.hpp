@@ -1,6 +1,8 @@
 // Regions: registered memory in one of three modes, used through Leases.
 #pragma once
 
+#include <odp/export.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -39,7 +41,7 @@ inline constexpr std::size_t unlimited_sges = std::numeric_limits<std::size_t>::
 // Move-only handle; destroying it deregisters what no Lease holds and defers
 // the rest until the last Lease is released. Thread-safe: any number of
 // threads may translate, expose, prefetch and release at once.
-class Region {
+class ODP_API Region {
   public:
     Region() noexcept = default;
     Region(Region&& other) noexcept;

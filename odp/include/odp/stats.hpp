@@ -1,6 +1,8 @@
 // Statistics of a region (Region::stats) and of a device in total (Device::stats).
 #pragma once
 
+#include <odp/export.h>
+
 #include <array>
 #include <cstdint>
 #include <iosfwd>
@@ -9,7 +11,7 @@
 
 namespace odp {
 
-struct Stats {
+struct ODP_API Stats {
     std::uint64_t hits = 0;              // translate chunk lookups served from the table
     std::uint64_t misses = 0;            // lookups that took the slow path
     std::uint64_t chunk_faults = 0;      // chunks registered on demand (emulated)
@@ -32,9 +34,9 @@ struct Stats {
 };
 
 // One "name value" line per field, zero invalidation reasons left out.
-[[nodiscard]] std::string to_string(const Stats& stats);
+[[nodiscard]] ODP_API std::string to_string(const Stats& stats);
 // {"hits":1,...,"invalidations":{"unmap":0,...},...}
-[[nodiscard]] std::string to_json(const Stats& stats);
-std::ostream& operator<<(std::ostream& out, const Stats& stats);
+[[nodiscard]] ODP_API std::string to_json(const Stats& stats);
+ODP_API std::ostream& operator<<(std::ostream& out, const Stats& stats);
 
 }  // namespace odp

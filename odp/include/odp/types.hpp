@@ -1,6 +1,8 @@
 // Value types shared by every part of libodp (and the seam with odp::Mirror).
 #pragma once
 
+#include <odp/export.h>
+
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -12,7 +14,7 @@ namespace odp {
 // A half-open range of virtual addresses [begin, end). Never empty when built
 // with from_length() or checked(): bad arguments throw odp::Error(EINVAL or
 // EOVERFLOW) instead of producing a wrapped or empty range.
-struct Range {
+struct ODP_API Range {
     std::uintptr_t begin = 0;
     std::uintptr_t end = 0;
 
@@ -55,7 +57,7 @@ enum class InvalidationReason : std::uint8_t {
     Overflow,    // the source lost events: everything must be treated as stale
 };
 inline constexpr std::size_t invalidation_reason_count = 7;
-[[nodiscard]] std::string_view to_string(InvalidationReason reason) noexcept;
+[[nodiscard]] ODP_API std::string_view to_string(InvalidationReason reason) noexcept;
 
 // How a Region is registered with the NIC.
 enum class Mode : std::uint8_t {
@@ -64,10 +66,10 @@ enum class Mode : std::uint8_t {
     Emulated,  // chunks registered lazily, kept coherent by invalidation events
     Auto,      // Native if the device's ODP caps cover the access, Emulated otherwise
 };
-[[nodiscard]] std::string_view to_string(Mode mode) noexcept;
+[[nodiscard]] ODP_API std::string_view to_string(Mode mode) noexcept;
 // "pinned", "native", "emulated", "auto" (as printed by to_string); throws
 // odp::Error(EINVAL) listing the valid names otherwise.
-[[nodiscard]] Mode parse_mode(std::string_view name);
+[[nodiscard]] ODP_API Mode parse_mode(std::string_view name);
 
 // What a region may be used for (a bit set; maps to IBV_ACCESS_* flags).
 // Every region may be used locally as a send/write source; LocalWrite lets the
@@ -91,9 +93,9 @@ enum class Access : std::uint8_t {
 }
 // IBV_ACCESS_* flags for `access` (without IBV_ACCESS_ON_DEMAND). Remote write
 // and atomic imply local write, as verbs requires.
-[[nodiscard]] int to_ibv_access(Access access) noexcept;
+[[nodiscard]] ODP_API int to_ibv_access(Access access) noexcept;
 // "LocalWrite|RemoteRead"
-[[nodiscard]] std::string to_string(Access access);
+[[nodiscard]] ODP_API std::string to_string(Access access);
 
 // Prefetch advice (ibv_advise_mr natively, eager registration when emulated).
 enum class Prefetch : std::uint8_t {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <infiniband/verbs.h>
+#include <odp/export.h>
 
 #include <array>
 #include <chrono>
@@ -19,22 +20,22 @@
 
 namespace odp::verbs {
 
-struct ContextDeleter {
+struct ODP_API ContextDeleter {
     void operator()(ibv_context* context) const noexcept;
 };
-struct PdDeleter {
+struct ODP_API PdDeleter {
     void operator()(ibv_pd* pd) const noexcept;
 };
-struct MrDeleter {
+struct ODP_API MrDeleter {
     void operator()(ibv_mr* mr) const noexcept;
 };
-struct CqDeleter {
+struct ODP_API CqDeleter {
     void operator()(ibv_cq* cq) const noexcept;
 };
-struct QpDeleter {
+struct ODP_API QpDeleter {
     void operator()(ibv_qp* qp) const noexcept;
 };
-struct CompChannelDeleter {
+struct ODP_API CompChannelDeleter {
     void operator()(ibv_comp_channel* channel) const noexcept;
 };
 using ContextPtr = std::unique_ptr<ibv_context, ContextDeleter>;
@@ -45,24 +46,24 @@ using QpPtr = std::unique_ptr<ibv_qp, QpDeleter>;
 using CompChannelPtr = std::unique_ptr<ibv_comp_channel, CompChannelDeleter>;
 
 // Names of the verbs devices present ("rxe0", "mlx5_0", ...).
-[[nodiscard]] std::vector<std::string> device_names();
+[[nodiscard]] ODP_API std::vector<std::string> device_names();
 
 // Opens the device called `name`, or the first device if `name` is empty.
 // Throws odp::Error(ENODEV) listing the devices present when there is none or
 // no such device, and names the device and /dev/infiniband when opening fails
 // (EACCES: no permission).
-[[nodiscard]] ContextPtr open_device(std::string_view name);
+[[nodiscard]] ODP_API ContextPtr open_device(std::string_view name);
 
 // The device name of an open context.
-[[nodiscard]] std::string device_name(ibv_context& context);
+[[nodiscard]] ODP_API std::string device_name(ibv_context& context);
 
-[[nodiscard]] PdPtr alloc_pd(ibv_context& context);
+[[nodiscard]] ODP_API PdPtr alloc_pd(ibv_context& context);
 
 // ibv_reg_mr; `ibv_access` is IBV_ACCESS_* flags (add IBV_ACCESS_ON_DEMAND for
 // an ODP MR; address nullptr and length SIZE_MAX for an implicit ODP MR).
-[[nodiscard]] MrPtr reg_mr(ibv_pd& pd, void* address, std::size_t length, int ibv_access);
+[[nodiscard]] ODP_API MrPtr reg_mr(ibv_pd& pd, void* address, std::size_t length, int ibv_access);
 
-[[nodiscard]] CqPtr create_cq(ibv_context& context, int min_entries);
+[[nodiscard]] ODP_API CqPtr create_cq(ibv_context& context, int min_entries);
 
 // What a peer needs to connect an RC QP to this one (exchange it out of band).
 struct Endpoint {
@@ -75,23 +76,24 @@ struct Endpoint {
     ibv_mtu mtu = IBV_MTU_1024;  // active MTU of the port
 };
 // "qp 17 psn 0x1234 lid 0 gid ::ffff:192.0.2.1 (index 1) port 1 mtu 1024"
-[[nodiscard]] std::string to_string(const Endpoint& endpoint);
+[[nodiscard]] ODP_API std::string to_string(const Endpoint& endpoint);
 // Fixed-size wire form (network byte order) for out-of-band exchange.
 inline constexpr std::size_t endpoint_wire_size = 32;
-[[nodiscard]] std::array<std::uint8_t, endpoint_wire_size> to_wire(const Endpoint& endpoint);
+[[nodiscard]] ODP_API std::array<std::uint8_t, endpoint_wire_size> to_wire(
+    const Endpoint& endpoint);
 // Throws odp::Error(EPROTO) for a malformed message (bad MTU value).
-[[nodiscard]] Endpoint from_wire(std::span<const std::uint8_t, endpoint_wire_size> wire);
+[[nodiscard]] ODP_API Endpoint from_wire(std::span<const std::uint8_t, endpoint_wire_size> wire);
 
 // Chooses the GID index for `port`: on RoCE the first RoCE v2 entry with an
 // IPv4-mapped address (what rxe on an IPv4 netdev provides), else the first
 // RoCE v2 entry, else the first non-zero entry; on InfiniBand 0. Throws
 // odp::Error(ENOENT) when a RoCE port has no usable GID (no IP address on the
 // netdev: `ip addr add` one).
-[[nodiscard]] std::uint8_t choose_gid_index(ibv_context& context, std::uint8_t port);
+[[nodiscard]] ODP_API std::uint8_t choose_gid_index(ibv_context& context, std::uint8_t port);
 
 // An RC queue pair with the usual connection dance. Create it, exchange
 // local_endpoint() with the peer, call connect(peer), then post.
-class RcQueuePair {
+class ODP_API RcQueuePair {
   public:
     struct Options {
         std::uint8_t port = 1;
@@ -141,11 +143,11 @@ class RcQueuePair {
 
 // Polls `cq` until `count` completions arrived or `timeout` passed; returns
 // the completions (any status). Busy-polls: for tests and benchmarks.
-[[nodiscard]] std::vector<ibv_wc> poll(ibv_cq& cq, std::size_t count,
-                                       std::chrono::milliseconds timeout);
+[[nodiscard]] ODP_API std::vector<ibv_wc> poll(ibv_cq& cq, std::size_t count,
+                                               std::chrono::milliseconds timeout);
 
 // Polls one completion; throws odp::Error(ETIMEDOUT) when none arrives in
 // time and odp::Error(EIO) naming ibv_wc_status_str() when it failed.
-ibv_wc wait_completion(ibv_cq& cq, std::chrono::milliseconds timeout);
+ODP_API ibv_wc wait_completion(ibv_cq& cq, std::chrono::milliseconds timeout);
 
 }  // namespace odp::verbs
