@@ -24,8 +24,10 @@ struct DeviceState;
 struct DeviceOptions {
     std::string name;  // verbs device name; empty: the first device
     // Bytes that emulated chunks and pinned regions may pin at once on this
-    // device. Default: RLIMIT_MEMLOCK (half of RAM when unlimited). Asking for
-    // more than RLIMIT_MEMLOCK fails (EINVAL): the kernel would refuse anyway.
+    // device. Default: RLIMIT_MEMLOCK where the kernel enforces it, else half
+    // of RAM (RLIMIT_MEMLOCK unlimited, or CAP_IPC_LOCK as root). Asking for
+    // more than an enforced RLIMIT_MEMLOCK fails (EINVAL): the kernel would
+    // refuse anyway.
     std::optional<std::uint64_t> max_pinned_bytes;
 };
 

@@ -57,7 +57,11 @@ class ODP_API Lease {
 
     // Gives the lease back. Returns true if the memory under one of its chunks
     // was invalidated while leased (a work request may have moved data to or
-    // from the old pages; chunk granularity, so it can be a false alarm).
+    // from the old pages; chunk granularity, so it can be a false alarm). A
+    // change whose event the mirror recorded but has not delivered yet (a
+    // munmap that returned before this call) is waited for and reported: a
+    // few atomic loads when none is pending, otherwise Mirror::synchronize()
+    // (so do not release while holding a lock an exposure callback takes).
     // Idempotent: false when not held.
     bool release() noexcept;
 
@@ -119,8 +123,8 @@ struct RemoteSegment {
 };
 
 // Called once, on the mirror's reader thread, as soon as the mapping under an
-// exposed range changes (`changed` is the event's range, `reason` why). Must
-// not block; may call Exposure::release().
+// exposed range changes (`changed` is the event's range, `reason` why); this
+// may be before expose() returns. Must not block; may call Exposure::release().
 using ExposureCallback = std::function<void(Range changed, InvalidationReason reason)>;
 
 // A range registered and leased for remote access (Region::expose). A peer may
@@ -144,8 +148,10 @@ class ODP_API Exposure {
     // True once the mapping under the exposed range has changed.
     [[nodiscard]] bool changed() const noexcept;
     // Ends the exposure; true if the mapping under the range changed while it
-    // was exposed (the data a peer moved is not in the current mapping).
-    // After it returns the callback no longer runs. Idempotent.
+    // was exposed (the data a peer moved is not in the current mapping). Like
+    // Lease::release(), first waits for events recorded but not delivered
+    // (their callback runs before it returns). After it returns the callback
+    // no longer runs. Idempotent.
     bool release() noexcept;
 
   private:

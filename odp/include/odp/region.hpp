@@ -73,8 +73,10 @@ class ODP_API Region {
     // Translates [address, address + length) into SGEs (emulated: one per chunk,
     // registering missing chunks) and leases them. Throws odp::Error: EINVAL
     // (bad range or outside the region), E2BIG (needs more than max_sge SGEs),
-    // EFAULT (memory not mapped), BackPressure/EAGAIN (pinned budget full of
-    // leased chunks), or the NIC's error.
+    // EFAULT (memory not mapped), BackPressure/EAGAIN (pinned budget full;
+    // releasing leases makes room), ENOBUFS (the chunks can never fit the
+    // budget beside the pinned regions: refused before registering anything),
+    // or the NIC's error.
     [[nodiscard]] Lease translate(const void* address, std::size_t length,
                                   std::size_t max_sge = unlimited_sges);
     [[nodiscard]] Lease translate(std::uintptr_t address, std::size_t length,
