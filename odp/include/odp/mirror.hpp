@@ -30,6 +30,7 @@
 #include <odp/listener.hpp>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace boost::asio {
@@ -51,6 +52,13 @@ enum class MonitorKind {
 
 // A part of a watched range that the source cannot watch, and why.
 struct Unwatched {
+    Unwatched() = default;
+    Unwatched(Range range_in, std::string why_in, int error_in = 0, std::string mapping_in = {})
+        : range(range_in),
+          why(std::move(why_in)),
+          error(error_in),
+          mapping(std::move(mapping_in)) {}
+
     Range range;
     std::string why;      // the mapping and the reason, in a sentence
     int error = 0;        // the errno it was refused with: EINVAL, EPERM, EBUSY, ENOTSUP, ...
