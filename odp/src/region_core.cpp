@@ -881,6 +881,12 @@ Exposure RegionCore::expose(std::uintptr_t address, std::size_t length, Exposure
                                 to_string(config_.access) +
                                 ", no remote access: register it with RemoteWrite/RemoteRead");
     }
+    // Changes made before this call are behind the exposure, not under it:
+    // their pending events are delivered before it is listed (else a munmap
+    // that returned before expose() would mark it changed at release).
+    if (mirror_ && !mirror_->up_to_date()) {
+        mirror_->synchronize();
+    }
     // Listed before the chunks are leased: an invalidation from here on runs
     // the callback (one that lands before translate() is already behind the
     // pages it leases). The callback may thus run before expose() returns.

@@ -125,6 +125,26 @@ TEST_F(Adversity, ExposureReleaseSeesAnEventRecordedButNotYetDelivered) {
     EXPECT_EQ(calls.load(), 1) << "the callback runs before release() returns";
 }
 
+// The other side of item 0: a change that returned before expose() was
+// called is behind the exposure (its pages are the ones leased), so its event,
+// still undelivered when expose() starts, must neither run the callback nor
+// make release() report a change. (Listing the exposure before catching up
+// did both: every coherence case in the guests failed.)
+TEST_F(Adversity, AnEventRecordedBeforeExposeIsNotAChangeUnderIt) {
+    Region region = make_region();
+    DispatcherGate gate(200ms);
+    const Mirror::Watch parked = park_dispatcher(gate);
+    mirror->inject(page(), InvalidationReason::Unmap);
+    ASSERT_FALSE(mirror->up_to_date());
+    std::atomic<int> calls{0};
+    Exposure exposure =
+        region.expose(buffer.data(), MiB, [&](Range, InvalidationReason) { ++calls; });
+    gate.open();
+    mirror->synchronize();
+    EXPECT_EQ(calls.load(), 0) << "the change happened before expose()";
+    EXPECT_FALSE(exposure.release()) << "nothing changed while exposed";
+}
+
 // Item 4a: the exposure (and a plain lease) outlive their Region handle; the
 // mapping under them changes afterwards.
 TEST_F(Adversity, ExposureOfADroppedRegionHearsTheUnmap) {
