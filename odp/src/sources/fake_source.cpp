@@ -35,13 +35,12 @@ class FakeSource final : public Source {
         return overlapping(range);
     }
     void remove(std::uint64_t /*id*/) noexcept override {}
-    std::vector<Range> arm(std::uint64_t /*id*/, Range sub) override {
+    void arm(std::uint64_t /*id*/, Range sub) override {
         const std::vector<Unwatched> bad = overlapping(sub);
         if (!bad.empty()) {
             throw Error(EINVAL, "cannot watch " + describe(bad.front().range) +
                                     " (fake source): " + bad.front().why);
         }
-        return {sub};
     }
 
     void inject(Range range, InvalidationReason reason) override {
@@ -72,8 +71,7 @@ class FakeSource final : public Source {
         std::vector<Unwatched> result;
         for (const Unwatched& bad : unwatchable_) {
             if (bad.range.overlaps(range)) {
-                result.push_back(
-                    Unwatched{bad.range.intersect(range), bad.why, bad.error, bad.mapping});
+                result.push_back(Unwatched{bad.range.intersect(range), bad.why});
             }
         }
         return result;
