@@ -178,7 +178,8 @@ TEST(CompareGoals, FirstTouchPairsColdStartsInOrder) {
     pinned.first_touch_us.reset();
     pinned.reg_us = 100;
     pinned.reg_us_samples = {100, 100, 100};
-    const Goal& touch = goal_named(evaluate_goals({emulated, pinned}), "first touch");
+    const std::vector<Goal> goals = evaluate_goals({emulated, pinned});
+    const Goal& touch = goal_named(goals, "first touch");
     ASSERT_TRUE(touch.range);
     EXPECT_DOUBLE_EQ(touch.range->low, 1.0);
     EXPECT_DOUBLE_EQ(touch.range->high, 1.3);
