@@ -1645,23 +1645,23 @@ TEST_F(MirrorTest, ReadOnlyFileMapsTheReadOnlyAreas) {
     EXPECT_EQ(mmap_errno(kPage, PROT_READ, MAP_PRIVATE, ODP_MIRROR_MMAP_RING), EINVAL);
 }
 
-// Four 2 MiB batches, each seeing its result invalidated for 600 ms: one call
-// gives up after 1 s of retries in total, not after 1 s per batch.
+// Four 2 MiB batches, each seeing its result invalidated for 600 ms: with a
+// budget per batch every batch would succeed within its own 1 s; with one
+// budget per call the call gives up (EBUSY) once the retries add up to 1 s.
+// The errno is the proof, not a wall-clock bound (guests run emulated).
 TEST_F(MirrorTest, FaultRetriesAreBoundedPerCallNotPerBatch) {
     Mirror m;
     Mapping map(8ULL << 20);
     const auto reg = m.add(map);
     InjectKnob retry("inject_retry_ms", "600");
-    const auto t0 = std::chrono::steady_clock::now();
-    const int err = m.try_fault(reg.id, map.addr(), map.size(), true);
-    const auto took = std::chrono::steady_clock::now() - t0;
-    EXPECT_EQ(err, EBUSY);
-    EXPECT_LT(took, 1900ms) << "took "
-                            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
-                            << " ms";
+    EXPECT_EQ(m.try_fault(reg.id, map.addr(), map.size(), true), EBUSY);
     EXPECT_GT(m.stats().process.fault_retries, 0u);
 }
 
+// Retries injected for 5 s exceed the call's 1 s budget, so without signal
+// handling the call ends with EBUSY; an ordinary signal must end it with
+// EINTR instead.  The signal is repeated until the call returns, so the test
+// does not depend on when the call starts retrying.
 TEST_F(MirrorTest, FaultRetryingIsInterruptedByASignal) {
     struct sigaction quiet {};
     quiet.sa_handler = [](int) {};  // no SA_RESTART
@@ -1672,19 +1672,20 @@ TEST_F(MirrorTest, FaultRetryingIsInterruptedByASignal) {
     const auto reg = m.add(map);
     InjectKnob retry("inject_retry_ms", "5000");
     const pthread_t faulting = ::pthread_self();
-    std::thread signaller([faulting] {
-        std::this_thread::sleep_for(300ms);
-        ::pthread_kill(faulting, SIGUSR1);
+    std::atomic<bool> done{false};
+    std::thread signaller([faulting, &done] {
+        while (!done.load()) {
+            std::this_thread::sleep_for(50ms);
+            if (!done.load())
+                ::pthread_kill(faulting, SIGUSR1);
+        }
     });
-    const auto t0 = std::chrono::steady_clock::now();
     const int err = m.try_fault(reg.id, map.addr(), map.size(), true);
-    const auto took = std::chrono::steady_clock::now() - t0;
+    done.store(true);
     signaller.join();
     ::sigaction(SIGUSR1, &old, nullptr);
     EXPECT_EQ(err, EINTR);
-    EXPECT_LT(took, 900ms) << "took "
-                           << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
-                           << " ms";
+    EXPECT_GT(m.stats().process.fault_retries, 0u);
 }
 
 TEST_F(MirrorTest, RegisterAtTheRegionLimitFailsBeforeInsertingANotifier) {
