@@ -4,6 +4,7 @@
 
 #include <odp/error.hpp>
 #include <odp/fake_nic.hpp>
+#include <thread>
 #include <vector>
 
 namespace odp {
@@ -39,6 +40,11 @@ void FakeNic::set_on_register(std::function<void(Range)> hook) {
     on_register_ = std::move(hook);
 }
 
+void FakeNic::set_registration_cost(std::chrono::microseconds cost) {
+    const std::scoped_lock lock(mutex_);
+    registration_cost_ = cost;
+}
+
 FakeNic::Counters FakeNic::counters() const {
     const std::scoped_lock lock(mutex_);
     return counters_;
@@ -62,6 +68,7 @@ bool FakeNic::covers(std::uint32_t lkey, std::uintptr_t address, std::size_t len
 NicMr FakeNic::register_memory(std::uintptr_t address, std::size_t length, int ibv_access) {
     NicMr mr;
     std::function<void(Range)> hook;
+    std::chrono::microseconds cost{0};
     {
         const std::scoped_lock lock(mutex_);
         const std::string what = "fake ibv_reg_mr(" + format_address(address) + ", " +
@@ -88,6 +95,10 @@ NicMr FakeNic::register_memory(std::uintptr_t address, std::size_t length, int i
         counters_.bytes_registered += implicit ? 0 : length;
         mr = NicMr{nullptr, key, key};
         hook = on_register_;
+        cost = registration_cost_;
+    }
+    if (cost.count() > 0) {
+        std::this_thread::sleep_for(cost);
     }
     if (hook) {
         hook(Range{address, address + length});

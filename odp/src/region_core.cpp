@@ -146,6 +146,7 @@ void RegionCore::close() noexcept {
     // and marks it changed; the last release detaches it.
     {
         std::unique_lock lock(dev_.mutex);
+        closed_ = true;
         std::erase(dev_.regions, this);
         epoch_.fetch_add(1, std::memory_order_seq_cst);
         for (const auto& pin : pool_) {
@@ -581,10 +582,8 @@ void RegionCore::throw_unmapped(Range part) const {
                             " (freed, never mapped, or PROT_NONE): pass a live buffer");
 }
 
-void RegionCore::register_pieces_locked(Pin& pin, Range span, Range part) {
+void RegionCore::register_pieces(Pin& pin, Range span, Range part, std::uint64_t reserved) {
     const int flags = to_ibv_access(config_.access);
-    const std::uint64_t reserved = page_rounded(span);
-    dev_.reserve_locked(reserved, *this, what("translate", part));
     std::uint64_t used = 0;
     try {
         try {
@@ -651,10 +650,53 @@ Range RegionCore::arm_locked(Range span, Range part) {
 
 RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
     misses_.fetch_add(1, std::memory_order_relaxed);
-    const std::unique_lock lock(dev_.mutex);
-    for (int attempt = 0;; ++attempt) {
+    // The fault runs partly unlocked: a close() of the handle meanwhile must
+    // not delete the core under it.
+    references_.fetch_add(1, std::memory_order_relaxed);
+    const struct Reference {
+        RegionCore& core;
+        ~Reference() { core.drop_reference(); }
+    } reference{*this};
+    std::unique_lock lock(dev_.mutex);
+    // One fault per chunk: a thread that finds the chunk being faulted waits
+    // for that fault and leases what it registered.
+    for (;;) {
         if (const Hit hit = try_acquire(chunk, part); hit.pin != nullptr) {
-            return hit;  // another thread faulted it meanwhile
+            return hit;
+        }
+        if (std::find(faulting_.begin(), faulting_.end(), chunk) == faulting_.end()) {
+            break;
+        }
+        dev_.fault_done.wait(lock);
+    }
+    faulting_.push_back(chunk);
+    const auto end_claim = [&] {
+        if (!lock.owns_lock()) {
+            lock.lock();
+        }
+        std::erase(faulting_, chunk);
+        dev_.fault_done.notify_all();
+    };
+    try {
+        const Hit hit = fault_claimed(chunk, part, lock);
+        end_claim();
+        return hit;
+    } catch (...) {
+        end_claim();
+        throw;
+    }
+}
+
+RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part,
+                                          std::unique_lock<std::mutex>& lock) {
+    for (int attempt = 0;; ++attempt) {
+        if (!lock.owns_lock()) {
+            lock.lock();
+        }
+        if (closed_) {
+            throw_error(EINVAL, what("translate", part) +
+                                    ": the region was closed during the call: keep the Region "
+                                    "alive while other threads use it");
         }
         sweep_stale_locked();
         Slot& slot = ensure_leaf_locked(chunk).slots[chunk & leaf_mask];
@@ -688,11 +730,22 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
         const std::uint64_t seq = slot.seq.load(std::memory_order_seq_cst);
         const std::uint64_t epoch = epoch_.load(std::memory_order_seq_cst);
         const Range span = arm_locked(chunk_range(chunk), part);
+        const std::uint64_t reserved = page_rounded(span);
         Pin& pin = allocate_pin_locked();
         pin.chunk = chunk;
         try {
-            register_pieces_locked(pin, span, part);
+            dev_.reserve_locked(reserved, *this, what("translate", part));
         } catch (...) {
+            return_unused_pin_locked(pin);
+            throw;
+        }
+        // The registration (ibv_reg_mr pins and may sleep) runs unlocked: the
+        // pin is ours until published, the bytes are reserved.
+        lock.unlock();
+        try {
+            register_pieces(pin, span, part, reserved);
+        } catch (...) {
+            lock.lock();
             return_unused_pin_locked(pin);
             throw;
         }

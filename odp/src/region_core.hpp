@@ -12,10 +12,17 @@
 //    sequence number, sets the stale bit and detaches the pin from its slot.
 //    ibv_dereg_mr happens when the last lease is released, or at the next
 //    slow-path call for pins nobody leased.
-//  * The slow path (fault, evict, sweep, region open/close) runs under the
-//    device's mutex, which no invalidation ever takes. A fault re-checks the
-//    leaf sequence after publishing its pin (the read_begin/retry pattern of
-//    mmu_interval_notifier) so that a concurrent invalidation is never lost.
+//  * The slow path's bookkeeping (claiming a chunk's fault, reserving the
+//    budget, evicting, sweeping, the pin pool, region open/close) runs under
+//    the device's mutex, which no invalidation ever takes. The registration
+//    itself (ibv_reg_mr, which pins and may sleep) runs outside it, so faults
+//    of different chunks register in parallel: a fault first claims its
+//    chunk (a second faulter of the chunk waits for the first) and reserves
+//    its bytes (the budget is never overshot, eviction happens under the
+//    lock), then registers unlocked. It re-checks the chunk's sequence after
+//    publishing its pin (the read_begin/retry pattern of
+//    mmu_interval_notifier) so that an invalidation delivered before or
+//    during the registration is never lost.
 //  * Pins are never freed while their region lives (type-stable memory): a
 //    hit path that read a recycled pin notices through the verifying load.
 //  * A region core counts one reference for its handle plus one per pin not
@@ -25,6 +32,7 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -169,16 +177,20 @@ struct DeviceState {
     std::atomic<std::uint64_t> peak_pinned{0};
     std::atomic<std::uint64_t> clock{1};  // LRU time: advances at every fault
 
-    // The slow-path lock: faults, eviction, sweeping, the region list and
-    // every region's pin pool. Never taken by invalidation.
+    // The slow-path lock: the chunks being faulted, reservations, eviction,
+    // sweeping, the region list and every region's pin pool. Never taken by
+    // invalidation, never held across a registration.
     std::mutex mutex;
+    // Notified (under `mutex`) when a chunk fault ends: its waiters retry.
+    std::condition_variable fault_done;
     std::vector<RegionCore*> regions;  // open regions
     Stats retired;                     // totals of closed regions
 
     // Reserves `bytes` of the budget, sweeping stale pins and evicting LRU
     // chunks of any region if needed. Throws ENOBUFS when the bytes cannot
     // fit beside the pinned regions, BackPressure (EAGAIN) when releasing
-    // leases would make room. Caller holds `mutex`.
+    // leases (or the end of faults in flight, which hold their reservation)
+    // would make room. Caller holds `mutex`.
     void reserve_locked(std::uint64_t bytes, RegionCore& requester, const std::string& what);
     void unreserve(std::uint64_t bytes) noexcept {
         pinned.fetch_sub(bytes, std::memory_order_acq_rel);
@@ -278,10 +290,13 @@ class RegionCore final : public InvalidationListener {
     void acquire_whole(Range want, std::size_t max_sge, Lease& lease);
     Hit try_acquire(std::size_t chunk, Range part) noexcept;
     Hit acquire_slow(std::size_t chunk, Range part);
+    Hit fault_claimed(std::size_t chunk, Range part, std::unique_lock<std::mutex>& lock);
     Leaf& ensure_leaf_locked(std::size_t chunk);
     Pin& allocate_pin_locked();
     void return_unused_pin_locked(Pin& pin) noexcept;
-    void register_pieces_locked(Pin& pin, Range span, Range part);
+    // Unlocked: `pin` is this fault's own until published; `reserved` bytes
+    // of the budget are held for it (released here on failure).
+    void register_pieces(Pin& pin, Range span, Range part, std::uint64_t reserved);
     [[nodiscard]] Range arm_locked(Range span, Range part);
     [[noreturn]] void throw_unmapped(Range part) const;
     bool mark_stale(Pin& pin, bool changed) noexcept;
@@ -309,6 +324,9 @@ class RegionCore final : public InvalidationListener {
     Mirror::Watch watch_;
 
     std::atomic<std::int64_t> references_{1};
+    bool closed_ = false;  // under the device mutex: no fault may start any more
+    // Chunks whose fault is in flight (device mutex): one fault per chunk.
+    std::vector<std::size_t> faulting_;
     std::atomic<std::uint64_t> epoch_{0};  // bumped by invalidate_all
 
     // The chunk table (emulated).

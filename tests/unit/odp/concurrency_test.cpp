@@ -20,6 +20,9 @@ using test::MiB;
 TEST(Concurrency, TranslateReleaseAgainstInvalidationAndEviction) {
     // A budget smaller than the buffer: eviction runs too.
     auto [fake, device] = test::make_device(12 * MiB);
+    // Registrations take a while, as on a NIC: faults overlap each other,
+    // evictions and invalidations outside the device's lock.
+    fake->set_registration_cost(std::chrono::microseconds(20));
     test::Mapping buffer(32 * MiB);
     Region region = device->register_region(
         buffer.data(), buffer.size(), Access::LocalWrite | Access::RemoteRead, test::emulated(MiB));

@@ -1,0 +1,238 @@
+// Chunk faults register outside the device's lock: while one fault is held
+// inside its registration (the fake NIC's hook), other threads fault other
+// chunks, fault the same chunk, invalidate, exhaust the budget or close the
+// region. Run under ThreadSanitizer too (-DODP_TSAN=ON).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <odp/device.hpp>
+#include <odp/region.hpp>
+#include <thread>
+
+#include "test_support.hpp"
+
+namespace odp {
+namespace {
+
+using test::MiB;
+using namespace std::chrono_literals;
+
+// Long enough for any thread of a loaded machine to get a CPU: a bound on a
+// hang, never a measurement.
+constexpr auto patience = 20s;
+
+// Holds the first registration that covers `held` inside the fake NIC until
+// opened, i.e. keeps that fault in flight, outside the device's lock.
+class RegistrationGate {
+  public:
+    RegistrationGate(FakeNic& fake, std::uintptr_t held) : fake_(fake), held_(held) {
+        fake_.set_on_register([this](Range range) {
+            if (!range.contains(Range::from_length(held_, 1))) {
+                return;
+            }
+            std::unique_lock lock(mutex_);
+            if (++entries_ != 1) {
+                return;  // only the first one is held
+            }
+            changed_.notify_all();
+            changed_.wait(lock, [this] { return open_; });
+        });
+    }
+    RegistrationGate(const RegistrationGate&) = delete;
+    RegistrationGate& operator=(const RegistrationGate&) = delete;
+    ~RegistrationGate() {
+        open();
+        fake_.set_on_register({});
+    }
+
+    [[nodiscard]] bool wait_held() {
+        std::unique_lock lock(mutex_);
+        return changed_.wait_for(lock, patience, [this] { return entries_ != 0; });
+    }
+    void open() {
+        const std::scoped_lock lock(mutex_);
+        open_ = true;
+        changed_.notify_all();
+    }
+    // Registrations that covered `held` so far.
+    [[nodiscard]] int entries() {
+        const std::scoped_lock lock(mutex_);
+        return entries_;
+    }
+
+  private:
+    FakeNic& fake_;
+    const std::uintptr_t held_;
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    int entries_ = 0;
+    bool open_ = false;
+};
+
+// Runs `body` on its own thread; the future says whether it finished.
+template <typename Body>
+auto in_background(Body&& body) {
+    return std::async(std::launch::async, std::forward<Body>(body));
+}
+
+template <typename T>
+bool finished(std::future<T>& future) {
+    return future.wait_for(patience) == std::future_status::ready;
+}
+
+TEST(ParallelFault, OtherChunksRegisterWhileAFaultIsInFlight) {
+    auto [fake, device] = test::make_device();
+    test::Mapping first_buffer(8 * MiB);
+    test::Mapping second_buffer(4 * MiB);
+    Region first = device->register_region(first_buffer.data(), first_buffer.size(),
+                                           Access::LocalWrite, test::emulated());
+    Region second = device->register_region(second_buffer.data(), second_buffer.size(),
+                                            Access::LocalWrite, test::emulated());
+    RegistrationGate gate(*fake, first_buffer.address());
+    auto held = in_background([&] { return first.translate(first_buffer.data(), 64); });
+    ASSERT_TRUE(gate.wait_held());
+
+    // Another chunk of the same region, and a chunk of another region.
+    auto same_region =
+        in_background([&] { return first.translate(first_buffer.data() + 2 * MiB, 64); });
+    auto other_region = in_background([&] { return second.translate(second_buffer.data(), 64); });
+    const bool same_done = finished(same_region);
+    const bool other_done = finished(other_region);
+    EXPECT_TRUE(same_done) << "a fault of another chunk waited for the registration in flight";
+    EXPECT_TRUE(other_done) << "a fault in another region waited for the registration in flight";
+    EXPECT_EQ(gate.entries(), 1);
+    gate.open();
+
+    const Lease held_lease = held.get();
+    const Lease same_lease = same_region.get();
+    const Lease other_lease = other_region.get();
+    for (const Lease* lease : {&held_lease, &same_lease, &other_lease}) {
+        ASSERT_EQ(lease->sges().size(), 1U);
+        EXPECT_TRUE(fake->covers(lease->sges()[0].lkey, lease->sges()[0].addr, 64));
+    }
+    EXPECT_EQ(fake->counters().registrations, 3U);
+    EXPECT_EQ(first.stats().chunk_faults, 2U);
+    EXPECT_EQ(second.stats().chunk_faults, 1U);
+}
+
+TEST(ParallelFault, SameChunkWaitsForTheFaultInFlight) {
+    auto [fake, device] = test::make_device();
+    test::Mapping buffer(4 * MiB);
+    Region region =
+        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
+    RegistrationGate gate(*fake, buffer.address());
+    auto held = in_background([&] { return region.translate(buffer.data(), 64); });
+    ASSERT_TRUE(gate.wait_held());
+    auto waiter = in_background([&] { return region.translate(buffer.data() + 4096, 64); });
+    // The waiter is in the slow path (a miss) while the first fault is held.
+    const auto deadline = std::chrono::steady_clock::now() + patience;
+    while (region.stats().misses < 2 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_EQ(region.stats().misses, 2U);
+    gate.open();
+
+    const Lease first = held.get();
+    const Lease second = waiter.get();
+    EXPECT_EQ(gate.entries(), 1) << "the second faulter registered the chunk again";
+    EXPECT_EQ(fake->counters().registrations, 1U);
+    EXPECT_EQ(region.stats().chunk_faults, 1U);
+    EXPECT_EQ(first.sges()[0].lkey, second.sges()[0].lkey) << "both lease the one registration";
+}
+
+// An invalidation (lock-free) that lands while the chunk is being registered
+// is seen by the fault's re-check: it registers again and hands out the new
+// registration only.
+void expect_fault_redone_after(const std::function<void(Region&, Range)>& invalidate) {
+    auto [fake, device] = test::make_device();
+    test::Mapping buffer(4 * MiB);
+    Region region =
+        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
+    RegistrationGate gate(*fake, buffer.address());
+    auto held = in_background([&] { return region.translate(buffer.data(), 64); });
+    ASSERT_TRUE(gate.wait_held());
+    auto invalidation =
+        in_background([&] { invalidate(region, Range::from_length(buffer.address(), 4096)); });
+    EXPECT_TRUE(finished(invalidation)) << "the invalidation waited for a registration";
+    gate.open();
+
+    const Lease lease = held.get();
+    EXPECT_EQ(gate.entries(), 2) << "the chunk was not registered again";
+    const auto counters = fake->counters();
+    EXPECT_EQ(counters.registrations, 2U);
+    EXPECT_EQ(counters.deregistrations, 1U) << "the registration of the old pages was dropped";
+    const auto live = fake->live_registrations();
+    ASSERT_EQ(live.size(), 1U);
+    EXPECT_TRUE(fake->covers(lease.sges()[0].lkey, buffer.address(), 64))
+        << "the lease holds the registration made after the invalidation";
+    EXPECT_EQ(region.stats().chunk_faults, 2U);
+}
+
+TEST(ParallelFault, InvalidationDuringRegistrationIsNotLost) {
+    expect_fault_redone_after(
+        [](Region& region, Range range) { region.invalidate(range, InvalidationReason::Unmap); });
+}
+
+TEST(ParallelFault, InvalidateAllDuringRegistrationIsNotLost) {
+    expect_fault_redone_after(
+        [](Region& region, Range) { region.invalidate_all(InvalidationReason::Overflow); });
+}
+
+TEST(ParallelFault, BudgetIsReservedBeforeRegistering) {
+    // Room for two chunks: one held in registration, one leased.
+    auto [fake, device] = test::make_device(4 * MiB);
+    test::Mapping buffer(8 * MiB);
+    Region region =
+        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
+    RegistrationGate gate(*fake, buffer.address());
+    auto held = in_background([&] { return region.translate(buffer.data(), 64); });
+    ASSERT_TRUE(gate.wait_held());
+    EXPECT_EQ(device->pinned_bytes(), 2 * MiB) << "the fault in flight holds its reservation";
+
+    Lease second = region.translate(buffer.data() + 2 * MiB, 64);
+    test::expect_error(EAGAIN, [&] { (void)region.translate(buffer.data() + 4 * MiB, 64); });
+    EXPECT_EQ(fake->counters().registrations, 2U)
+        << "the fault that did not fit registered anyway (the held one and the leased one did)";
+    EXPECT_EQ(region.stats().evictions, 0U) << "nothing unleased to evict";
+    EXPECT_EQ(region.stats().back_pressure, 1U);
+    gate.open();
+    Lease first = held.get();
+    EXPECT_EQ(device->stats().peak_pinned_bytes, 4 * MiB) << "the budget was never overshot";
+
+    // Now the second chunk's lease goes: the third evicts it, exactly once.
+    second.release();
+    Lease third = region.translate(buffer.data() + 4 * MiB, 64);
+    EXPECT_EQ(region.stats().evictions, 1U);
+    EXPECT_EQ(fake->counters().deregistrations, 1U);
+    EXPECT_TRUE(fake->covers(first.sges()[0].lkey, buffer.address(), 64))
+        << "the leased chunk was not evicted";
+    EXPECT_EQ(device->stats().peak_pinned_bytes, 4 * MiB);
+}
+
+TEST(ParallelFault, RegionClosedDuringRegistrationLeaksNothing) {
+    auto [fake, device] = test::make_device();
+    test::Mapping buffer(4 * MiB);
+    Region region =
+        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
+    RegistrationGate gate(*fake, buffer.address());
+    auto held = in_background([&] {
+        return test::expect_error(EINVAL, [&] { (void)region.translate(buffer.data(), 64); });
+    });
+    ASSERT_TRUE(gate.wait_held());
+    auto closing = in_background([&] { region = Region{}; });
+    EXPECT_TRUE(finished(closing)) << "closing waited for a registration";
+    gate.open();
+
+    const std::string message = held.get();
+    EXPECT_NE(message.find("closed during the call"), std::string::npos) << message;
+    EXPECT_TRUE(fake->live_registrations().empty()) << "the registration made for a closed region "
+                                                       "stayed";
+    EXPECT_EQ(device->pinned_bytes(), 0U);
+    EXPECT_EQ(fake->counters().registrations, fake->counters().deregistrations);
+}
+
+}  // namespace
+}  // namespace odp
