@@ -81,8 +81,59 @@ DeviceState::DeviceState(std::unique_ptr<Nic> nic_in, const DeviceOptions& optio
     budget_source = std::move(budget.source);
 }
 
+DeviceState::~DeviceState() {
+    // Regions hold the device alive: no request is left for the thread.
+    {
+        const std::scoped_lock lock(mutex);
+        stopping_ = true;
+    }
+    ahead_wake_.notify_all();
+    if (ahead_thread_.joinable()) {
+        ahead_thread_.join();
+    }
+}
+
+void DeviceState::request_fault_ahead_locked(RegionCore& region, std::size_t chunk) {
+    if (ahead_requests_.size() >= max_ahead_requests ||
+        std::any_of(ahead_requests_.begin(), ahead_requests_.end(), [&](const AheadRequest& r) {
+            return r.region == &region && r.chunk == chunk;
+        })) {
+        return;
+    }
+    if (!ahead_thread_.joinable()) {
+        ahead_thread_ = std::thread([this] { run_fault_ahead(); });
+    }
+    ahead_requests_.push_back({&region, chunk});
+    ahead_wake_.notify_one();
+}
+
+void DeviceState::forget_fault_ahead_locked(RegionCore& region,
+                                            std::unique_lock<std::mutex>& lock) {
+    std::erase_if(ahead_requests_, [&](const AheadRequest& r) { return r.region == &region; });
+    fault_done.wait(lock, [&] { return fault_ahead_running_ != &region; });
+}
+
+void DeviceState::run_fault_ahead() {
+    std::unique_lock lock(mutex);
+    for (;;) {
+        ahead_wake_.wait(lock, [this] { return stopping_ || !ahead_requests_.empty(); });
+        if (stopping_) {
+            return;
+        }
+        const AheadRequest request = ahead_requests_.front();
+        ahead_requests_.pop_front();
+        // The region cannot go meanwhile: its close() waits for this.
+        fault_ahead_running_ = request.region;
+        lock.unlock();
+        request.region->fault_ahead(request.chunk);
+        lock.lock();
+        fault_ahead_running_ = nullptr;
+        fault_done.notify_all();
+    }
+}
+
 void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
-                                 const std::string& what) {
+                                 const std::string& what, bool speculative) {
     if (bytes > max_pinned) {
         requester.count_back_pressure();
         throw_error(ENOBUFS, what + ": needs " + format_bytes(bytes) +
@@ -126,7 +177,7 @@ void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
         if (!scanned) {
             scanned = true;
             for (RegionCore* region : regions) {
-                region->collect_eviction_candidates_locked(candidates);
+                region->collect_eviction_candidates_locked(candidates, speculative);
             }
             std::sort(candidates.begin(), candidates.end(),
                       [](const auto& a, const auto& b) { return a.last_use < b.last_use; });
@@ -273,6 +324,7 @@ Region Device::register_region(const void* address, std::size_t length, Access a
     config.chunk_size = options.chunk_size;
     config.monitor = options.monitor;
     config.mirror = options.mirror;
+    config.fault_ahead = options.fault_ahead;
     return Region(detail::RegionCore::create(shared_from_this(), config));
 }
 
@@ -284,6 +336,7 @@ Region Device::register_address_space(Access access, const RegionOptions& option
     config.chunk_size = options.chunk_size;
     config.monitor = options.monitor;
     config.mirror = options.mirror;
+    config.fault_ahead = options.fault_ahead;
     config.implicit = true;
     switch (options.mode) {
         case Mode::Pinned:

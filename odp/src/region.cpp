@@ -69,6 +69,10 @@ void Region::prefetch(const void* address, std::size_t length, Prefetch advice) 
     core().prefetch(reinterpret_cast<std::uintptr_t>(address), length, advice);
 }
 
+void Region::prefetch_async(const void* address, std::size_t length, Prefetch advice) {
+    core().prefetch_async(reinterpret_cast<std::uintptr_t>(address), length, advice);
+}
+
 void Region::collect() {
     core().collect();
 }

@@ -148,6 +148,7 @@ void RegionCore::close() noexcept {
         std::unique_lock lock(dev_.mutex);
         closed_ = true;
         std::erase(dev_.regions, this);
+        dev_.forget_fault_ahead_locked(*this, lock);
         epoch_.fetch_add(1, std::memory_order_seq_cst);
         for (const auto& pin : pool_) {
             const std::uint64_t old =
@@ -350,11 +351,12 @@ std::uint64_t RegionCore::sweep_stale_locked() noexcept {
     return freed;
 }
 
-void RegionCore::collect_eviction_candidates_locked(std::vector<EvictionCandidate>& out) {
+void RegionCore::collect_eviction_candidates_locked(std::vector<EvictionCandidate>& out,
+                                                    bool skip_ahead) {
     for (const auto& pin : pool_) {
         const std::uint64_t state = pin->state.load(std::memory_order_acquire);
         if (pin->chunk != Pin::whole_region && (state & Pin::unusable) == 0 &&
-            (state & Pin::lease_mask) == 0) {
+            (state & Pin::lease_mask) == 0 && !(skip_ahead && (state & Pin::ahead_bit) != 0)) {
             out.push_back({pin->last_use.load(std::memory_order_relaxed), this, pin.get()});
         }
     }
@@ -478,7 +480,7 @@ RegionCore::Hit RegionCore::try_acquire(std::size_t chunk, Range part) noexcept 
     if (pin->last_use.load(std::memory_order_relaxed) != now) {
         pin->last_use.store(now, std::memory_order_relaxed);
     }
-    return {pin, piece};
+    return {pin, piece, (state & Pin::ahead_bit) != 0};
 }
 
 Lease RegionCore::translate(std::uintptr_t address, std::size_t length, std::size_t max_sge) {
@@ -526,6 +528,10 @@ Lease RegionCore::lease_range(Range want, std::size_t max_sge, const char* opera
             ++hits;
         } else {
             hit = acquire_slow(chunk, part);
+            note_demand_fault(chunk);
+        }
+        if (hit.ahead) [[unlikely]] {
+            used_faulted_ahead(*hit.pin, chunk);
         }
         lease.add_pin(hit.pin);
         lease.add_sge(part.begin, static_cast<std::uint32_t>(part.length()), hit.piece->mr.lkey,
@@ -648,8 +654,10 @@ Range RegionCore::arm_locked(Range span, Range part) {
     }
 }
 
-RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
-    misses_.fetch_add(1, std::memory_order_relaxed);
+RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part, FaultKind kind) {
+    if (kind == FaultKind::Demand) {
+        misses_.fetch_add(1, std::memory_order_relaxed);
+    }
     // The fault runs partly unlocked: a close() of the handle meanwhile must
     // not delete the core under it.
     references_.fetch_add(1, std::memory_order_relaxed);
@@ -667,6 +675,9 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
         if (std::find(faulting_.begin(), faulting_.end(), chunk) == faulting_.end()) {
             break;
         }
+        if (kind == FaultKind::Ahead) {
+            return {};  // someone is faulting it already
+        }
         dev_.fault_done.wait(lock);
     }
     faulting_.push_back(chunk);
@@ -678,7 +689,7 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
         dev_.fault_done.notify_all();
     };
     try {
-        const Hit hit = fault_claimed(chunk, part, lock);
+        const Hit hit = fault_claimed(chunk, part, kind, lock);
         end_claim();
         return hit;
     } catch (...) {
@@ -687,8 +698,9 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
     }
 }
 
-RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part,
+RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part, FaultKind kind,
                                           std::unique_lock<std::mutex>& lock) {
+    const bool ahead = kind == FaultKind::Ahead;
     for (int attempt = 0;; ++attempt) {
         if (!lock.owns_lock()) {
             lock.lock();
@@ -734,7 +746,8 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part,
         Pin& pin = allocate_pin_locked();
         pin.chunk = chunk;
         try {
-            dev_.reserve_locked(reserved, *this, what("translate", part));
+            dev_.reserve_locked(reserved, *this, what(ahead ? "fault-ahead" : "translate", part),
+                                ahead);
         } catch (...) {
             return_unused_pin_locked(pin);
             throw;
@@ -754,7 +767,7 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part,
         const std::uint64_t published =
             ((pin.state.load(std::memory_order_relaxed) & ~(Pin::incarnation_unit - 1)) +
              Pin::incarnation_unit) |
-            Pin::unconfirmed_bit | 1;
+            Pin::unconfirmed_bit | (ahead ? Pin::ahead_bit : 0) | 1;
         pin.state.store(published, std::memory_order_release);
         pin.last_use.store(dev_.clock.fetch_add(1, std::memory_order_relaxed),
                            std::memory_order_relaxed);
@@ -769,6 +782,9 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part,
             epoch_.load(std::memory_order_seq_cst) == epoch &&
             pin.state.compare_exchange_strong(expected_state, published & ~Pin::unconfirmed_bit,
                                               std::memory_order_acq_rel)) {
+            if (ahead) {
+                chunks_faulted_ahead_.fetch_add(1, std::memory_order_relaxed);
+            }
             return {&pin, pin.find(part)};
         }
         // An invalidation ran while we registered: the pages we pinned may be
@@ -783,6 +799,88 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part,
                                     " registrations in a row: retry later");
         }
     }
+}
+
+// ---------------------------------------------------------------- fault-ahead
+
+bool RegionCore::present(std::size_t chunk) const noexcept {
+    const Slot* slot = slot_if_present(chunk);
+    const Pin* pin = slot == nullptr ? nullptr : slot->pin.load(std::memory_order_acquire);
+    return pin != nullptr && (pin->state.load(std::memory_order_acquire) & Pin::unusable) == 0;
+}
+
+void RegionCore::note_demand_fault(std::size_t chunk) noexcept {
+    if (config_.fault_ahead == 0) {
+        return;
+    }
+    // Stored as chunk + 1 so that 0 means "none": sequential if the last
+    // demand fault was of the chunk just before.
+    const std::size_t previous = last_demand_fault_.exchange(chunk + 1, std::memory_order_relaxed);
+    if (chunk != 0 && previous == chunk) {
+        request_ahead_of(chunk);
+    }
+}
+
+void RegionCore::used_faulted_ahead(Pin& pin, std::size_t chunk) noexcept {
+    // The first lease of a faulted-ahead chunk: the stream goes on.
+    if ((pin.state.fetch_and(~Pin::ahead_bit, std::memory_order_relaxed) & Pin::ahead_bit) != 0) {
+        fault_ahead_hits_.fetch_add(1, std::memory_order_relaxed);
+        last_demand_fault_.store(chunk + 1, std::memory_order_relaxed);
+        request_ahead_of(chunk);
+    }
+}
+
+void RegionCore::request_ahead_of(std::size_t chunk) noexcept {
+    try {
+        const std::scoped_lock lock(dev_.mutex);
+        if (closed_) {
+            return;
+        }
+        const std::size_t end = std::min(chunk_count_, chunk + 1 + config_.fault_ahead);
+        for (std::size_t next = chunk + 1; next < end; ++next) {
+            if (!present(next) &&
+                std::find(faulting_.begin(), faulting_.end(), next) == faulting_.end()) {
+                dev_.request_fault_ahead_locked(*this, next);
+            }
+        }
+    } catch (const std::exception& error) {
+        // Speculation only: the demand path goes on without it.
+        log_error(std::string("fault-ahead not requested: ") + error.what());
+    }
+}
+
+void RegionCore::fault_ahead(std::size_t chunk) noexcept {
+    if (present(chunk)) {
+        return;
+    }
+    try {
+        const Hit hit = acquire_slow(chunk, chunk_range(chunk), FaultKind::Ahead);
+        if (hit.pin != nullptr) {
+            release_pin(hit.pin);
+        }
+    } catch (...) {
+        // Budget full, memory not mapped, the mapping kept changing or the
+        // region closed: speculation ends here; a demand fault would report it.
+    }
+}
+
+void RegionCore::prefetch_async(std::uintptr_t address, std::size_t length, Prefetch advice) {
+    const Range want = checked_part(address, length, "prefetch_async");
+    if (config_.mode != Mode::Emulated) {
+        prefetch(address, length, advice);
+        return;
+    }
+    const std::size_t first = chunk_of(want.begin);
+    const std::size_t last = chunk_of(want.end - 1);
+    {
+        const std::scoped_lock lock(dev_.mutex);
+        for (std::size_t chunk = first; chunk <= last; ++chunk) {
+            if (!present(chunk)) {
+                dev_.request_fault_ahead_locked(*this, chunk);
+            }
+        }
+    }
+    prefetches_.fetch_add(1, std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------- invalidation
@@ -992,6 +1090,8 @@ Stats RegionCore::stats() const {
     s.chunk_faults = chunk_faults_.load(std::memory_order_relaxed);
     s.bytes_registered = bytes_registered_.load(std::memory_order_relaxed);
     s.prefetches = prefetches_.load(std::memory_order_relaxed);
+    s.chunks_faulted_ahead = chunks_faulted_ahead_.load(std::memory_order_relaxed);
+    s.fault_ahead_hits = fault_ahead_hits_.load(std::memory_order_relaxed);
     for (std::size_t i = 0; i < invalidation_reason_count; ++i) {
         s.invalidations[i] = invalidations_[i].load(std::memory_order_relaxed);
     }
@@ -1010,6 +1110,8 @@ void accumulate(Stats& total, const Stats& part) noexcept {
     total.chunk_faults += part.chunk_faults;
     total.bytes_registered += part.bytes_registered;
     total.prefetches += part.prefetches;
+    total.chunks_faulted_ahead += part.chunks_faulted_ahead;
+    total.fault_ahead_hits += part.fault_ahead_hits;
     for (std::size_t i = 0; i < invalidation_reason_count; ++i) {
         total.invalidations[i] += part.invalidations[i];
     }

@@ -35,6 +35,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <odp/device.hpp>
@@ -47,6 +48,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace odp::detail {
@@ -104,6 +106,10 @@ struct Pin {
     // Published by a fault that has not re-checked its chunk's sequence yet:
     // its pages may already be the old ones, so nobody else may lease it.
     static constexpr std::uint64_t unconfirmed_bit = std::uint64_t{1} << 28;
+    // Registered by fault-ahead and not leased since: the first lease counts
+    // a fault-ahead hit and moves the window on; eviction for another
+    // fault-ahead passes it over (speculation never displaces speculation).
+    static constexpr std::uint64_t ahead_bit = std::uint64_t{1} << 29;
     static constexpr std::uint64_t unusable = stale_bit | dead_bit | free_bit | unconfirmed_bit;
     static constexpr std::uint64_t incarnation_unit = std::uint64_t{1} << 32;
     static constexpr std::size_t whole_region = static_cast<std::size_t>(-1);
@@ -191,10 +197,39 @@ struct DeviceState {
     // fit beside the pinned regions, BackPressure (EAGAIN) when releasing
     // leases (or the end of faults in flight, which hold their reservation)
     // would make room. Caller holds `mutex`.
-    void reserve_locked(std::uint64_t bytes, RegionCore& requester, const std::string& what);
+    // A `speculative` reservation (fault-ahead) evicts no chunk that was
+    // itself faulted ahead and not used yet.
+    void reserve_locked(std::uint64_t bytes, RegionCore& requester, const std::string& what,
+                        bool speculative = false);
     void unreserve(std::uint64_t bytes) noexcept {
         pinned.fetch_sub(bytes, std::memory_order_acq_rel);
     }
+
+    // Fault-ahead: chunks to register in the background, by one library
+    // thread per device started at the first request. A region's requests
+    // are dropped when it closes, and close() waits for the one running
+    // (fault_ahead_running), so the thread never holds a region alive: it
+    // cannot end up destroying the device it runs in.
+    struct AheadRequest {
+        RegionCore* region = nullptr;
+        std::size_t chunk = 0;
+    };
+    static constexpr std::size_t max_ahead_requests = 1024;
+    // Queues `chunk` unless it is queued already (or the queue is full). Caller
+    // holds `mutex`.
+    void request_fault_ahead_locked(RegionCore& region, std::size_t chunk);
+    // Drops `region`'s requests and waits for the one running. Caller holds
+    // `mutex` through `lock`.
+    void forget_fault_ahead_locked(RegionCore& region, std::unique_lock<std::mutex>& lock);
+    ~DeviceState();
+
+  private:
+    void run_fault_ahead();
+    std::deque<AheadRequest> ahead_requests_;  // under mutex
+    RegionCore* fault_ahead_running_ = nullptr;
+    std::condition_variable ahead_wake_;
+    bool stopping_ = false;
+    std::thread ahead_thread_;
 };
 
 class RegionCore final : public InvalidationListener {
@@ -207,6 +242,7 @@ class RegionCore final : public InvalidationListener {
         bool implicit = false;
         MonitorKind monitor = MonitorKind::Auto;
         std::shared_ptr<Mirror> mirror;
+        std::size_t fault_ahead = 0;  // chunks (RegionOptions::fault_ahead)
     };
 
     // Registers (pinned/native) or sets up the table (emulated). The returned
@@ -224,6 +260,10 @@ class RegionCore final : public InvalidationListener {
     [[nodiscard]] Exposure expose(std::uintptr_t address, std::size_t length,
                                   ExposureCallback callback);
     void prefetch(std::uintptr_t address, std::size_t length, Prefetch advice);
+    void prefetch_async(std::uintptr_t address, std::size_t length, Prefetch advice);
+    // Registers `chunk` unless present (fault-ahead thread); failures (budget
+    // full, not mapped, closed) just end the attempt.
+    void fault_ahead(std::size_t chunk) noexcept;
     void collect();
     [[nodiscard]] Stats stats() const;
     [[nodiscard]] std::string monitor_description() const;
@@ -250,7 +290,8 @@ class RegionCore final : public InvalidationListener {
 
     // Budget support (device mutex held).
     std::uint64_t sweep_stale_locked() noexcept;
-    void collect_eviction_candidates_locked(std::vector<EvictionCandidate>& out);
+    // Unleased chunks; without those faulted ahead and unused if `skip_ahead`.
+    void collect_eviction_candidates_locked(std::vector<EvictionCandidate>& out, bool skip_ahead);
     bool evict_locked(Pin& pin) noexcept;  // false if it was leased or stale meanwhile
     void count_back_pressure() noexcept { back_pressure_.fetch_add(1, std::memory_order_relaxed); }
 
@@ -268,6 +309,7 @@ class RegionCore final : public InvalidationListener {
     struct Hit {
         Pin* pin = nullptr;
         const Piece* piece = nullptr;
+        bool ahead = false;  // the pin was faulted ahead and not leased before
     };
 
     RegionCore(std::shared_ptr<Device> device, const Config& config);
@@ -289,8 +331,17 @@ class RegionCore final : public InvalidationListener {
     void register_whole();
     void acquire_whole(Range want, std::size_t max_sge, Lease& lease);
     Hit try_acquire(std::size_t chunk, Range part) noexcept;
-    Hit acquire_slow(std::size_t chunk, Range part);
-    Hit fault_claimed(std::size_t chunk, Range part, std::unique_lock<std::mutex>& lock);
+    enum class FaultKind { Demand, Ahead };
+    // Ahead: no miss counted, and {} at once if the chunk is being faulted.
+    Hit acquire_slow(std::size_t chunk, Range part, FaultKind kind = FaultKind::Demand);
+    Hit fault_claimed(std::size_t chunk, Range part, FaultKind kind,
+                      std::unique_lock<std::mutex>& lock);
+    // A demand fault of `chunk`: right after its predecessor's, the pattern
+    // is sequential and the next chunks are requested ahead.
+    void note_demand_fault(std::size_t chunk) noexcept;
+    void request_ahead_of(std::size_t chunk) noexcept;
+    void used_faulted_ahead(Pin& pin, std::size_t chunk) noexcept;
+    [[nodiscard]] bool present(std::size_t chunk) const noexcept;
     Leaf& ensure_leaf_locked(std::size_t chunk);
     Pin& allocate_pin_locked();
     void return_unused_pin_locked(Pin& pin) noexcept;
@@ -327,6 +378,8 @@ class RegionCore final : public InvalidationListener {
     bool closed_ = false;  // under the device mutex: no fault may start any more
     // Chunks whose fault is in flight (device mutex): one fault per chunk.
     std::vector<std::size_t> faulting_;
+    // 1 + the chunk of the last demand fault (0: none yet), for fault-ahead.
+    std::atomic<std::size_t> last_demand_fault_{0};
     std::atomic<std::uint64_t> epoch_{0};  // bumped by invalidate_all
 
     // The chunk table (emulated).
@@ -352,6 +405,8 @@ class RegionCore final : public InvalidationListener {
     std::atomic<std::uint64_t> chunk_faults_{0};
     std::atomic<std::uint64_t> bytes_registered_{0};
     std::atomic<std::uint64_t> prefetches_{0};
+    std::atomic<std::uint64_t> chunks_faulted_ahead_{0};
+    std::atomic<std::uint64_t> fault_ahead_hits_{0};
     std::array<std::atomic<std::uint64_t>, invalidation_reason_count> invalidations_{};
     std::atomic<std::uint64_t> chunks_invalidated_{0};
     std::atomic<std::uint64_t> stale_while_leased_{0};

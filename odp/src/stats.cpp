@@ -18,6 +18,8 @@ void for_each_field(const Stats& s, Emit&& emit) {
     emit("chunk_faults", s.chunk_faults);
     emit("bytes_registered", s.bytes_registered);
     emit("prefetches", s.prefetches);
+    emit("chunks_faulted_ahead", s.chunks_faulted_ahead);
+    emit("fault_ahead_hits", s.fault_ahead_hits);
     emit("chunks_invalidated", s.chunks_invalidated);
     emit("stale_while_leased", s.stale_while_leased);
     emit("evictions", s.evictions);

@@ -32,6 +32,11 @@ struct RegionOptions {
     // Emulated mode: use this Mirror instead of acquiring one (e.g. a Fake
     // one in tests). Overrides `monitor`.
     std::shared_ptr<Mirror> mirror;
+    // Emulated mode: when chunks are faulted in address order, register up to
+    // this many chunks beyond the last one used in the background, before
+    // they are needed (within the budget; never evicting a leased chunk or
+    // another faulted-ahead one; it stops when the pattern stops). 0: off.
+    std::size_t fault_ahead = 0;
 };
 
 inline constexpr std::size_t unlimited_sges = std::numeric_limits<std::size_t>::max();
@@ -82,6 +87,11 @@ class ODP_API Region {
     // Native: ibv_advise_mr (EOPNOTSUPP if the device cannot); emulated:
     // registers the chunks now (without leasing them); pinned: nothing to do.
     void prefetch(const void* address, std::size_t length, Prefetch advice = Prefetch::Write);
+    // The same without waiting: emulated, the chunks are queued for the
+    // device's background thread (registered within the budget, never
+    // evicting a leased chunk; failures are only counted as missing
+    // chunks_faulted_ahead); native: as prefetch(); pinned: nothing.
+    void prefetch_async(const void* address, std::size_t length, Prefetch advice = Prefetch::Write);
 
     // Deregisters chunks that were invalidated and are no longer leased now,
     // instead of at the next slow-path call (they keep old pages pinned).

@@ -17,6 +17,9 @@ struct ODP_API Stats {
     std::uint64_t chunk_faults = 0;      // chunks registered on demand (emulated)
     std::uint64_t bytes_registered = 0;  // cumulative bytes handed to ibv_reg_mr
     std::uint64_t prefetches = 0;        // prefetch() calls that did work
+    std::uint64_t chunks_faulted_ahead =
+        0;  // registered in the background (fault-ahead, async prefetch)
+    std::uint64_t fault_ahead_hits = 0;  // of those, chunks a lease used afterwards
     // Invalidation events received, by InvalidationReason (index = enum value).
     std::array<std::uint64_t, invalidation_reason_count> invalidations{};
     std::uint64_t chunks_invalidated = 0;  // registered chunks turned stale by events

@@ -5,9 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <condition_variable>
-#include <future>
-#include <mutex>
 #include <odp/device.hpp>
 #include <odp/region.hpp>
 #include <thread>
@@ -19,69 +16,10 @@ namespace {
 
 using test::MiB;
 using namespace std::chrono_literals;
-
-// Long enough for any thread of a loaded machine to get a CPU: a bound on a
-// hang, never a measurement.
-constexpr auto patience = 20s;
-
-// Holds the first registration that covers `held` inside the fake NIC until
-// opened, i.e. keeps that fault in flight, outside the device's lock.
-class RegistrationGate {
-  public:
-    RegistrationGate(FakeNic& fake, std::uintptr_t held) : fake_(fake), held_(held) {
-        fake_.set_on_register([this](Range range) {
-            if (!range.contains(Range::from_length(held_, 1))) {
-                return;
-            }
-            std::unique_lock lock(mutex_);
-            if (++entries_ != 1) {
-                return;  // only the first one is held
-            }
-            changed_.notify_all();
-            changed_.wait(lock, [this] { return open_; });
-        });
-    }
-    RegistrationGate(const RegistrationGate&) = delete;
-    RegistrationGate& operator=(const RegistrationGate&) = delete;
-    ~RegistrationGate() {
-        open();
-        fake_.set_on_register({});
-    }
-
-    [[nodiscard]] bool wait_held() {
-        std::unique_lock lock(mutex_);
-        return changed_.wait_for(lock, patience, [this] { return entries_ != 0; });
-    }
-    void open() {
-        const std::scoped_lock lock(mutex_);
-        open_ = true;
-        changed_.notify_all();
-    }
-    // Registrations that covered `held` so far.
-    [[nodiscard]] int entries() {
-        const std::scoped_lock lock(mutex_);
-        return entries_;
-    }
-
-  private:
-    FakeNic& fake_;
-    const std::uintptr_t held_;
-    std::mutex mutex_;
-    std::condition_variable changed_;
-    int entries_ = 0;
-    bool open_ = false;
-};
-
-// Runs `body` on its own thread; the future says whether it finished.
-template <typename Body>
-auto in_background(Body&& body) {
-    return std::async(std::launch::async, std::forward<Body>(body));
-}
-
-template <typename T>
-bool finished(std::future<T>& future) {
-    return future.wait_for(patience) == std::future_status::ready;
-}
+using test::finished;
+using test::in_background;
+using test::patience;
+using test::RegistrationGate;
 
 TEST(ParallelFault, OtherChunksRegisterWhileAFaultIsInFlight) {
     auto [fake, device] = test::make_device();

@@ -6,10 +6,14 @@
 #include <infiniband/verbs.h>
 #include <sys/mman.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <odp/device.hpp>
 #include <odp/error.hpp>
 #include <odp/fake_nic.hpp>
@@ -142,5 +146,68 @@ class ScopedTestHook {
     }
     static void trampoline(detail::HookPoint point) { current()(point); }
 };
+
+// Long enough for any thread of a loaded machine to get a CPU: a bound on a
+// hang, never a measurement.
+inline constexpr auto patience = std::chrono::seconds(20);
+
+// Holds the first registration that covers `held` inside the fake NIC until
+// opened, i.e. keeps that fault in flight, outside the device's lock.
+class RegistrationGate {
+  public:
+    RegistrationGate(FakeNic& fake, std::uintptr_t held) : fake_(fake), held_(held) {
+        fake_.set_on_register([this](Range range) {
+            if (!range.contains(Range::from_length(held_, 1))) {
+                return;
+            }
+            std::unique_lock lock(mutex_);
+            if (++entries_ != 1) {
+                return;  // only the first one is held
+            }
+            changed_.notify_all();
+            changed_.wait(lock, [this] { return open_; });
+        });
+    }
+    RegistrationGate(const RegistrationGate&) = delete;
+    RegistrationGate& operator=(const RegistrationGate&) = delete;
+    ~RegistrationGate() {
+        open();
+        fake_.set_on_register({});
+    }
+
+    [[nodiscard]] bool wait_held() {
+        std::unique_lock lock(mutex_);
+        return changed_.wait_for(lock, patience, [this] { return entries_ != 0; });
+    }
+    void open() {
+        const std::scoped_lock lock(mutex_);
+        open_ = true;
+        changed_.notify_all();
+    }
+    // Registrations that covered `held` so far.
+    [[nodiscard]] int entries() {
+        const std::scoped_lock lock(mutex_);
+        return entries_;
+    }
+
+  private:
+    FakeNic& fake_;
+    const std::uintptr_t held_;
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    int entries_ = 0;
+    bool open_ = false;
+};
+
+// Runs `body` on its own thread; the future says whether it finished.
+template <typename Body>
+auto in_background(Body&& body) {
+    return std::async(std::launch::async, std::forward<Body>(body));
+}
+
+template <typename T>
+bool finished(std::future<T>& future) {
+    return future.wait_for(patience) == std::future_status::ready;
+}
 
 }  // namespace odp::test
