@@ -163,8 +163,12 @@ class ODP_API Mirror::Watch {
     ~Watch();
 
     // Makes sure the memory mapped now in `sub` (inside range()) is watched:
-    // call it before pinning memory there. Module, None, Fake: nothing to do
-    // (the module watches addresses, not mappings). Userfaultfd: registers the
+    // call it before pinning memory there, after noting which events were
+    // delivered. Module: the module watches addresses, not mappings, but
+    // reports a change when it starts (MADV_DONTNEED, reclaim): waits until
+    // no change of the watched range is in progress, so none that was
+    // delivered can still remove pages after they are pinned. None, Fake:
+    // nothing to do. Userfaultfd: registers the
     // mappings created since watch() (a new mmap inside the range is not
     // watched until armed). Throws odp::Error naming the first part that cannot
     // be watched and why (EINVAL file mapping, EPERM read-only, EBUSY another
