@@ -54,6 +54,55 @@ std::string_view to_string(MonitorKind kind) noexcept {
 }
 
 namespace {
+
+// What kind of part an errno of a source's refusal means.
+std::string_view unwatched_kind(int error) noexcept {
+    switch (error) {
+        case EINVAL:
+            return "file-backed or special";
+        case EPERM:
+            return "read-only file";
+        case EBUSY:
+            return "registered with another userfaultfd";
+        case ENOTSUP:
+            return "System V shared memory";
+        case ENOMEM:
+            return "out of memory or vm.max_map_count";
+        default:
+            return "other";
+    }
+}
+
+}  // namespace
+
+std::string summarize(const std::vector<Unwatched>& parts, std::size_t listed) {
+    if (parts.empty()) {
+        return {};
+    }
+    std::map<std::string_view, std::size_t> kinds;
+    for (const Unwatched& part : parts) {
+        ++kinds[unwatched_kind(part.error)];
+    }
+    std::string text = std::to_string(parts.size()) + (parts.size() == 1 ? " part (" : " parts (");
+    bool first = true;
+    for (const auto& [kind, count] : kinds) {
+        text += (first ? "" : ", ") + std::to_string(count) + " " + std::string(kind);
+        first = false;
+    }
+    text += "): ";
+    const std::size_t shown = std::min(listed, parts.size());
+    for (std::size_t i = 0; i < shown; ++i) {
+        const Unwatched& part = parts[i];
+        text += (i == 0 ? "" : ", ") + detail::describe(part.range) + " " +
+                (part.mapping.empty() ? part.why : part.mapping);
+    }
+    if (shown < parts.size()) {
+        text += "; and " + std::to_string(parts.size() - shown) + " more";
+    }
+    return text;
+}
+
+namespace {
 std::atomic<std::uint64_t> next_watch_id{1};
 // Set while this thread delivers events (any Mirror's dispatch pass).
 thread_local bool delivering = false;

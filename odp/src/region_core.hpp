@@ -215,6 +215,7 @@ class RegionCore final : public InvalidationListener {
     void collect();
     [[nodiscard]] Stats stats() const;
     [[nodiscard]] std::string monitor_description() const;
+    [[nodiscard]] std::vector<Unwatched> unwatched() const { return watch_.unwatched(); }
     [[nodiscard]] std::string describe() const;
     [[nodiscard]] const Config& config() const noexcept { return config_; }
 

@@ -52,8 +52,15 @@ enum class MonitorKind {
 // A part of a watched range that the source cannot watch, and why.
 struct Unwatched {
     Range range;
-    std::string why;
+    std::string why;      // the mapping and the reason, in a sentence
+    int error = 0;        // the errno it was refused with: EINVAL, EPERM, EBUSY, ENOTSUP, ...
+    std::string mapping;  // "/usr/lib/.../libc.so.6 r--p" as /proc/self/maps names it, if known
 };
+
+// One line for logs and tools: how many parts, counted by kind, and the first
+// `listed` of them ("12 parts (11 file-backed or special mappings, 1 read-only
+// file mapping): [0x.., 0x..) /usr/lib/..., ...; 9 more"); "" when empty.
+[[nodiscard]] std::string summarize(const std::vector<Unwatched>& parts, std::size_t listed = 3);
 
 struct MirrorOptions {
     MonitorKind kind = MonitorKind::Auto;
