@@ -33,6 +33,7 @@
 #include <thread>
 #include <utility>
 
+#include "creator_process.hpp"
 #include "sources/source.hpp"
 
 namespace odp {
@@ -112,13 +113,13 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
                                      public std::enable_shared_from_this<Core> {
   public:
     Core(std::unique_ptr<detail::Source> source, boost::asio::io_context* io)
-        : source_(std::move(source)), io_(io), pid_(::getpid()) {}
+        : source_(std::move(source)), io_(io) {}
 
     ~Core() { descriptor_.reset(); }
 
     [[nodiscard]] detail::Source& source() const noexcept { return *source_; }
     [[nodiscard]] boost::asio::io_context* io() const noexcept { return io_; }
-    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    [[nodiscard]] pid_t pid() const noexcept { return creator_.pid(); }
 
     std::uint64_t add_watch(Range range, InvalidationListener& listener) {
         std::uint64_t id = 0;
@@ -143,6 +144,12 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
     }
 
     void remove_watch(std::uint64_t id) noexcept {
+        if (!creator_.is_current()) {
+            // A forked child: the table may have been locked by a thread of
+            // the parent at fork time, and a callback "running" there never
+            // returns here. The source leaves the parent's registrations.
+            return;
+        }
         {
             std::unique_lock lock(registry_mutex_);
             entries_.erase(id);
@@ -161,9 +168,10 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
         return found == entries_.end() ? std::vector<Unwatched>{} : found->second.unwatched;
     }
 
-    void arm(std::uint64_t id, Range sub) {
-        source_->arm(id, sub);
+    std::vector<Range> arm(std::uint64_t id, Range sub) {
+        std::vector<Range> watched = source_->arm(id, sub);
         armed_.fetch_add(1, std::memory_order_relaxed);
+        return watched;
     }
 
     // One drain of the source, delivering to the listeners.
@@ -282,10 +290,17 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
 
     // Own-thread dispatch: poll the source and a stop flag.
     void start_thread() {
-        thread_ = std::thread([core = shared_from_this()] { core->run_thread(); });
+        thread_ = detail::start_thread_without_signals(
+            [core = shared_from_this()] { core->run_thread(); });
     }
 
     void stop_thread() noexcept {
+        if (!creator_.is_current()) {
+            // A forked child: stop_ would stop the parent's dispatcher, and
+            // ours does not exist here.
+            detail::leave_to_parent(thread_);
+            return;
+        }
         stop_.signal();
         if (thread_.get_id() == std::this_thread::get_id()) {
             // The last reference went away inside a callback: the thread holds
@@ -297,6 +312,16 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
     }
 
     void stop_async() noexcept {
+        if (!creator_.is_current()) {
+            // A forked child: removing the descriptor from the io_context's
+            // epoll set (which the child shares with the parent) would remove
+            // it for the parent too. Leave it to the parent.
+            if (descriptor_) {
+                detail::leave_to_parent(*descriptor_);
+                descriptor_.reset();
+            }
+            return;
+        }
         stopping_.store(true, std::memory_order_release);
         try {
             boost::asio::post(*strand_, [core = shared_from_this()] { core->descriptor_.reset(); });
@@ -404,7 +429,7 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
 
     const std::unique_ptr<detail::Source> source_;
     boost::asio::io_context* const io_;
-    const pid_t pid_;
+    const detail::CreatorProcess creator_;
 
     mutable std::mutex registry_mutex_;
     std::condition_variable registry_cv_;
@@ -610,7 +635,7 @@ void Mirror::Watch::reset() noexcept {
     }
 }
 
-void Mirror::Watch::arm(Range sub) const {
+std::vector<Range> Mirror::Watch::arm(Range sub) const {
     if (!mirror_) {
         throw Error(EINVAL, "Mirror::Watch::arm on an empty (moved-from or reset) watch");
     }
@@ -619,7 +644,7 @@ void Mirror::Watch::arm(Range sub) const {
                                 ": must be a non-empty part of the watched range " +
                                 detail::describe(range_));
     }
-    mirror_->core_->arm(id_, sub);
+    return mirror_->core_->arm(id_, sub);
 }
 
 std::vector<Unwatched> Mirror::Watch::unwatched() const {

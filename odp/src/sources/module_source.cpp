@@ -20,6 +20,7 @@
 #include <odp/error.hpp>
 #include <utility>
 
+#include "../creator_process.hpp"
 #include "source.hpp"
 
 namespace odp::detail {
@@ -215,6 +216,9 @@ class ModuleSource final : public Source {
     }
 
     void remove(std::uint64_t id) noexcept override {
+        if (!creator_.is_current()) {
+            return;  // a forked child: the regions are the parent's (the module says EPERM)
+        }
         std::uint32_t region = 0;
         {
             const std::lock_guard lock(mutex_);
@@ -233,7 +237,8 @@ class ModuleSource final : public Source {
         }
     }
 
-    void arm(std::uint64_t /*id*/, Range /*sub*/) override {}
+    // The module watches addresses, mapped or not: nothing to arm.
+    std::vector<Range> arm(std::uint64_t /*id*/, Range sub) override { return {sub}; }
 
   private:
     static odp_mirror_query query(int fd, const std::string& path) {
@@ -260,6 +265,7 @@ class ModuleSource final : public Source {
         return query;
     }
 
+    const CreatorProcess creator_;
     std::string path_;
     UniqueFd fd_;
     odp_mirror_query query_;

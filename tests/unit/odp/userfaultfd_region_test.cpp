@@ -126,8 +126,8 @@ TEST_F(UserfaultfdRegion, WatchingAndArmingKeepTheApplicationsMappingWhole) {
 
     memory.replace(0, memory.size());  // the application recycles its buffer
     use_every_chunk(region);
-    EXPECT_EQ(memory.vma_count(), 1U) << "the VMA count grew with the chunks faulted:"
-                                      << memory.maps();
+    EXPECT_EQ(memory.vma_count(), 1U)
+        << "the VMA count grew with the chunks faulted:" << memory.maps();
     EXPECT_GE(region.stats().chunk_faults, 16U);
 }
 
@@ -145,11 +145,11 @@ struct Outcome {
 // without a libodp region over the memory.
 Outcome run_memory_calls(const GuardedMapping& memory, Region* region) {
     Outcome outcome;
+    // The application uses a part of its buffer: the first and the third chunk.
     const auto use = [&] {
         if (region != nullptr) {
-            for (std::uintptr_t at = region->range().begin; at < region->range().end;
-                 at += 2 * MiB) {
-                Lease lease = region->translate(at, page);
+            for (const std::size_t offset : {std::size_t{0}, 4 * MiB}) {
+                Lease lease = region->translate(memory.data(offset), page);
             }
         }
     };
@@ -158,16 +158,6 @@ Outcome run_memory_calls(const GuardedMapping& memory, Region* region) {
     memory.replace(3 * MiB, 3 * MiB);  // fresh pages over a part, then used again
     use();
     outcome.record("mmap(MAP_FIXED) 3 MiB", 0, memory);
-    outcome.record("mprotect(PROT_READ)",
-                   ::mprotect(memory.data(5 * MiB), 2 * MiB + page, PROT_READ), memory);
-    outcome.record("mprotect(PROT_READ|PROT_WRITE)",
-                   ::mprotect(memory.data(5 * MiB), 2 * MiB + page, PROT_READ | PROT_WRITE),
-                   memory);
-    outcome.record("mlock", ::mlock(memory.data(MiB + page), 3 * MiB), memory);
-    outcome.record("munlock", ::munlock(memory.data(MiB + page), 3 * MiB), memory);
-    outcome.record("madvise(DONTNEED)", ::madvise(memory.data(2 * MiB), 4 * MiB, MADV_DONTNEED),
-                   memory);
-    use();
     // Move 4 MiB pieces at offsets across chunk boundaries away and back.
     void* scratch = ::mmap(nullptr, 4 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (scratch == MAP_FAILED) {
@@ -191,6 +181,16 @@ Outcome run_memory_calls(const GuardedMapping& memory, Region* region) {
         use();
     }
     ::munmap(scratch, 4 * MiB);
+    outcome.record("mprotect(PROT_READ)",
+                   ::mprotect(memory.data(5 * MiB), 2 * MiB + page, PROT_READ), memory);
+    outcome.record("mprotect(PROT_READ|PROT_WRITE)",
+                   ::mprotect(memory.data(5 * MiB), 2 * MiB + page, PROT_READ | PROT_WRITE),
+                   memory);
+    outcome.record("mlock", ::mlock(memory.data(MiB + page), 3 * MiB), memory);
+    outcome.record("munlock", ::munlock(memory.data(MiB + page), 3 * MiB), memory);
+    outcome.record("madvise(DONTNEED)", ::madvise(memory.data(2 * MiB), 4 * MiB, MADV_DONTNEED),
+                   memory);
+    use();
     return outcome;
 }
 
