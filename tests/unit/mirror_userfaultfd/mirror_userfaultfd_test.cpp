@@ -8,6 +8,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
@@ -22,6 +23,8 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <odp/error.hpp>
 #include <odp/mirror.hpp>
@@ -29,6 +32,7 @@
 #include <vector>
 
 #include "../mirror_core/recording_listener.hpp"
+#include "memory_map.hpp"
 #include "sources/source.hpp"
 
 namespace odp {
@@ -463,6 +467,124 @@ TEST_F(MirrorUserfaultfd, LibraryThreadsNeverRunTheApplicationsSignalHandlers) {
     ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);  // the pending signal is taken here
     EXPECT_EQ(usr1_handled.load(), 1);
     ::sigaction(SIGUSR1, &previous, nullptr);
+}
+
+// The reader thread of this process's userfaultfd source: the thread blocked
+// in poll() on a userfaultfd descriptor. Returns its stack pointer, or 0.
+std::uintptr_t reader_stack_pointer() {
+    std::vector<int> userfaultfds;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code error;
+        const auto target = std::filesystem::read_symlink(entry.path(), error);
+        if (!error && target.string() == "anon_inode:[userfaultfd]") {
+            userfaultfds.push_back(std::stoi(entry.path().filename().string()));
+        }
+    }
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        // "nr arg1 ... arg6 sp pc" of a thread blocked in a system call.
+        std::ifstream file(task.path() / "syscall");
+        long number = -1;
+        std::uintptr_t args[6]{};
+        std::uintptr_t stack_pointer = 0;
+        file >> number >> std::hex;
+        for (std::uintptr_t& arg : args) {
+            file >> arg;
+        }
+        file >> stack_pointer;
+        const bool polls = number == SYS_ppoll
+#ifdef SYS_poll
+                           || number == SYS_poll
+#endif
+            ;
+        if (!file || !polls || args[0] == 0) {
+            continue;
+        }
+        const auto* fds = reinterpret_cast<const pollfd*>(args[0]);
+        for (std::uintptr_t i = 0; i < args[1]; ++i) {
+            if (std::find(userfaultfds.begin(), userfaultfds.end(), fds[i].fd) !=
+                userfaultfds.end()) {
+                return stack_pointer;
+            }
+        }
+    }
+    return 0;
+}
+
+// What hung the guide example on Linux 6.1: a registration of the mapping that
+// holds the reader thread's own stack outlived every watch (there, the
+// application's buffer had merged with the stack into one VMA, was registered
+// whole, then munmap()ped), and when the Mirror went away the exiting reader
+// madvise(DONTNEED)ed its stack (glibc does, at thread exit) and slept until
+// the event was read: by itself. Here the registration is left behind by
+// watching the bottom page of the stack's mapping and then splitting the
+// mapping with mprotect(). The reader's stack must never be registered, and
+// tearing the Mirror down must finish. In a child: a hang is killed.
+TEST(MirrorUserfaultfdTeardown, TheReaderNeverWaitsForItsOwnStack) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        MirrorOptions options;
+        options.kind = MonitorKind::Userfaultfd;
+        std::shared_ptr<Mirror> mirror;
+        try {
+            mirror = Mirror::acquire(options);
+        } catch (const Error&) {
+            ::_exit(77);
+        }
+        std::uintptr_t stack_pointer = 0;
+        for (int tries = 0; tries < 2000 && stack_pointer == 0; ++tries) {
+            std::this_thread::sleep_for(1ms);
+            stack_pointer = reader_stack_pointer();
+        }
+        if (stack_pointer == 0) {
+            ::_exit(3);
+        }
+        const auto stack = detail::read_mappings(Range{stack_pointer, stack_pointer + 1});
+        if (stack.size() != 1 || stack.front().range.length() < 2 * page) {
+            ::_exit(3);
+        }
+        const Range bottom{stack.front().range.begin, stack.front().range.begin + page};
+        bool watched = false;
+        {
+            RecordingListener listener;
+            const Mirror::Watch watch = mirror->watch(bottom, listener);
+            watched = watch.unwatched().empty();
+            // Splits the stack's mapping: only the bottom page is unregistered
+            // with the watch (that page is far below anything the reader uses).
+            if (::mprotect(reinterpret_cast<void*>(bottom.begin), page, PROT_READ) != 0) {
+                ::_exit(3);
+            }
+        }
+        mirror.reset();  // stops and joins the reader
+        ::_exit(watched ? 4 : 0);
+    }
+    int status = 0;
+    pid_t waited = 0;
+    for (int tries = 0; tries < 2000 && waited == 0; ++tries) {
+        std::this_thread::sleep_for(10ms);
+        waited = ::waitpid(child, &status, WNOHANG);
+    }
+    if (waited == 0) {
+        std::string where;  // what each of the child's threads sleeps in
+        const std::string tasks = "/proc/" + std::to_string(child) + "/task";
+        for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+            std::ifstream wchan(task.path() / "wchan");
+            std::string function;
+            wchan >> function;
+            where += " " + task.path().filename().string() + ":" + function;
+        }
+        ::kill(child, SIGKILL);
+        ::waitpid(child, &status, 0);
+        FAIL() << "tearing the Mirror down hung for 20 s (threads sleeping in:" << where << ")";
+    }
+    ASSERT_EQ(waited, child);
+    ASSERT_TRUE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) {
+        GTEST_SKIP() << "userfaultfd is not available on this host";
+    }
+    ASSERT_NE(WEXITSTATUS(status), 3) << "could not find the reader thread's stack";
+    EXPECT_NE(WEXITSTATUS(status), 4) << "the reader's own stack was registered";
+    EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 // Without write-protect registration the source would route faults to
