@@ -69,6 +69,8 @@ std::string_view unwatched_kind(int error) noexcept {
             return "System V shared memory";
         case ENOMEM:
             return "out of memory or vm.max_map_count";
+        case EDEADLK:
+            return "libodp's own reader stack";
         default:
             return "other";
     }

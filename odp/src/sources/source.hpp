@@ -135,22 +135,31 @@ class WakeFd {
     UniqueFd fd_;
 };
 
-// Starts one of libodp's own threads (the userfaultfd reader, the Mirror's
-// dispatcher) with every signal blocked from its first instruction: the mask
-// is inherited from the creating thread, so it is set around the creation.
-// The application's signals then always go to its own threads, never into a
-// handler running on a thread that must take no lock (the reader) or that
-// runs listeners. Faults (SIGSEGV, SIGBUS...) are delivered all the same.
+// Blocks every signal in the calling thread while it lives. A thread created
+// meanwhile inherits the mask, so libodp's own threads (the userfaultfd
+// reader, the Mirror's dispatcher) start with every signal blocked from their
+// first instruction: the application's signals then always go to its own
+// threads, never into a handler running on a thread that must take no lock
+// (the reader) or that runs listeners. Faults (SIGSEGV, SIGBUS...) are
+// delivered all the same.
+class AllSignalsBlocked {
+  public:
+    AllSignalsBlocked() noexcept {
+        sigset_t all;
+        ::sigfillset(&all);
+        ::pthread_sigmask(SIG_SETMASK, &all, &previous_);
+    }
+    ~AllSignalsBlocked() { ::pthread_sigmask(SIG_SETMASK, &previous_, nullptr); }
+    AllSignalsBlocked(const AllSignalsBlocked&) = delete;
+    AllSignalsBlocked& operator=(const AllSignalsBlocked&) = delete;
+
+  private:
+    sigset_t previous_{};
+};
+
 template <typename Body>
 std::thread start_thread_without_signals(Body&& body) {
-    sigset_t all;
-    sigset_t previous;
-    ::sigfillset(&all);
-    ::pthread_sigmask(SIG_SETMASK, &all, &previous);
-    struct Restore {
-        const sigset_t& mask;
-        ~Restore() { ::pthread_sigmask(SIG_SETMASK, &mask, nullptr); }
-    } restore{previous};
+    const AllSignalsBlocked blocked;
     return std::thread(std::forward<Body>(body));
 }
 

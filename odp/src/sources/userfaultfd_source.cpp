@@ -19,7 +19,9 @@
 #include <linux/capability.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -31,7 +33,6 @@
 #include <map>
 #include <mutex>
 #include <odp/error.hpp>
-#include <thread>
 
 #include "../creator_process.hpp"
 #include "../memory_map.hpp"
@@ -128,6 +129,96 @@ UniqueFd open_userfaultfd(std::string& how) {
             ")");
 }
 
+// The reader's thread, on a stack of its own: a mapping between two PROT_NONE
+// guard pages, so a VMA of its own that never merges with the application's
+// memory, and that register_range() never registers. A glibc thread stack is
+// plain anonymous memory: before Linux 6.7 (MAP_STACK did not yet mark it) a
+// buffer mapped right above one merges with it into one VMA, registered whole
+// when the buffer is watched, and still registered once the buffer is
+// munmap()ped. At exit glibc madvise(DONTNEED)s a thread's stack; on a
+// registered stack the exiting reader would sleep until that event was read,
+// that is forever (the guide example hung so on Linux 6.1). For the same
+// reason the thread is a pthread, not a std::thread (whose state the new
+// thread frees at exit, which can trim the heap): nothing the reader does
+// after its loop can wait for a reader.
+class ReaderThread {
+  public:
+    ReaderThread() {
+        const std::size_t guard = page_size();
+        void* const mapping = ::mmap(nullptr, stack_bytes + 2 * guard, PROT_NONE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (mapping == MAP_FAILED) {
+            throw Error(errno, "mmap of the userfaultfd reader thread's stack: " +
+                                   std::string(std::strerror(errno)));
+        }
+        mapping_ = Range{reinterpret_cast<std::uintptr_t>(mapping),
+                         reinterpret_cast<std::uintptr_t>(mapping) + stack_bytes + 2 * guard};
+        if (::mprotect(stack(), stack_bytes, PROT_READ | PROT_WRITE) != 0) {
+            const int error = errno;
+            ::munmap(mapping, mapping_.length());
+            throw Error(error, "mprotect of the userfaultfd reader thread's stack: " +
+                                   std::string(std::strerror(error)));
+        }
+    }
+    ~ReaderThread() {
+        join();
+        if (!abandoned_) {
+            ::munmap(reinterpret_cast<void*>(mapping_.begin), mapping_.length());
+        }
+    }
+    ReaderThread(const ReaderThread&) = delete;
+    ReaderThread& operator=(const ReaderThread&) = delete;
+
+    // Starts body(argument) with every signal blocked. Throws odp::Error.
+    void start(void* (*body)(void*), void* argument) {
+        pthread_attr_t attributes;
+        ::pthread_attr_init(&attributes);
+        int error = ::pthread_attr_setstack(&attributes, stack(), stack_bytes);
+        if (error == 0) {
+            const AllSignalsBlocked blocked;
+            error = ::pthread_create(&thread_, &attributes, body, argument);
+        }
+        ::pthread_attr_destroy(&attributes);
+        if (error != 0) {
+            throw Error(error, "cannot start the userfaultfd reader thread: " +
+                                   std::string(std::strerror(error)));
+        }
+        running_ = true;
+        ::pthread_setname_np(thread_, "odp-uffd-reader");  // for ps and debuggers
+    }
+
+    // Waits for the body, which the caller has made return.
+    void join() noexcept {
+        if (running_) {
+            ::pthread_join(thread_, nullptr);
+            running_ = false;
+        }
+    }
+
+    // In a forked child: the thread is the parent's and does not exist here.
+    void abandon() noexcept {
+        running_ = false;
+        abandoned_ = true;
+    }
+
+    // The whole mapping, guard pages included.
+    [[nodiscard]] Range mapping() const noexcept { return mapping_; }
+
+  private:
+    // Ample for read_loop() (a few KiB), glibc's thread control block and static
+    // TLS, and a sanitizer's runtime; pages never touched cost nothing.
+    static constexpr std::size_t stack_bytes = std::size_t{1} << 20;
+
+    [[nodiscard]] void* stack() const noexcept {
+        return reinterpret_cast<void*>(mapping_.begin + page_size());
+    }
+
+    Range mapping_;
+    pthread_t thread_{};
+    bool running_ = false;
+    bool abandoned_ = false;
+};
+
 class UserfaultfdSource final : public Source {
   public:
     explicit UserfaultfdSource(const MirrorOptions& options)
@@ -147,7 +238,12 @@ class UserfaultfdSource final : public Source {
                         "userfaultfd on this kernel " + lacks + "; load odp_mirror.ko instead");
         }
         features_ = api.features;
-        reader_ = start_thread_without_signals([this] { read_loop(); });
+        reader_.start(
+            [](void* self) -> void* {
+                static_cast<UserfaultfdSource*>(self)->read_loop();
+                return nullptr;
+            },
+            this);
     }
 
     ~UserfaultfdSource() override {
@@ -155,7 +251,7 @@ class UserfaultfdSource final : public Source {
             // A forked child: the reader is the parent's thread (stop_ would
             // stop it there) and the registrations are the parent's. Closing
             // the child's copies of the descriptors touches neither.
-            leave_to_parent(reader_);
+            reader_.abandon();
             return;
         }
         stop_.signal();
@@ -274,6 +370,14 @@ class UserfaultfdSource final : public Source {
             const std::string name =
                 (mapping.path.empty() ? std::string("anonymous") : mapping.path) + " " +
                 mapping.permissions;
+            if (mapping.range.overlaps(reader_.mapping())) {
+                registration.refusals.push_back(Refusal{
+                    piece, EDEADLK,
+                    name + ": the stack of libodp's own userfaultfd reader thread, which must "
+                           "never wait for an event it would have to read itself",
+                    name});
+                continue;
+            }
             if (mapping.path.starts_with("/SYSV")) {
                 registration.refusals.push_back(Refusal{
                     piece, ENOTSUP,
@@ -496,7 +600,7 @@ class UserfaultfdSource final : public Source {
     std::atomic<bool> overflow_{false};
     // Events that can drop a registration (unmap, remap, loss), as read.
     std::atomic<std::uint64_t> unmaps_seen_{0};
-    std::thread reader_;
+    ReaderThread reader_;
 
     std::mutex mutex_;                        // watches_ and registration (application threads)
     std::map<std::uint64_t, Range> watches_;  // page-aligned watched ranges
