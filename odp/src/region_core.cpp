@@ -36,6 +36,14 @@ void raise_to(std::atomic<std::uint64_t>& peak, std::uint64_t value) noexcept {
 
 std::atomic<unsigned> next_stripe{0};
 
+// True if each piece lies inside one of `watched` (adjacent ranges merged).
+bool all_within(const std::vector<Piece>& pieces, const std::vector<Range>& watched) {
+    return std::all_of(pieces.begin(), pieces.end(), [&](const Piece& piece) {
+        return std::any_of(watched.begin(), watched.end(),
+                           [&](Range range) { return range.contains(piece.range); });
+    });
+}
+
 }  // namespace
 
 std::atomic<TestHook> test_hook{nullptr};
@@ -66,9 +74,9 @@ RegionCore::RegionCore(std::shared_ptr<Device> device, const Config& config)
             }
             watch_ = mirror_->watch(config_.range, *this);
             monitor_ = std::string(to_string(mirror_->kind()));
-            for (const Unwatched& part : watch_.unwatched()) {
-                monitor_ += "; not watched: [" + format_address(part.range.begin) + ", " +
-                            format_address(part.range.end) + ") " + part.why;
+            if (const std::string parts = summarize(watch_.unwatched()); !parts.empty()) {
+                monitor_ +=
+                    "; not watched: " + parts + " (Region::unwatched() lists each with the reason)";
             }
         } else {
             monitor_ = "none (the application promised never to change mapped buffers)";
@@ -581,10 +589,18 @@ void RegionCore::throw_unmapped(Range part) const {
                             " (freed, never mapped, or PROT_NONE): pass a live buffer");
 }
 
-void RegionCore::register_pieces_locked(Pin& pin, Range span, Range part) {
+bool RegionCore::register_pieces_locked(Pin& pin, Range span, Range part,
+                                        const std::vector<Range>& watched) {
     const int flags = to_ibv_access(config_.access);
     const std::uint64_t reserved = page_rounded(span);
     dev_.reserve_locked(reserved, *this, what("translate", part));
+    const auto drop_pieces = [&]() noexcept {
+        for (const Piece& piece : pin.pieces) {
+            dev_.nic->deregister(piece.mr);
+        }
+        pin.pieces.clear();
+        dev_.unreserve(reserved);
+    };
     std::uint64_t used = 0;
     try {
         try {
@@ -614,12 +630,12 @@ void RegionCore::register_pieces_locked(Pin& pin, Range span, Range part) {
             }
         }
     } catch (...) {
-        for (const Piece& piece : pin.pieces) {
-            dev_.nic->deregister(piece.mr);
-        }
-        pin.pieces.clear();
-        dev_.unreserve(reserved);
+        drop_pieces();
         throw;
+    }
+    if (!all_within(pin.pieces, watched)) {
+        drop_pieces();
+        return false;
     }
     dev_.unreserve(reserved - used);
     pin.pinned_bytes = used;
@@ -629,24 +645,29 @@ void RegionCore::register_pieces_locked(Pin& pin, Range span, Range part) {
         bytes += piece.range.length();
     }
     bytes_registered_.fetch_add(bytes, std::memory_order_relaxed);
+    return true;
 }
 
-Range RegionCore::arm_locked(Range span, Range part) {
+RegionCore::Armed RegionCore::arm_locked(Range span, Range part) {
     if (!watch_) {
-        return span;
+        return {span, {span}};
     }
     // The source must watch what is about to be pinned (userfaultfd only sees
     // mappings registered with it). If some mapping in the chunk cannot be
     // watched, pin only the pages asked for, which must be watchable.
     try {
-        watch_.arm(span);
-        return span;
+        return {span, watch_.arm(span)};
     } catch (const Error&) {
         const std::uintptr_t mask = page_size() - 1;
         const Range narrow = Range{part.begin & ~mask, (part.end + mask) & ~mask}.intersect(span);
-        watch_.arm(narrow);  // throws the source's error, which says what to do
-        return narrow;
+        return {narrow, watch_.arm(narrow)};  // throws the source's error, which says what to do
     }
+}
+
+void RegionCore::throw_unsettled(Range part) const {
+    throw_error(EAGAIN, what("translate", part) + ": the mapping changed during " +
+                            std::to_string(max_fault_attempts) +
+                            " registrations in a row: retry later");
 }
 
 RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
@@ -687,14 +708,24 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
 
         const std::uint64_t seq = slot.seq.load(std::memory_order_seq_cst);
         const std::uint64_t epoch = epoch_.load(std::memory_order_seq_cst);
-        const Range span = arm_locked(chunk_range(chunk), part);
+        const Armed armed = arm_locked(chunk_range(chunk), part);
         Pin& pin = allocate_pin_locked();
         pin.chunk = chunk;
+        bool watched = false;
         try {
-            register_pieces_locked(pin, span, part);
+            watched = register_pieces_locked(pin, armed.span, part, armed.watched);
         } catch (...) {
             return_unused_pin_locked(pin);
             throw;
+        }
+        if (!watched) {
+            // Memory was mapped into a hole of the chunk after it was armed
+            // (no event says so): pinned, it would never be watched. Arm again.
+            return_unused_pin_locked(pin);
+            if (attempt + 1 >= max_fault_attempts) {
+                throw_unsettled(part);
+            }
+            continue;
         }
         // One lease (ours), next incarnation, not leasable by others until
         // the re-check below confirms it.
@@ -725,9 +756,7 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
         slot.pin.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel);
         release_pin(&pin);
         if (attempt + 1 >= max_fault_attempts) {
-            throw_error(EAGAIN, what("translate", part) + ": the mapping changed during " +
-                                    std::to_string(max_fault_attempts) +
-                                    " registrations in a row: retry later");
+            throw_unsettled(part);
         }
     }
 }

@@ -215,6 +215,7 @@ class RegionCore final : public InvalidationListener {
     void collect();
     [[nodiscard]] Stats stats() const;
     [[nodiscard]] std::string monitor_description() const;
+    [[nodiscard]] std::vector<Unwatched> unwatched() const { return watch_.unwatched(); }
     [[nodiscard]] std::string describe() const;
     [[nodiscard]] const Config& config() const noexcept { return config_; }
 
@@ -281,8 +282,15 @@ class RegionCore final : public InvalidationListener {
     Leaf& ensure_leaf_locked(std::size_t chunk);
     Pin& allocate_pin_locked();
     void return_unused_pin_locked(Pin& pin) noexcept;
-    void register_pieces_locked(Pin& pin, Range span, Range part);
-    [[nodiscard]] Range arm_locked(Range span, Range part);
+    // False (nothing registered) when it would pin memory outside `watched`.
+    [[nodiscard]] bool register_pieces_locked(Pin& pin, Range span, Range part,
+                                              const std::vector<Range>& watched);
+    struct Armed {
+        Range span;                  // what to register
+        std::vector<Range> watched;  // the parts of it the source watches
+    };
+    [[nodiscard]] Armed arm_locked(Range span, Range part);
+    [[noreturn]] void throw_unsettled(Range part) const;
     [[noreturn]] void throw_unmapped(Range part) const;
     bool mark_stale(Pin& pin, bool changed) noexcept;
     bool try_claim(Pin& pin, bool require_stale) noexcept;

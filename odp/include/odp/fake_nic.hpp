@@ -36,6 +36,10 @@ class ODP_API FakeNic final : public Nic {
     // Called (without the fake's lock) after each successful register_memory,
     // with the range: lets tests change the world in the middle of a fault.
     void set_on_register(std::function<void(Range)> hook);
+    // Called (without the fake's lock) at the start of each register_memory,
+    // before the mapping is looked at: lets tests change the mapping between
+    // the moment libodp prepared a chunk and the NIC's pinning of it.
+    void set_before_register(std::function<void(Range)> hook);
     // Whether the fake claims to pin memory (default no: budgets above
     // RLIMIT_MEMLOCK are allowed). Set it before handing the fake to a Device.
     void set_pins_memory(bool pins) noexcept { pins_memory_ = pins; }
@@ -67,6 +71,7 @@ class ODP_API FakeNic final : public Nic {
     bool check_mapping_ = true;
     bool pins_memory_ = false;
     std::function<void(Range)> on_register_;
+    std::function<void(Range)> before_register_;
 };
 
 }  // namespace odp

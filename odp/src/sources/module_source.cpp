@@ -21,6 +21,7 @@
 #include <odp/error.hpp>
 #include <utility>
 
+#include "../creator_process.hpp"
 #include "source.hpp"
 
 namespace odp::detail {
@@ -217,6 +218,9 @@ class ModuleSource final : public Source {
     }
 
     void remove(std::uint64_t id) noexcept override {
+        if (!creator_.is_current()) {
+            return;  // a forked child: the regions are the parent's (the module says EPERM)
+        }
         std::uint32_t region = 0;
         {
             const std::lock_guard lock(mutex_);
@@ -244,13 +248,13 @@ class ModuleSource final : public Source {
     // is enough (the wait is per region) and nothing is faulted. After it,
     // every change whose event the caller has already seen is over; the later
     // ones reach the caller's sequence re-check or its published pin.
-    void arm(std::uint64_t id, Range sub) override {
+    std::vector<Range> arm(std::uint64_t id, Range sub) override {
         std::uint32_t region = 0;
         {
             const std::lock_guard lock(mutex_);
             const auto found = regions_.find(id);
             if (found == regions_.end()) {
-                return;  // an empty watch (nothing of it is in the address space)
+                return {sub};  // an empty watch (nothing of it is in the address space)
             }
             region = found->second;
         }
@@ -261,7 +265,7 @@ class ModuleSource final : public Source {
             request.start = page.begin;
             request.length = page.length();
             if (::ioctl(fd_.get(), ODP_MIRROR_IOC_SNAPSHOT, &request) == 0) {
-                return;
+                return {sub};
             }
             const int error = errno;
             if (error == EINTR) {
@@ -305,6 +309,7 @@ class ModuleSource final : public Source {
         return query;
     }
 
+    const CreatorProcess creator_;
     std::string path_;
     UniqueFd fd_;
     odp_mirror_query query_;
