@@ -15,6 +15,7 @@
 // (malloc's arena lock when free() trims the heap, a region lock) can never
 // stall the reader. (libfabric's userfaultfd monitor hung in free() for want
 // of exactly this: ofiwg/libfabric#5554, #5662.)
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/userfaultfd.h>
@@ -26,13 +27,19 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <odp/error.hpp>
+#include <set>
+#include <string>
 
 #include "../creator_process.hpp"
 #include "../memory_map.hpp"
@@ -219,6 +226,35 @@ class ReaderThread {
     bool abandoned_ = false;
 };
 
+// What /proc/self/task/<tid>/syscall (proc(5)) says of one thread: the system
+// call it is blocked in, "-1" outside any, "running" while it is runnable
+// (nothing can be read then).
+enum class ThreadCall { Gone, Outside, Zapping, Unknown };
+
+ThreadCall thread_call(const char* tid) {
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/syscall", tid);
+    const UniqueFd file(::open(path, O_RDONLY | O_CLOEXEC));
+    if (file.get() < 0) {
+        return errno == ENOENT ? ThreadCall::Gone : ThreadCall::Unknown;
+    }
+    char text[32] = {};
+    if (::read(file.get(), text, sizeof text - 1) <= 0) {
+        return ThreadCall::Unknown;  // exited meanwhile reads as empty: decided next round
+    }
+    if (text[0] != '-' && (text[0] < '0' || text[0] > '9')) {
+        return ThreadCall::Unknown;  // "running"
+    }
+    const long number = std::strtol(text, nullptr, 10);
+    // madvise(DONTNEED/FREE/REMOVE) zaps after its REMOVE was read; io_uring
+    // can run an madvise inside io_uring_enter.
+    return number == SYS_madvise || number == SYS_io_uring_enter ? ThreadCall::Zapping
+                                                                 : ThreadCall::Outside;
+}
+
+// How long a fault waits for madvise calls that sent a REMOVE to return.
+constexpr std::chrono::seconds removal_wait_limit{1};
+
 class UserfaultfdSource final : public Source {
   public:
     explicit UserfaultfdSource(const MirrorOptions& options)
@@ -326,6 +362,7 @@ class UserfaultfdSource final : public Source {
 
     std::vector<Range> arm(std::uint64_t /*id*/, Range sub) override {
         refuse_in_a_child();
+        wait_for_removals();
         const Range aligned = page_align(sub);
         const std::lock_guard lock(mutex_);
         // A range registered since the last unmap anywhere is still
@@ -349,6 +386,68 @@ class UserfaultfdSource final : public Source {
     }
 
   private:
+    // madvise(DONTNEED/FREE/REMOVE) sends REMOVE *before* it zaps, and no
+    // event follows the zap: a chunk pinned after the REMOVE was delivered but
+    // before the zap is over holds pages that then leave the mapping, and
+    // nothing reports it. userfaultfd offers no way to wait for the zap, so
+    // this waits for the madvise calls themselves: the thread that sent a
+    // REMOVE is inside madvise(2) when we read the event, and once it is seen
+    // outside (or gone), its zap is over. Until every other thread of the
+    // process has been seen so, nothing is pinned: a runnable thread cannot be
+    // looked at, and a thread that stays inside madvise may be the sender.
+    // A REMOVE read later was delivered after the fault noted its chunk's
+    // sequence, which then fails its re-check. Throws EAGAIN after
+    // removal_wait_limit.
+    void wait_for_removals() {
+        const std::uint64_t target = removes_read_.load(std::memory_order_acquire);
+        if (target <= removes_settled_.load(std::memory_order_acquire)) {
+            return;  // no REMOVE since the last wait: one load
+        }
+        const auto self = std::to_string(::gettid());
+        const auto deadline = std::chrono::steady_clock::now() + removal_wait_limit;
+        std::set<std::string> seen_outside;
+        for (std::string waiting_for;; waiting_for.clear()) {
+            const std::unique_ptr<DIR, int (*)(DIR*)> tasks(::opendir("/proc/self/task"),
+                                                            ::closedir);
+            if (!tasks) {
+                waiting_for = "/proc/self/task: " + errno_text(errno);
+            }
+            while (const dirent* entry = tasks ? ::readdir(tasks.get()) : nullptr) {
+                const std::string tid = entry->d_name;
+                if (tid.front() == '.' || tid == self || seen_outside.contains(tid)) {
+                    continue;
+                }
+                const ThreadCall call = thread_call(entry->d_name);
+                if (call == ThreadCall::Gone || call == ThreadCall::Outside) {
+                    seen_outside.insert(tid);
+                } else if (waiting_for.empty()) {
+                    waiting_for =
+                        "thread " + tid +
+                        (call == ThreadCall::Zapping ? " is inside madvise or io_uring_enter"
+                                                     : " is running or cannot be observed");
+                }
+            }
+            if (waiting_for.empty()) {
+                break;
+            }
+            if (std::chrono::steady_clock::now() >= deadline) {
+                throw Error(EAGAIN,
+                            "userfaultfd: a madvise(MADV_DONTNEED) of watched memory "
+                            "may still be discarding pages after " +
+                                std::to_string(removal_wait_limit.count()) + " s (" + waiting_for +
+                                "); nothing was pinned: retry later, or load "
+                                "odp_mirror.ko, which can wait for it exactly");
+            }
+            const timespec pause{0, 200'000};
+            ::nanosleep(&pause, nullptr);
+        }
+        std::uint64_t settled = removes_settled_.load(std::memory_order_relaxed);
+        while (settled < target &&
+               !removes_settled_.compare_exchange_weak(settled, target, std::memory_order_release,
+                                                       std::memory_order_relaxed)) {
+        }
+    }
+
     void refuse_in_a_child() const {
         if (!creator_.is_current()) {
             throw Error(EPERM, "this userfaultfd belongs to process " +
@@ -509,6 +608,7 @@ class UserfaultfdSource final : public Source {
                     }
                     if (errno != EAGAIN) {
                         unmaps_seen_.fetch_add(1, std::memory_order_release);
+                        removes_read_.fetch_add(1, std::memory_order_release);  // maybe one
                         overflow_.store(true, std::memory_order_release);
                     }
                     break;
@@ -531,6 +631,7 @@ class UserfaultfdSource final : public Source {
                      InvalidationReason::Unmap);
                 break;
             case UFFD_EVENT_REMOVE:
+                removes_read_.fetch_add(1, std::memory_order_release);  // before it is delivered
                 push(Range{message.arg.remove.start, message.arg.remove.end},
                      InvalidationReason::Clear);
                 break;
@@ -550,6 +651,7 @@ class UserfaultfdSource final : public Source {
             default:
                 // Not asked for; treat as unknown change of everything.
                 unmaps_seen_.fetch_add(1, std::memory_order_release);
+                removes_read_.fetch_add(1, std::memory_order_release);
                 overflow_.store(true, std::memory_order_release);
                 break;
         }
@@ -580,6 +682,7 @@ class UserfaultfdSource final : public Source {
 
     void report_loss_and_pause() noexcept {
         unmaps_seen_.fetch_add(1, std::memory_order_release);  // events of any kind lost
+        removes_read_.fetch_add(1, std::memory_order_release);
         overflow_.store(true, std::memory_order_release);
         begun_.fetch_add(1, std::memory_order_acq_rel);
         read_through_.store(begun_.load(std::memory_order_acquire), std::memory_order_release);
@@ -600,6 +703,8 @@ class UserfaultfdSource final : public Source {
     std::atomic<bool> overflow_{false};
     // Events that can drop a registration (unmap, remap, loss), as read.
     std::atomic<std::uint64_t> unmaps_seen_{0};
+    std::atomic<std::uint64_t> removes_read_{0};     // REMOVE events read
+    std::atomic<std::uint64_t> removes_settled_{0};  // ... whose madvise has returned
     ReaderThread reader_;
 
     std::mutex mutex_;                        // watches_ and registration (application threads)

@@ -2,11 +2,17 @@
 // the public API and the fake NIC: what libodp does to the application's own
 // mappings, memory mapped during a fault, and fork. Skips (saying why) when
 // userfaultfd is not available here.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <odp/device.hpp>
@@ -238,6 +244,69 @@ TEST_F(UserfaultfdRegion, MemoryMappedIntoAHoleDuringAFaultIsWatched) {
         << "pinned memory that was never watched: its munmap went unheard";
     // The memory is gone: a translate must say so, not serve the old pages.
     test::expect_error(EFAULT, [&] { (void)region.translate(memory.data(MiB), page); });
+}
+
+// Found by odp-stress (issue 13, item 9): madvise(MADV_DONTNEED) sends REMOVE
+// before it discards the pages, and no event follows. A chunk faulted after
+// the REMOVE was delivered, while that madvise still runs, may pin pages that
+// are discarded a moment later, silently. So the fault must wait for the
+// madvise to return. Here the madvise covers the region's mapping and then a
+// mapping registered with a userfaultfd of the test's own, whose REMOVE the
+// test reads when it chooses: after the region's REMOVE is delivered the
+// madvise stays in the kernel, as a long zap would, every time.
+TEST_F(UserfaultfdRegion, AFaultWaitsForTheMadviseThatSentADeliveredRemove) {
+    const GuardedMapping memory(4 * MiB);
+    int fd =
+        static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+    if (fd < 0) {
+        fd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    }
+    ASSERT_GE(fd, 0) << "a second userfaultfd: " << std::strerror(errno);
+    const std::unique_ptr<int, void (*)(int*)> holder(&fd, [](int* open) { ::close(*open); });
+    uffdio_api api{};
+    api.api = UFFD_API;
+    api.features = UFFD_FEATURE_EVENT_REMOVE;
+    ASSERT_EQ(::ioctl(fd, UFFDIO_API, &api), 0) << std::strerror(errno);
+    uffdio_register second{};
+    second.range = uffdio_range{memory.range().begin + 2 * MiB, 2 * MiB};
+    second.mode = UFFDIO_REGISTER_MODE_MISSING;  // never touched: no fault comes here
+    ASSERT_EQ(::ioctl(fd, UFFDIO_REGISTER, &second), 0) << std::strerror(errno);
+
+    Region region = register_emulated(memory.data(), 2 * MiB);
+    EXPECT_FALSE(region.translate(memory.data(), page).release());
+    const std::uint64_t before = region.stats().total_invalidations();
+    std::thread zap([&] {
+        EXPECT_EQ(::madvise(memory.data(), 4 * MiB, MADV_DONTNEED), 0) << std::strerror(errno);
+    });
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (region.stats().total_invalidations() == before &&
+           std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_NE(region.stats().total_invalidations(), before) << "the REMOVE never arrived";
+
+    std::atomic<bool> translated{false};
+    bool changed = true;
+    std::thread fault([&] {
+        Lease lease = region.translate(memory.data(), page);
+        translated.store(true);
+        changed = lease.release();
+    });
+    for (int waited_ms = 0; waited_ms < 500 && !translated.load(); ++waited_ms) {
+        std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_FALSE(translated.load())
+        << "the chunk was pinned while the madvise that sent its REMOVE was still running";
+    // Read the test's REMOVE: the madvise returns, and the fault may go on.
+    pollfd ready{fd, POLLIN, 0};
+    ASSERT_EQ(::poll(&ready, 1, 10'000), 1) << "the second REMOVE never came";
+    uffd_msg message{};
+    ASSERT_EQ(::read(fd, &message, sizeof message), static_cast<ssize_t>(sizeof message));
+    EXPECT_EQ(message.event, UFFD_EVENT_REMOVE);
+    zap.join();
+    fault.join();
+    EXPECT_TRUE(translated.load());
+    EXPECT_FALSE(changed);
 }
 
 // Issue 13, item 7: a child forked with regions alive runs their destructors
