@@ -706,6 +706,9 @@ RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part) {
             }
         }
 
+        // In this order: the sources report some changes (MADV_DONTNEED,
+        // reclaim) when they start, and arm() waits until the ones delivered
+        // so far are over; one delivered after the loads fails the re-check.
         const std::uint64_t seq = slot.seq.load(std::memory_order_seq_cst);
         const std::uint64_t epoch = epoch_.load(std::memory_order_seq_cst);
         const Armed armed = arm_locked(chunk_range(chunk), part);

@@ -15,7 +15,9 @@
 //  * The slow path (fault, evict, sweep, region open/close) runs under the
 //    device's mutex, which no invalidation ever takes. A fault re-checks the
 //    leaf sequence after publishing its pin (the read_begin/retry pattern of
-//    mmu_interval_notifier) so that a concurrent invalidation is never lost.
+//    mmu_interval_notifier) so that a concurrent invalidation is never lost;
+//    between reading the sequence and pinning, Watch::arm() waits for the
+//    changes already delivered to be over (the read_begin wait).
 //  * Pins are never freed while their region lives (type-stable memory): a
 //    hit path that read a recycled pin notices through the verifying load.
 //  * A region core counts one reference for its handle plus one per pin not

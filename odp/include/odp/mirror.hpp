@@ -186,11 +186,13 @@ class ODP_API Mirror::Watch {
     // nothing to do. Userfaultfd: registers the
     // mappings created since watch() (a new mmap inside the range is not
     // watched until armed), each whole so that the application's VMAs are
-    // never split. Returns the parts of `sub` watched now (all of it, but for
-    // userfaultfd's holes), in order: memory mapped into a hole after arm()
-    // is not watched, so pin only inside them (or arm again). Throws
-    // odp::Error naming the first part that cannot be watched and why (EINVAL
-    // file mapping, EPERM read-only, EBUSY another userfaultfd) and what to do.
+    // never split; and waits until every madvise(2) whose REMOVE event was
+    // read so far has returned (REMOVE comes before the pages go; EAGAIN if
+    // that cannot be seen within a second). Returns the parts of `sub` watched now (all of it, but
+    // for userfaultfd's holes), in order: memory mapped into a hole after arm() is not watched, so
+    // pin only inside them (or arm again). Throws odp::Error naming the first part that cannot be
+    // watched and why (EINVAL file mapping, EPERM read-only, EBUSY another userfaultfd) and what to
+    // do.
     std::vector<Range> arm(Range sub) const;
 
     // What watch() could not watch in range() (empty when all of it is).
