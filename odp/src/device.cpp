@@ -9,6 +9,7 @@
 #include <odp/error.hpp>
 
 #include "region_core.hpp"
+#include "sources/source.hpp"
 
 namespace odp {
 
@@ -101,7 +102,7 @@ void DeviceState::request_fault_ahead_locked(RegionCore& region, std::size_t chu
         return;
     }
     if (!ahead_thread_.joinable()) {
-        ahead_thread_ = std::thread([this] { run_fault_ahead(); });
+        ahead_thread_ = start_thread_without_signals([this] { run_fault_ahead(); });
     }
     ahead_requests_.push_back({&region, chunk});
     ahead_wake_.notify_one();

@@ -45,6 +45,11 @@ void FakeNic::set_registration_cost(std::chrono::microseconds cost) {
     registration_cost_ = cost;
 }
 
+void FakeNic::set_before_register(std::function<void(Range)> hook) {
+    const std::scoped_lock lock(mutex_);
+    before_register_ = std::move(hook);
+}
+
 FakeNic::Counters FakeNic::counters() const {
     const std::scoped_lock lock(mutex_);
     return counters_;
@@ -66,6 +71,14 @@ bool FakeNic::covers(std::uint32_t lkey, std::uintptr_t address, std::size_t len
 }
 
 NicMr FakeNic::register_memory(std::uintptr_t address, std::size_t length, int ibv_access) {
+    std::function<void(Range)> before;
+    {
+        const std::scoped_lock lock(mutex_);
+        before = before_register_;
+    }
+    if (before) {
+        before(Range{address, length == SIZE_MAX ? ~std::uintptr_t{0} : address + length});
+    }
     NicMr mr;
     std::function<void(Range)> hook;
     std::chrono::microseconds cost{0};

@@ -33,6 +33,7 @@
 #include <thread>
 #include <utility>
 
+#include "creator_process.hpp"
 #include "sources/source.hpp"
 
 namespace odp {
@@ -54,6 +55,57 @@ std::string_view to_string(MonitorKind kind) noexcept {
 }
 
 namespace {
+
+// What kind of part an errno of a source's refusal means.
+std::string_view unwatched_kind(int error) noexcept {
+    switch (error) {
+        case EINVAL:
+            return "file-backed or special";
+        case EPERM:
+            return "read-only file";
+        case EBUSY:
+            return "registered with another userfaultfd";
+        case ENOTSUP:
+            return "System V shared memory";
+        case ENOMEM:
+            return "out of memory or vm.max_map_count";
+        case EDEADLK:
+            return "libodp's own reader stack";
+        default:
+            return "other";
+    }
+}
+
+}  // namespace
+
+std::string summarize(const std::vector<Unwatched>& parts, std::size_t listed) {
+    if (parts.empty()) {
+        return {};
+    }
+    std::map<std::string_view, std::size_t> kinds;
+    for (const Unwatched& part : parts) {
+        ++kinds[unwatched_kind(part.error)];
+    }
+    std::string text = std::to_string(parts.size()) + (parts.size() == 1 ? " part (" : " parts (");
+    bool first = true;
+    for (const auto& [kind, count] : kinds) {
+        text += (first ? "" : ", ") + std::to_string(count) + " " + std::string(kind);
+        first = false;
+    }
+    text += "): ";
+    const std::size_t shown = std::min(listed, parts.size());
+    for (std::size_t i = 0; i < shown; ++i) {
+        const Unwatched& part = parts[i];
+        text += (i == 0 ? "" : ", ") + detail::describe(part.range) + " " +
+                (part.mapping.empty() ? part.why : part.mapping);
+    }
+    if (shown < parts.size()) {
+        text += "; and " + std::to_string(parts.size() - shown) + " more";
+    }
+    return text;
+}
+
+namespace {
 std::atomic<std::uint64_t> next_watch_id{1};
 // Set while this thread delivers events (any Mirror's dispatch pass).
 thread_local bool delivering = false;
@@ -63,13 +115,13 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
                                      public std::enable_shared_from_this<Core> {
   public:
     Core(std::unique_ptr<detail::Source> source, boost::asio::io_context* io)
-        : source_(std::move(source)), io_(io), pid_(::getpid()) {}
+        : source_(std::move(source)), io_(io) {}
 
     ~Core() { descriptor_.reset(); }
 
     [[nodiscard]] detail::Source& source() const noexcept { return *source_; }
     [[nodiscard]] boost::asio::io_context* io() const noexcept { return io_; }
-    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    [[nodiscard]] pid_t pid() const noexcept { return creator_.pid(); }
 
     std::uint64_t add_watch(Range range, InvalidationListener& listener) {
         std::uint64_t id = 0;
@@ -94,6 +146,12 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
     }
 
     void remove_watch(std::uint64_t id) noexcept {
+        if (!creator_.is_current()) {
+            // A forked child: the table may have been locked by a thread of
+            // the parent at fork time, and a callback "running" there never
+            // returns here. The source leaves the parent's registrations.
+            return;
+        }
         {
             std::unique_lock lock(registry_mutex_);
             entries_.erase(id);
@@ -112,9 +170,10 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
         return found == entries_.end() ? std::vector<Unwatched>{} : found->second.unwatched;
     }
 
-    void arm(std::uint64_t id, Range sub) {
-        source_->arm(id, sub);
+    std::vector<Range> arm(std::uint64_t id, Range sub) {
+        std::vector<Range> watched = source_->arm(id, sub);
         armed_.fetch_add(1, std::memory_order_relaxed);
+        return watched;
     }
 
     // One drain of the source, delivering to the listeners.
@@ -233,10 +292,17 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
 
     // Own-thread dispatch: poll the source and a stop flag.
     void start_thread() {
-        thread_ = std::thread([core = shared_from_this()] { core->run_thread(); });
+        thread_ = detail::start_thread_without_signals(
+            [core = shared_from_this()] { core->run_thread(); });
     }
 
     void stop_thread() noexcept {
+        if (!creator_.is_current()) {
+            // A forked child: stop_ would stop the parent's dispatcher, and
+            // ours does not exist here.
+            detail::leave_to_parent(thread_);
+            return;
+        }
         stop_.signal();
         if (thread_.get_id() == std::this_thread::get_id()) {
             // The last reference went away inside a callback: the thread holds
@@ -248,6 +314,16 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
     }
 
     void stop_async() noexcept {
+        if (!creator_.is_current()) {
+            // A forked child: removing the descriptor from the io_context's
+            // epoll set (which the child shares with the parent) would remove
+            // it for the parent too. Leave it to the parent.
+            if (descriptor_) {
+                detail::leave_to_parent(*descriptor_);
+                descriptor_.reset();
+            }
+            return;
+        }
         stopping_.store(true, std::memory_order_release);
         try {
             boost::asio::post(*strand_, [core = shared_from_this()] { core->descriptor_.reset(); });
@@ -355,7 +431,7 @@ class ODP_LOCAL Mirror::Core final : public detail::EventSink,
 
     const std::unique_ptr<detail::Source> source_;
     boost::asio::io_context* const io_;
-    const pid_t pid_;
+    const detail::CreatorProcess creator_;
 
     mutable std::mutex registry_mutex_;
     std::condition_variable registry_cv_;
@@ -561,7 +637,7 @@ void Mirror::Watch::reset() noexcept {
     }
 }
 
-void Mirror::Watch::arm(Range sub) const {
+std::vector<Range> Mirror::Watch::arm(Range sub) const {
     if (!mirror_) {
         throw Error(EINVAL, "Mirror::Watch::arm on an empty (moved-from or reset) watch");
     }
@@ -570,7 +646,7 @@ void Mirror::Watch::arm(Range sub) const {
                                 ": must be a non-empty part of the watched range " +
                                 detail::describe(range_));
     }
-    mirror_->core_->arm(id_, sub);
+    return mirror_->core_->arm(id_, sub);
 }
 
 std::vector<Unwatched> Mirror::Watch::unwatched() const {

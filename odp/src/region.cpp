@@ -49,6 +49,9 @@ bool Region::implicit() const {
 std::string Region::monitor() const {
     return core().monitor_description();
 }
+std::vector<Unwatched> Region::unwatched() const {
+    return core().unwatched();
+}
 std::string Region::describe() const {
     return core().describe();
 }

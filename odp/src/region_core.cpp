@@ -36,6 +36,14 @@ void raise_to(std::atomic<std::uint64_t>& peak, std::uint64_t value) noexcept {
 
 std::atomic<unsigned> next_stripe{0};
 
+// True if each piece lies inside one of `watched` (adjacent ranges merged).
+bool all_within(const std::vector<Piece>& pieces, const std::vector<Range>& watched) {
+    return std::all_of(pieces.begin(), pieces.end(), [&](const Piece& piece) {
+        return std::any_of(watched.begin(), watched.end(),
+                           [&](Range range) { return range.contains(piece.range); });
+    });
+}
+
 }  // namespace
 
 std::atomic<TestHook> test_hook{nullptr};
@@ -66,9 +74,9 @@ RegionCore::RegionCore(std::shared_ptr<Device> device, const Config& config)
             }
             watch_ = mirror_->watch(config_.range, *this);
             monitor_ = std::string(to_string(mirror_->kind()));
-            for (const Unwatched& part : watch_.unwatched()) {
-                monitor_ += "; not watched: [" + format_address(part.range.begin) + ", " +
-                            format_address(part.range.end) + ") " + part.why;
+            if (const std::string parts = summarize(watch_.unwatched()); !parts.empty()) {
+                monitor_ +=
+                    "; not watched: " + parts + " (Region::unwatched() lists each with the reason)";
             }
         } else {
             monitor_ = "none (the application promised never to change mapped buffers)";
@@ -493,6 +501,7 @@ Lease RegionCore::translate(std::uintptr_t address, std::size_t length, std::siz
 }
 
 Lease RegionCore::lease_range(Range want, std::size_t max_sge, const char* operation) {
+    CallReference reference;  // before the lease: outlives it on every path
     Lease lease;
     if (config_.mode != Mode::Emulated) {
         acquire_whole(want, max_sge, lease);
@@ -527,6 +536,7 @@ Lease RegionCore::lease_range(Range want, std::size_t max_sge, const char* opera
         if (hit.pin != nullptr) {
             ++hits;
         } else {
+            reference.hold(*this);
             hit = acquire_slow(chunk, part);
             note_demand_fault(chunk);
         }
@@ -588,14 +598,22 @@ void RegionCore::throw_unmapped(Range part) const {
                             " (freed, never mapped, or PROT_NONE): pass a live buffer");
 }
 
-void RegionCore::register_pieces(Pin& pin, Range span, Range part, std::uint64_t reserved) {
+bool RegionCore::register_pieces(Pin& pin, Range span, Range part, std::uint64_t reserved,
+                                 const std::vector<Range>& watched) {
     const int flags = to_ibv_access(config_.access);
+    const auto drop_pieces = [&]() noexcept {
+        for (const Piece& piece : pin.pieces) {
+            dev_.nic->deregister(piece.mr);
+        }
+        pin.pieces.clear();
+        dev_.unreserve(reserved);
+    };
     std::uint64_t used = 0;
     try {
         try {
             pin.pieces.push_back(
                 Piece{span, dev_.nic->register_memory(span.begin, span.length(), flags)});
-            used = reserved;
+            used = page_rounded(span);
         } catch (const Error& error) {
             if (error.errno_value() != EFAULT) {
                 throw;
@@ -619,12 +637,12 @@ void RegionCore::register_pieces(Pin& pin, Range span, Range part, std::uint64_t
             }
         }
     } catch (...) {
-        for (const Piece& piece : pin.pieces) {
-            dev_.nic->deregister(piece.mr);
-        }
-        pin.pieces.clear();
-        dev_.unreserve(reserved);
+        drop_pieces();
         throw;
+    }
+    if (!all_within(pin.pieces, watched)) {
+        drop_pieces();
+        return false;
     }
     dev_.unreserve(reserved - used);
     pin.pinned_bytes = used;
@@ -634,37 +652,35 @@ void RegionCore::register_pieces(Pin& pin, Range span, Range part, std::uint64_t
         bytes += piece.range.length();
     }
     bytes_registered_.fetch_add(bytes, std::memory_order_relaxed);
+    return true;
 }
 
-Range RegionCore::arm_locked(Range span, Range part) {
+RegionCore::Armed RegionCore::arm(Range span, Range part) {
     if (!watch_) {
-        return span;
+        return {span, {span}};
     }
     // The source must watch what is about to be pinned (userfaultfd only sees
     // mappings registered with it). If some mapping in the chunk cannot be
     // watched, pin only the pages asked for, which must be watchable.
     try {
-        watch_.arm(span);
-        return span;
+        return {span, watch_.arm(span)};
     } catch (const Error&) {
         const std::uintptr_t mask = page_size() - 1;
         const Range narrow = Range{part.begin & ~mask, (part.end + mask) & ~mask}.intersect(span);
-        watch_.arm(narrow);  // throws the source's error, which says what to do
-        return narrow;
+        return {narrow, watch_.arm(narrow)};  // throws the source's error, which says what to do
     }
+}
+
+void RegionCore::throw_unsettled(Range part) const {
+    throw_error(EAGAIN, what("translate", part) + ": the mapping changed during " +
+                            std::to_string(max_fault_attempts) +
+                            " registrations in a row: retry later");
 }
 
 RegionCore::Hit RegionCore::acquire_slow(std::size_t chunk, Range part, FaultKind kind) {
     if (kind == FaultKind::Demand) {
         misses_.fetch_add(1, std::memory_order_relaxed);
     }
-    // The fault runs partly unlocked: a close() of the handle meanwhile must
-    // not delete the core under it.
-    references_.fetch_add(1, std::memory_order_relaxed);
-    const struct Reference {
-        RegionCore& core;
-        ~Reference() { core.drop_reference(); }
-    } reference{*this};
     std::unique_lock lock(dev_.mutex);
     // One fault per chunk: a thread that finds the chunk being faulted waits
     // for that fault and leases what it registered.
@@ -739,10 +755,17 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part, FaultKi
             }
         }
 
+        // In this order: the sources report some changes (MADV_DONTNEED,
+        // reclaim) when they start, and arm() waits until the ones delivered
+        // so far are over; one delivered after the loads fails the re-check.
         const std::uint64_t seq = slot.seq.load(std::memory_order_seq_cst);
         const std::uint64_t epoch = epoch_.load(std::memory_order_seq_cst);
-        const Range span = arm_locked(chunk_range(chunk), part);
-        const std::uint64_t reserved = page_rounded(span);
+        // The whole chunk is reserved (arm() may narrow it; the rest goes
+        // back after the registration), then arm() and the registration
+        // (ibv_reg_mr pins and may sleep) run unlocked: the pin is ours until
+        // published, the bytes are reserved.
+        const Range whole = chunk_range(chunk);
+        const std::uint64_t reserved = page_rounded(whole);
         Pin& pin = allocate_pin_locked();
         pin.chunk = chunk;
         try {
@@ -752,15 +775,31 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part, FaultKi
             return_unused_pin_locked(pin);
             throw;
         }
-        // The registration (ibv_reg_mr pins and may sleep) runs unlocked: the
-        // pin is ours until published, the bytes are reserved.
         lock.unlock();
+        bool watched = false;
         try {
-            register_pieces(pin, span, part, reserved);
+            Armed armed;
+            try {
+                armed = arm(whole, part);
+            } catch (...) {
+                dev_.unreserve(reserved);
+                throw;
+            }
+            watched = register_pieces(pin, armed.span, part, reserved, armed.watched);
         } catch (...) {
             lock.lock();
             return_unused_pin_locked(pin);
             throw;
+        }
+        if (!watched) {
+            // Memory was mapped into a hole of the chunk after it was armed
+            // (no event says so): pinned, it would never be watched. Arm again.
+            lock.lock();
+            return_unused_pin_locked(pin);
+            if (attempt + 1 >= max_fault_attempts) {
+                throw_unsettled(part);
+            }
+            continue;
         }
         // One lease (ours), next incarnation, not leasable by others until
         // the re-check below confirms it.
@@ -794,9 +833,7 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part, FaultKi
         slot.pin.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel);
         release_pin(&pin);
         if (attempt + 1 >= max_fault_attempts) {
-            throw_error(EAGAIN, what("translate", part) + ": the mapping changed during " +
-                                    std::to_string(max_fault_attempts) +
-                                    " registrations in a row: retry later");
+            throw_unsettled(part);
         }
     }
 }

@@ -19,10 +19,12 @@
 //    of different chunks register in parallel: a fault first claims its
 //    chunk (a second faulter of the chunk waits for the first) and reserves
 //    its bytes (the budget is never overshot, eviction happens under the
-//    lock), then registers unlocked. It re-checks the chunk's sequence after
-//    publishing its pin (the read_begin/retry pattern of
-//    mmu_interval_notifier) so that an invalidation delivered before or
-//    during the registration is never lost.
+//    lock), then arms the watch and registers unlocked. It re-checks the
+//    chunk's sequence after publishing its pin (the read_begin/retry pattern
+//    of mmu_interval_notifier) so that an invalidation delivered before or
+//    during the registration is never lost; between reading the sequence
+//    and pinning, Watch::arm() waits for the changes already delivered to be
+//    over (the read_begin wait).
 //  * Pins are never freed while their region lives (type-stable memory): a
 //    hit path that read a recycled pin notices through the verifying load.
 //  * A region core counts one reference for its handle plus one per pin not
@@ -267,6 +269,7 @@ class RegionCore final : public InvalidationListener {
     void collect();
     [[nodiscard]] Stats stats() const;
     [[nodiscard]] std::string monitor_description() const;
+    [[nodiscard]] std::vector<Unwatched> unwatched() const { return watch_.unwatched(); }
     [[nodiscard]] std::string describe() const;
     [[nodiscard]] const Config& config() const noexcept { return config_; }
 
@@ -312,6 +315,30 @@ class RegionCore final : public InvalidationListener {
         bool ahead = false;  // the pin was faulted ahead and not leased before
     };
 
+    // Keeps the core alive until the end of a call that faults: a fault runs
+    // partly unlocked, and a close() of the handle meanwhile must not delete
+    // the core under the call. Taken on the slow path only.
+    class CallReference {
+      public:
+        CallReference() = default;
+        CallReference(const CallReference&) = delete;
+        CallReference& operator=(const CallReference&) = delete;
+        ~CallReference() {
+            if (core_ != nullptr) {
+                core_->drop_reference();  // may delete the core: the call's last step
+            }
+        }
+        void hold(RegionCore& core) noexcept {
+            if (core_ == nullptr) {
+                core.references_.fetch_add(1, std::memory_order_relaxed);
+                core_ = &core;
+            }
+        }
+
+      private:
+        RegionCore* core_ = nullptr;
+    };
+
     RegionCore(std::shared_ptr<Device> device, const Config& config);
     ~RegionCore();
 
@@ -346,9 +373,18 @@ class RegionCore final : public InvalidationListener {
     Pin& allocate_pin_locked();
     void return_unused_pin_locked(Pin& pin) noexcept;
     // Unlocked: `pin` is this fault's own until published; `reserved` bytes
-    // of the budget are held for it (released here on failure).
-    void register_pieces(Pin& pin, Range span, Range part, std::uint64_t reserved);
-    [[nodiscard]] Range arm_locked(Range span, Range part);
+    // of the budget are held for it (what is not used goes back; all of it
+    // on failure). False (nothing registered) when it would pin memory
+    // outside `watched`.
+    [[nodiscard]] bool register_pieces(Pin& pin, Range span, Range part, std::uint64_t reserved,
+                                       const std::vector<Range>& watched);
+    struct Armed {
+        Range span;                  // what to register
+        std::vector<Range> watched;  // the parts of it the source watches
+    };
+    // Unlocked (the sources serialise their own state).
+    [[nodiscard]] Armed arm(Range span, Range part);
+    [[noreturn]] void throw_unsettled(Range part) const;
     [[noreturn]] void throw_unmapped(Range part) const;
     bool mark_stale(Pin& pin, bool changed) noexcept;
     bool try_claim(Pin& pin, bool require_stale) noexcept;

@@ -8,6 +8,7 @@
 #include <odp/nic.hpp>
 #include <odp/verbs.hpp>
 
+#include "creator_process.hpp"
 #include "native_check.hpp"
 
 namespace odp {
@@ -76,6 +77,15 @@ class VerbsNic final : public Nic {
         }
     }
 
+    ~VerbsNic() override {
+        if (!creator_.is_current()) {
+            // A forked child: the PD and the context's objects are the
+            // parent's (a child's ibv_dealloc_pd would free them for it).
+            static_cast<void>(pd_.release());
+            static_cast<void>(context_.release());
+        }
+    }
+
     [[nodiscard]] std::string_view name() const noexcept override { return name_; }
     [[nodiscard]] const DeviceCaps& caps() const noexcept override { return caps_; }
 
@@ -104,8 +114,8 @@ class VerbsNic final : public Nic {
     }
 
     void deregister(const NicMr& mr) noexcept override {
-        if (mr.handle == nullptr) {
-            return;
+        if (mr.handle == nullptr || !creator_.is_current()) {
+            return;  // in a forked child the MR is the parent's: leave it registered
         }
         if (const int rc = ibv_dereg_mr(static_cast<ibv_mr*>(mr.handle)); rc != 0) {
             log_error("ibv_dereg_mr(lkey " + std::to_string(mr.lkey) + ") on " + name_ + ": " +
@@ -131,6 +141,7 @@ class VerbsNic final : public Nic {
     [[nodiscard]] ibv_pd* pd() const noexcept override { return pd_.get(); }
 
   private:
+    const detail::CreatorProcess creator_;
     verbs::ContextPtr context_;
     verbs::PdPtr pd_;  // declared after context_: destroyed first
     std::string name_;

@@ -41,6 +41,10 @@ class ODP_API FakeNic final : public Nic {
     // lock, so concurrent registrations overlap as on a real NIC: 2 MiB
     // take 50-100 us there). Default 0.
     void set_registration_cost(std::chrono::microseconds cost);
+    // Called (without the fake's lock) at the start of each register_memory,
+    // before the mapping is looked at: lets tests change the mapping between
+    // the moment libodp prepared a chunk and the NIC's pinning of it.
+    void set_before_register(std::function<void(Range)> hook);
     // Whether the fake claims to pin memory (default no: budgets above
     // RLIMIT_MEMLOCK are allowed). Set it before handing the fake to a Device.
     void set_pins_memory(bool pins) noexcept { pins_memory_ = pins; }
@@ -73,6 +77,7 @@ class ODP_API FakeNic final : public Nic {
     bool pins_memory_ = false;
     std::function<void(Range)> on_register_;
     std::chrono::microseconds registration_cost_{0};
+    std::function<void(Range)> before_register_;
 };
 
 }  // namespace odp

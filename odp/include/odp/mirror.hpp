@@ -30,6 +30,7 @@
 #include <odp/listener.hpp>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace boost::asio {
@@ -51,9 +52,23 @@ enum class MonitorKind {
 
 // A part of a watched range that the source cannot watch, and why.
 struct Unwatched {
+    Unwatched() = default;
+    Unwatched(Range range_in, std::string why_in, int error_in = 0, std::string mapping_in = {})
+        : range(range_in),
+          why(std::move(why_in)),
+          error(error_in),
+          mapping(std::move(mapping_in)) {}
+
     Range range;
-    std::string why;
+    std::string why;      // the mapping and the reason, in a sentence
+    int error = 0;        // the errno it was refused with: EINVAL, EPERM, EBUSY, ENOTSUP, ...
+    std::string mapping;  // "/usr/lib/.../libc.so.6 r--p" as /proc/self/maps names it, if known
 };
+
+// One line for logs and tools: how many parts, counted by kind, and the first
+// `listed` of them ("12 parts (11 file-backed or special mappings, 1 read-only
+// file mapping): [0x.., 0x..) /usr/lib/..., ...; 9 more"); "" when empty.
+[[nodiscard]] std::string summarize(const std::vector<Unwatched>& parts, std::size_t listed = 3);
 
 struct MirrorOptions {
     MonitorKind kind = MonitorKind::Auto;
@@ -163,13 +178,22 @@ class ODP_API Mirror::Watch {
     ~Watch();
 
     // Makes sure the memory mapped now in `sub` (inside range()) is watched:
-    // call it before pinning memory there. Module, None, Fake: nothing to do
-    // (the module watches addresses, not mappings). Userfaultfd: registers the
+    // call it before pinning memory there, after noting which events were
+    // delivered. Module: the module watches addresses, not mappings, but
+    // reports a change when it starts (MADV_DONTNEED, reclaim): waits until
+    // no change of the watched range is in progress, so none that was
+    // delivered can still remove pages after they are pinned. None, Fake:
+    // nothing to do. Userfaultfd: registers the
     // mappings created since watch() (a new mmap inside the range is not
-    // watched until armed). Throws odp::Error naming the first part that cannot
-    // be watched and why (EINVAL file mapping, EPERM read-only, EBUSY another
-    // userfaultfd) and what to do.
-    void arm(Range sub) const;
+    // watched until armed), each whole so that the application's VMAs are
+    // never split; and waits until every madvise(2) whose REMOVE event was
+    // read so far has returned (REMOVE comes before the pages go; EAGAIN if
+    // that cannot be seen within a second). Returns the parts of `sub` watched now (all of it, but
+    // for userfaultfd's holes), in order: memory mapped into a hole after arm() is not watched, so
+    // pin only inside them (or arm again). Throws odp::Error naming the first part that cannot be
+    // watched and why (EINVAL file mapping, EPERM read-only, EBUSY another userfaultfd) and what to
+    // do.
+    std::vector<Range> arm(Range sub) const;
 
     // What watch() could not watch in range() (empty when all of it is).
     [[nodiscard]] std::vector<Unwatched> unwatched() const;

@@ -13,6 +13,7 @@
 #include <odp/stats.hpp>
 #include <odp/types.hpp>
 #include <string>
+#include <vector>
 
 namespace odp {
 
@@ -63,7 +64,14 @@ class ODP_API Region {
     [[nodiscard]] bool implicit() const;           // register_address_space()
     // Which invalidation source watches the region: "odp_mirror module",
     // "userfaultfd", "none (...)", or "not needed (native)"/"(pinned: not coherent)".
+    // Parts it cannot watch are summed up in one line (counts by kind, the
+    // first few ranges); unwatched() lists every one with its reason.
     [[nodiscard]] std::string monitor() const;
+    // Emulated regions: the parts of the range the invalidation source could
+    // not watch when the region was registered (file mappings, System V
+    // shared memory... for userfaultfd), each with the reason. Chunks there
+    // are never pinned whole: a translate inside one throws the reason.
+    [[nodiscard]] std::vector<Unwatched> unwatched() const;
     // "emulated, 2 MiB chunks, [0x7f.., 0x7f..) on rxe0, monitor userfaultfd"
     [[nodiscard]] std::string describe() const;
 

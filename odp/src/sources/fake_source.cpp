@@ -35,12 +35,13 @@ class FakeSource final : public Source {
         return overlapping(range);
     }
     void remove(std::uint64_t /*id*/) noexcept override {}
-    void arm(std::uint64_t /*id*/, Range sub) override {
+    std::vector<Range> arm(std::uint64_t /*id*/, Range sub) override {
         const std::vector<Unwatched> bad = overlapping(sub);
         if (!bad.empty()) {
             throw Error(EINVAL, "cannot watch " + describe(bad.front().range) +
                                     " (fake source): " + bad.front().why);
         }
+        return {sub};
     }
 
     void inject(Range range, InvalidationReason reason) override {
@@ -71,7 +72,8 @@ class FakeSource final : public Source {
         std::vector<Unwatched> result;
         for (const Unwatched& bad : unwatchable_) {
             if (bad.range.overlaps(range)) {
-                result.push_back(Unwatched{bad.range.intersect(range), bad.why});
+                result.push_back(
+                    Unwatched{bad.range.intersect(range), bad.why, bad.error, bad.mapping});
             }
         }
         return result;

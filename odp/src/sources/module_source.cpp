@@ -3,7 +3,8 @@
 //
 // One REGISTER per watch (cookie = watch id) puts an mmu interval notifier on
 // exactly the watched addresses, mapped or not, so every change of any
-// mapping there is reported: nothing to arm. Events are read from the
+// mapping there is reported; arm() only waits for changes still in progress
+// (see there). Events are read from the
 // read-only ring mapped into this process and consumed by storing the tail in
 // the consumer page: draining takes no system call; poll() only wakes the
 // dispatcher. The kernel never waits for us: a full ring drops the event and
@@ -20,6 +21,7 @@
 #include <odp/error.hpp>
 #include <utility>
 
+#include "../creator_process.hpp"
 #include "source.hpp"
 
 namespace odp::detail {
@@ -145,7 +147,8 @@ class ModuleSource final : public Source {
                "munmap, mremap, mmap(MAP_FIXED), brk, shmdt, madvise, mprotect, fork "
                "copy-on-write, page migration, reclaim, truncation and process exit. The "
                "kernel never waits for the reader; a full event ring is reported as an "
-               "overflow (everything stale). Nothing needs arming.";
+               "overflow (everything stale). Before a chunk is pinned, changes still in progress "
+               "in the region are waited for (they are reported when they start).";
     }
 
     [[nodiscard]] int ready_fd() const noexcept override { return fd_.get(); }
@@ -215,6 +218,9 @@ class ModuleSource final : public Source {
     }
 
     void remove(std::uint64_t id) noexcept override {
+        if (!creator_.is_current()) {
+            return;  // a forked child: the regions are the parent's (the module says EPERM)
+        }
         std::uint32_t region = 0;
         {
             const std::lock_guard lock(mutex_);
@@ -233,7 +239,49 @@ class ModuleSource final : public Source {
         }
     }
 
-    void arm(std::uint64_t /*id*/, Range /*sub*/) override {}
+    // Nothing to watch (the module watches addresses, mapped or not), but a
+    // change reported so far may still be running: MADV_DONTNEED and reclaim
+    // queue their event when the invalidation starts, before the pages go. A
+    // chunk pinned meanwhile would hold pages that the zap then removes, and
+    // no later event says so. SNAPSHOT starts with mmu_interval_read_begin(),
+    // which waits until no invalidation of the region is in progress; one page
+    // is enough (the wait is per region) and nothing is faulted. After it,
+    // every change whose event the caller has already seen is over; the later
+    // ones reach the caller's sequence re-check or its published pin.
+    std::vector<Range> arm(std::uint64_t id, Range sub) override {
+        std::uint32_t region = 0;
+        {
+            const std::lock_guard lock(mutex_);
+            const auto found = regions_.find(id);
+            if (found == regions_.end()) {
+                return {sub};  // an empty watch (nothing of it is in the address space)
+            }
+            region = found->second;
+        }
+        const Range page = Range::from_length(page_align(sub).begin, page_size());
+        for (;;) {
+            auto request = sized<odp_mirror_snapshot>();
+            request.id = region;
+            request.start = page.begin;
+            request.length = page.length();
+            if (::ioctl(fd_.get(), ODP_MIRROR_IOC_SNAPSHOT, &request) == 0) {
+                return {sub};
+            }
+            const int error = errno;
+            if (error == EINTR) {
+                continue;  // a signal while the kernel retried: nothing was done
+            }
+            if (error == EBUSY) {
+                throw Error(EAGAIN, "odp_mirror SNAPSHOT " + describe(page) +
+                                        ": the mapping kept changing for a second: retry later");
+            }
+            throw Error(error, "odp_mirror SNAPSHOT " + describe(page) + " of region " +
+                                   std::to_string(region) +
+                                   " (waiting for changes in progress "
+                                   "before pinning): " +
+                                   std::strerror(error));
+        }
+    }
 
   private:
     static odp_mirror_query query(int fd, const std::string& path) {
@@ -247,10 +295,11 @@ class ModuleSource final : public Source {
                                     std::to_string(ODP_MIRROR_ABI_VERSION) +
                                     ": load the odp_mirror.ko built with this library");
         }
-        const std::uint64_t needed = ODP_MIRROR_FEATURE_EVENT_RING | ODP_MIRROR_FEATURE_POLL;
+        const std::uint64_t needed =
+            ODP_MIRROR_FEATURE_EVENT_RING | ODP_MIRROR_FEATURE_POLL | ODP_MIRROR_FEATURE_SNAPSHOT;
         if ((query.features & needed) != needed) {
             throw Error(ENOTSUP, path +
-                                     " lacks the event ring or poll support: load the "
+                                     " lacks the event ring, poll or SNAPSHOT support: load the "
                                      "odp_mirror.ko built with this library");
         }
         if (query.event_size != sizeof(odp_mirror_event)) {
@@ -260,6 +309,7 @@ class ModuleSource final : public Source {
         return query;
     }
 
+    const CreatorProcess creator_;
     std::string path_;
     UniqueFd fd_;
     odp_mirror_query query_;

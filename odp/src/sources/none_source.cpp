@@ -18,7 +18,7 @@ class NoneSource final : public Source {
     std::uint64_t drain(EventSink& /*sink*/) override { return 0; }
     std::vector<Unwatched> add(std::uint64_t /*id*/, Range /*range*/) override { return {}; }
     void remove(std::uint64_t /*id*/) noexcept override {}
-    void arm(std::uint64_t /*id*/, Range /*sub*/) override {}
+    std::vector<Range> arm(std::uint64_t /*id*/, Range sub) override { return {sub}; }
 };
 
 }  // namespace

@@ -2,11 +2,16 @@
 // the invalidation sources (module, userfaultfd, none, fake). Internal.
 #pragma once
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <odp/mirror.hpp>
 #include <string_view>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace odp::detail {
@@ -54,8 +59,9 @@ class Source {
     virtual std::vector<Unwatched> add(std::uint64_t id, Range range) = 0;
     // Stops watching for `id`. Never throws (logs).
     virtual void remove(std::uint64_t id) noexcept = 0;
-    // See Mirror::Watch::arm.
-    virtual void arm(std::uint64_t id, Range sub) = 0;
+    // See Mirror::Watch::arm: returns the parts of `sub` watched now, in
+    // address order, adjacent parts merged.
+    virtual std::vector<Range> arm(std::uint64_t id, Range sub) = 0;
 
     // Fake only; the others throw odp::Error(EINVAL).
     virtual void inject(Range range, InvalidationReason reason);
@@ -66,6 +72,17 @@ class Source {
 std::unique_ptr<Source> make_fake_source(const MirrorOptions& options);
 std::unique_ptr<Source> make_none_source();
 std::unique_ptr<Source> make_userfaultfd_source(const MirrorOptions& options);
+
+// Why userfaultfd cannot be created, from the errnos of the three ways tried
+// (userfaultfd(UFFD_USER_MODE_ONLY), userfaultfd(), /dev/userfaultfd), the
+// value of vm.unprivileged_userfaultfd (-1 if unreadable) and whether the
+// process has CAP_SYS_PTRACE. Tells a seccomp filter or LSM from the sysctl.
+[[nodiscard]] std::string explain_userfaultfd_refusal(int user_mode_errno, int syscall_errno,
+                                                      int device_errno, int unprivileged_sysctl,
+                                                      bool has_ptrace_capability);
+// What this kernel's userfaultfd lacks for the source (UFFDIO_API's
+// `features` and `ioctls` answers), or "" if nothing.
+[[nodiscard]] std::string userfaultfd_api_shortcoming(std::uint64_t features, std::uint64_t ioctls);
 std::unique_ptr<Source> make_module_source(const MirrorOptions& options);
 
 // A bounded single-producer single-consumer queue of events; never blocks and
@@ -117,6 +134,34 @@ class WakeFd {
   private:
     UniqueFd fd_;
 };
+
+// Blocks every signal in the calling thread while it lives. A thread created
+// meanwhile inherits the mask, so libodp's own threads (the userfaultfd
+// reader, the Mirror's dispatcher) start with every signal blocked from their
+// first instruction: the application's signals then always go to its own
+// threads, never into a handler running on a thread that must take no lock
+// (the reader) or that runs listeners. Faults (SIGSEGV, SIGBUS...) are
+// delivered all the same.
+class AllSignalsBlocked {
+  public:
+    AllSignalsBlocked() noexcept {
+        sigset_t all;
+        ::sigfillset(&all);
+        ::pthread_sigmask(SIG_SETMASK, &all, &previous_);
+    }
+    ~AllSignalsBlocked() { ::pthread_sigmask(SIG_SETMASK, &previous_, nullptr); }
+    AllSignalsBlocked(const AllSignalsBlocked&) = delete;
+    AllSignalsBlocked& operator=(const AllSignalsBlocked&) = delete;
+
+  private:
+    sigset_t previous_{};
+};
+
+template <typename Body>
+std::thread start_thread_without_signals(Body&& body) {
+    const AllSignalsBlocked blocked;
+    return std::thread(std::forward<Body>(body));
+}
 
 [[nodiscard]] std::uintptr_t page_size() noexcept;
 // [begin rounded down, end rounded up] to pages.

@@ -15,22 +15,33 @@
 // (malloc's arena lock when free() trims the heap, a region lock) can never
 // stall the reader. (libfabric's userfaultfd monitor hung in free() for want
 // of exactly this: ofiwg/libfabric#5554, #5662.)
+#include <dirent.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <odp/error.hpp>
-#include <thread>
+#include <set>
+#include <string>
 
+#include "../creator_process.hpp"
 #include "../memory_map.hpp"
 #include "source.hpp"
 
@@ -40,12 +51,48 @@ namespace {
 constexpr std::uint64_t required_features =
     UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP;
 
+// Registration is per mapping and always of the whole mapping: registering a
+// part would split the application's VMA, and before Linux 6.17 its own
+// mremap() of a range spanning the split fails with EFAULT.
+
 // A part that cannot be registered, with the errno that says why.
 struct Refusal {
     Range range;
     int errno_value;
     std::string why;
+    std::string mapping;  // path and permissions
 };
+
+// What register_range() did to a range.
+struct Registration {
+    std::vector<Range> watched;  // registered now, in order, adjacent ones merged
+    std::vector<Refusal> refusals;
+};
+
+void append_merged(std::vector<Range>& ranges, Range range) {
+    if (!ranges.empty() && ranges.back().end == range.begin) {
+        ranges.back().end = range.end;
+    } else {
+        ranges.push_back(range);
+    }
+}
+
+// vm.unprivileged_userfaultfd, or -1 when it cannot be read.
+int read_unprivileged_sysctl() {
+    std::ifstream file("/proc/sys/vm/unprivileged_userfaultfd");
+    int value = -1;
+    file >> value;
+    return file ? value : -1;
+}
+
+bool has_ptrace_capability() {
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2]{};
+    if (::syscall(SYS_capget, &header, data) != 0) {
+        return false;
+    }
+    return (data[CAP_TO_INDEX(CAP_SYS_PTRACE)].effective & CAP_TO_MASK(CAP_SYS_PTRACE)) != 0;
+}
 
 std::string errno_text(int errno_value) {
     return std::strerror(errno_value);
@@ -79,21 +126,134 @@ UniqueFd open_userfaultfd(std::string& how) {
         }
     }
     device_errno = errno;
-    std::string hint;
-    if (syscall_errno == ENOSYS) {
-        hint =
-            "the kernel has no CONFIG_USERFAULTFD or a seccomp filter (e.g. a container "
-            "runtime's default profile) blocks the system call";
-    } else if (syscall_errno == EPERM) {
-        hint = "vm.unprivileged_userfaultfd is 0 and the process lacks CAP_SYS_PTRACE";
-    } else {
-        hint = "unexpected error";
-    }
-    throw Error(syscall_errno,
-                "cannot create a userfaultfd: userfaultfd(UFFD_USER_MODE_ONLY): " +
-                    errno_text(user_mode_errno) + "; userfaultfd(): " + errno_text(syscall_errno) +
-                    "; /dev/userfaultfd: " + errno_text(device_errno) + " (" + hint + ")");
+    throw Error(
+        syscall_errno,
+        "cannot create a userfaultfd: userfaultfd(UFFD_USER_MODE_ONLY): " +
+            errno_text(user_mode_errno) + "; userfaultfd(): " + errno_text(syscall_errno) +
+            "; /dev/userfaultfd: " + errno_text(device_errno) + " (" +
+            explain_userfaultfd_refusal(user_mode_errno, syscall_errno, device_errno,
+                                        read_unprivileged_sysctl(), has_ptrace_capability()) +
+            ")");
 }
+
+// The reader's thread, on a stack of its own: a mapping between two PROT_NONE
+// guard pages, so a VMA of its own that never merges with the application's
+// memory, and that register_range() never registers. A glibc thread stack is
+// plain anonymous memory: before Linux 6.7 (MAP_STACK did not yet mark it) a
+// buffer mapped right above one merges with it into one VMA, registered whole
+// when the buffer is watched, and still registered once the buffer is
+// munmap()ped. At exit glibc madvise(DONTNEED)s a thread's stack; on a
+// registered stack the exiting reader would sleep until that event was read,
+// that is forever (the guide example hung so on Linux 6.1). For the same
+// reason the thread is a pthread, not a std::thread (whose state the new
+// thread frees at exit, which can trim the heap): nothing the reader does
+// after its loop can wait for a reader.
+class ReaderThread {
+  public:
+    ReaderThread() {
+        const std::size_t guard = page_size();
+        void* const mapping = ::mmap(nullptr, stack_bytes + 2 * guard, PROT_NONE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (mapping == MAP_FAILED) {
+            throw Error(errno, "mmap of the userfaultfd reader thread's stack: " +
+                                   std::string(std::strerror(errno)));
+        }
+        mapping_ = Range{reinterpret_cast<std::uintptr_t>(mapping),
+                         reinterpret_cast<std::uintptr_t>(mapping) + stack_bytes + 2 * guard};
+        if (::mprotect(stack(), stack_bytes, PROT_READ | PROT_WRITE) != 0) {
+            const int error = errno;
+            ::munmap(mapping, mapping_.length());
+            throw Error(error, "mprotect of the userfaultfd reader thread's stack: " +
+                                   std::string(std::strerror(error)));
+        }
+    }
+    ~ReaderThread() {
+        join();
+        if (!abandoned_) {
+            ::munmap(reinterpret_cast<void*>(mapping_.begin), mapping_.length());
+        }
+    }
+    ReaderThread(const ReaderThread&) = delete;
+    ReaderThread& operator=(const ReaderThread&) = delete;
+
+    // Starts body(argument) with every signal blocked. Throws odp::Error.
+    void start(void* (*body)(void*), void* argument) {
+        pthread_attr_t attributes;
+        ::pthread_attr_init(&attributes);
+        int error = ::pthread_attr_setstack(&attributes, stack(), stack_bytes);
+        if (error == 0) {
+            const AllSignalsBlocked blocked;
+            error = ::pthread_create(&thread_, &attributes, body, argument);
+        }
+        ::pthread_attr_destroy(&attributes);
+        if (error != 0) {
+            throw Error(error, "cannot start the userfaultfd reader thread: " +
+                                   std::string(std::strerror(error)));
+        }
+        running_ = true;
+        ::pthread_setname_np(thread_, "odp-uffd-reader");  // for ps and debuggers
+    }
+
+    // Waits for the body, which the caller has made return.
+    void join() noexcept {
+        if (running_) {
+            ::pthread_join(thread_, nullptr);
+            running_ = false;
+        }
+    }
+
+    // In a forked child: the thread is the parent's and does not exist here.
+    void abandon() noexcept {
+        running_ = false;
+        abandoned_ = true;
+    }
+
+    // The whole mapping, guard pages included.
+    [[nodiscard]] Range mapping() const noexcept { return mapping_; }
+
+  private:
+    // Ample for read_loop() (a few KiB), glibc's thread control block and static
+    // TLS, and a sanitizer's runtime; pages never touched cost nothing.
+    static constexpr std::size_t stack_bytes = std::size_t{1} << 20;
+
+    [[nodiscard]] void* stack() const noexcept {
+        return reinterpret_cast<void*>(mapping_.begin + page_size());
+    }
+
+    Range mapping_;
+    pthread_t thread_{};
+    bool running_ = false;
+    bool abandoned_ = false;
+};
+
+// What /proc/self/task/<tid>/syscall (proc(5)) says of one thread: the system
+// call it is blocked in, "-1" outside any, "running" while it is runnable
+// (nothing can be read then).
+enum class ThreadCall { Gone, Outside, Zapping, Unknown };
+
+ThreadCall thread_call(const char* tid) {
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/syscall", tid);
+    const UniqueFd file(::open(path, O_RDONLY | O_CLOEXEC));
+    if (file.get() < 0) {
+        return errno == ENOENT ? ThreadCall::Gone : ThreadCall::Unknown;
+    }
+    char text[32] = {};
+    if (::read(file.get(), text, sizeof text - 1) <= 0) {
+        return ThreadCall::Unknown;  // exited meanwhile reads as empty: decided next round
+    }
+    if (text[0] != '-' && (text[0] < '0' || text[0] > '9')) {
+        return ThreadCall::Unknown;  // "running"
+    }
+    const long number = std::strtol(text, nullptr, 10);
+    // madvise(DONTNEED/FREE/REMOVE) zaps after its REMOVE was read; io_uring
+    // can run an madvise inside io_uring_enter.
+    return number == SYS_madvise || number == SYS_io_uring_enter ? ThreadCall::Zapping
+                                                                 : ThreadCall::Outside;
+}
+
+// How long a fault waits for madvise calls that sent a REMOVE to return.
+constexpr std::chrono::seconds removal_wait_limit{1};
 
 class UserfaultfdSource final : public Source {
   public:
@@ -108,18 +268,28 @@ class UserfaultfdSource final : public Source {
                                    " (the kernel lacks non-cooperative userfaultfd events; "
                                    "load odp_mirror.ko instead)");
         }
-        if ((api.features & required_features) != required_features) {
+        if (const std::string lacks = userfaultfd_api_shortcoming(api.features, api.ioctls);
+            !lacks.empty()) {
             throw Error(ENOTSUP,
-                        "userfaultfd on this kernel lacks EVENT_UNMAP, EVENT_REMOVE or "
-                        "EVENT_REMAP; load odp_mirror.ko instead");
+                        "userfaultfd on this kernel " + lacks + "; load odp_mirror.ko instead");
         }
-        if ((api.ioctls & (1ULL << _UFFDIO_REGISTER)) == 0) {
-            throw Error(ENOTSUP, "userfaultfd on this kernel has no UFFDIO_REGISTER");
-        }
-        reader_ = std::thread([this] { read_loop(); });
+        features_ = api.features;
+        reader_.start(
+            [](void* self) -> void* {
+                static_cast<UserfaultfdSource*>(self)->read_loop();
+                return nullptr;
+            },
+            this);
     }
 
     ~UserfaultfdSource() override {
+        if (!creator_.is_current()) {
+            // A forked child: the reader is the parent's thread (stop_ would
+            // stop it there) and the registrations are the parent's. Closing
+            // the child's copies of the descriptors touches neither.
+            reader_.abandon();
+            return;
+        }
         stop_.signal();
         reader_.join();
         // Closing the descriptor (member destructor) drops every registration
@@ -156,20 +326,25 @@ class UserfaultfdSource final : public Source {
     }
 
     std::vector<Unwatched> add(std::uint64_t id, Range range) override {
+        refuse_in_a_child();
         const Range aligned = page_align(range);
         const std::lock_guard lock(mutex_);
         forget_armed_if_unmapped();
-        std::vector<Refusal> refusals = register_range(aligned);
+        Registration registration = register_range(aligned);
         watches_.emplace(id, aligned);
         std::vector<Unwatched> unwatched;
-        unwatched.reserve(refusals.size());
-        for (Refusal& refusal : refusals) {
-            unwatched.push_back(Unwatched{refusal.range, std::move(refusal.why)});
+        unwatched.reserve(registration.refusals.size());
+        for (Refusal& refusal : registration.refusals) {
+            unwatched.push_back(Unwatched{refusal.range, std::move(refusal.why),
+                                          refusal.errno_value, std::move(refusal.mapping)});
         }
         return unwatched;
     }
 
     void remove(std::uint64_t id) noexcept override {
+        if (!creator_.is_current()) {
+            return;  // a forked child: the registrations are the parent's
+        }
         try {
             const std::lock_guard lock(mutex_);
             const auto found = watches_.find(id);
@@ -179,15 +354,15 @@ class UserfaultfdSource final : public Source {
             const Range removed = found->second;
             watches_.erase(found);
             armed_.clear();  // what stays registered is re-learnt at the next arm
-            for (const Range& piece : uncovered(removed)) {
-                unregister_range(piece);
-            }
+            unregister_unwatched_mappings(removed);
         } catch (const std::exception& error) {
             log_error(std::string("userfaultfd: unregistering a watch: ") + error.what());
         }
     }
 
-    void arm(std::uint64_t /*id*/, Range sub) override {
+    std::vector<Range> arm(std::uint64_t /*id*/, Range sub) override {
+        refuse_in_a_child();
+        wait_for_removals();
         const Range aligned = page_align(sub);
         const std::lock_guard lock(mutex_);
         // A range registered since the last unmap anywhere is still
@@ -196,89 +371,175 @@ class UserfaultfdSource final : public Source {
         // armed_. This skips a mappings query and an ioctl per chunk fault.
         forget_armed_if_unmapped();
         if (armed_covers(aligned)) {
-            return;
+            return {aligned};
         }
-        const std::vector<Refusal> refusals = register_range(aligned);
-        if (!refusals.empty()) {
-            const Refusal& first = refusals.front();
+        Registration registration = register_range(aligned);
+        if (!registration.refusals.empty()) {
+            const Refusal& first = registration.refusals.front();
             throw Error(first.errno_value,
                         "cannot watch " + describe(first.range) +
                             " with userfaultfd: " + first.why +
                             ". Load odp_mirror.ko (it watches any mapping), or register this "
                             "memory in Pinned mode");
         }
+        return std::move(registration.watched);
     }
 
   private:
-    // Registers every mapping in `range`; holes are skipped (nothing to pin
-    // there), and what cannot be registered is returned. What was registered
-    // is remembered in armed_. Caller holds mutex_.
-    std::vector<Refusal> register_range(Range range) {
-        std::vector<Refusal> refusals;
+    // madvise(DONTNEED/FREE/REMOVE) sends REMOVE *before* it zaps, and no
+    // event follows the zap: a chunk pinned after the REMOVE was delivered but
+    // before the zap is over holds pages that then leave the mapping, and
+    // nothing reports it. userfaultfd offers no way to wait for the zap, so
+    // this waits for the madvise calls themselves: the thread that sent a
+    // REMOVE is inside madvise(2) when we read the event, and once it is seen
+    // outside (or gone), its zap is over. Until every other thread of the
+    // process has been seen so, nothing is pinned: a runnable thread cannot be
+    // looked at, and a thread that stays inside madvise may be the sender.
+    // A REMOVE read later was delivered after the fault noted its chunk's
+    // sequence, which then fails its re-check. Throws EAGAIN after
+    // removal_wait_limit.
+    void wait_for_removals() {
+        const std::uint64_t target = removes_read_.load(std::memory_order_acquire);
+        if (target <= removes_settled_.load(std::memory_order_acquire)) {
+            return;  // no REMOVE since the last wait: one load
+        }
+        const auto self = std::to_string(::gettid());
+        const auto deadline = std::chrono::steady_clock::now() + removal_wait_limit;
+        std::set<std::string> seen_outside;
+        for (std::string waiting_for;; waiting_for.clear()) {
+            const std::unique_ptr<DIR, int (*)(DIR*)> tasks(::opendir("/proc/self/task"),
+                                                            ::closedir);
+            if (!tasks) {
+                waiting_for = "/proc/self/task: " + errno_text(errno);
+            }
+            while (const dirent* entry = tasks ? ::readdir(tasks.get()) : nullptr) {
+                const std::string tid = entry->d_name;
+                if (tid.front() == '.' || tid == self || seen_outside.contains(tid)) {
+                    continue;
+                }
+                const ThreadCall call = thread_call(entry->d_name);
+                if (call == ThreadCall::Gone || call == ThreadCall::Outside) {
+                    seen_outside.insert(tid);
+                } else if (waiting_for.empty()) {
+                    waiting_for =
+                        "thread " + tid +
+                        (call == ThreadCall::Zapping ? " is inside madvise or io_uring_enter"
+                                                     : " is running or cannot be observed");
+                }
+            }
+            if (waiting_for.empty()) {
+                break;
+            }
+            if (std::chrono::steady_clock::now() >= deadline) {
+                throw Error(EAGAIN,
+                            "userfaultfd: a madvise(MADV_DONTNEED) of watched memory "
+                            "may still be discarding pages after " +
+                                std::to_string(removal_wait_limit.count()) + " s (" + waiting_for +
+                                "); nothing was pinned: retry later, or load "
+                                "odp_mirror.ko, which can wait for it exactly");
+            }
+            const timespec pause{0, 200'000};
+            ::nanosleep(&pause, nullptr);
+        }
+        std::uint64_t settled = removes_settled_.load(std::memory_order_relaxed);
+        while (settled < target &&
+               !removes_settled_.compare_exchange_weak(settled, target, std::memory_order_release,
+                                                       std::memory_order_relaxed)) {
+        }
+    }
+
+    void refuse_in_a_child() const {
+        if (!creator_.is_current()) {
+            throw Error(EPERM, "this userfaultfd belongs to process " +
+                                   std::to_string(creator_.pid()) +
+                                   ", of which this process is a fork: the Mirror, Devices and "
+                                   "Regions of the parent cannot be used in a child; create new "
+                                   "ones here");
+        }
+    }
+
+    // Registers every mapping that overlaps `range`, whole (see the top of
+    // the file); holes are skipped (nothing to pin there), and what cannot be
+    // registered is returned, clipped to `range`. What was registered is
+    // remembered in armed_. Caller holds mutex_.
+    Registration register_range(Range range) {
+        Registration registration;
         for (const Mapping& mapping : read_mappings(range)) {
             const Range piece = mapping.range.intersect(range);
+            const std::string name =
+                (mapping.path.empty() ? std::string("anonymous") : mapping.path) + " " +
+                mapping.permissions;
+            if (mapping.range.overlaps(reader_.mapping())) {
+                registration.refusals.push_back(Refusal{
+                    piece, EDEADLK,
+                    name + ": the stack of libodp's own userfaultfd reader thread, which must "
+                           "never wait for an event it would have to read itself",
+                    name});
+                continue;
+            }
             if (mapping.path.starts_with("/SYSV")) {
-                refusals.push_back(Refusal{piece, ENOTSUP,
-                                           "System V shared memory (" + mapping.path +
-                                               "): shmdt() sends no userfaultfd event"});
+                registration.refusals.push_back(Refusal{
+                    piece, ENOTSUP,
+                    name + ": System V shared memory: shmdt() sends no userfaultfd event", name});
                 continue;
             }
             uffdio_register request{};
-            request.range.start = piece.begin;
-            request.range.len = piece.length();
+            request.range.start = mapping.range.begin;
+            request.range.len = mapping.range.length();
             request.mode = UFFDIO_REGISTER_MODE_WP;
             if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &request) == 0) {
-                remember_armed(piece);
+                remember_armed(mapping.range);
+                append_merged(registration.watched, piece);
                 continue;
             }
             const int error = errno;
-            refusals.push_back(Refusal{piece, error, why_refused(error, mapping)});
+            registration.refusals.push_back(
+                Refusal{piece, error, name + ": " + why_refused(error, mapping), name});
         }
-        return refusals;
+        return registration;
     }
 
-    static std::string why_refused(int error, const Mapping& mapping) {
-        const std::string what =
-            (mapping.path.empty() ? std::string("anonymous mapping") : mapping.path) + " " +
-            mapping.permissions;
+    [[nodiscard]] std::string why_refused(int error, const Mapping& mapping) const {
+        const bool shared = mapping.permissions.size() > 3 && mapping.permissions[3] == 's';
+        const bool anonymous = mapping.path.empty() || mapping.path.starts_with("[heap]") ||
+                               mapping.path.starts_with("[stack");
         switch (error) {
             case EINVAL:
-                return what +
-                       ": not anonymous, shmem or hugetlbfs memory (file-backed or "
-                       "special mapping), which userfaultfd cannot watch";
+                if (shared && (features_ & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) == 0) {
+                    return "shared memory, which this kernel's userfaultfd cannot register in "
+                           "write-protect mode (that needs Linux 5.19+), or a file mapping it "
+                           "cannot watch at all";
+                }
+                if (anonymous) {
+                    return "anonymous memory the kernel refused to register (UFFDIO_REGISTER "
+                           "in write-protect mode: EINVAL)";
+                }
+                return "not anonymous, shmem or hugetlbfs memory (file-backed or special "
+                       "mapping), which userfaultfd cannot watch";
             case EPERM:
-                return what +
-                       ": a mapping that can never become writable (read-only file), "
-                       "which userfaultfd refuses";
+                return "a mapping that can never become writable (read-only file), which "
+                       "userfaultfd refuses";
             case EBUSY:
-                return what +
-                       ": already registered with another userfaultfd (another memory "
-                       "monitor in this process, such as a libfabric provider's)";
+                return "already registered with another userfaultfd (another memory monitor "
+                       "in this process, such as a libfabric provider's)";
             case ENOMEM:
-                return what +
-                       ": out of memory, or vm.max_map_count reached while splitting "
-                       "mappings";
+                return "out of memory, or vm.max_map_count reached";
             default:
-                return what + ": UFFDIO_REGISTER failed: " + errno_text(error);
+                return "UFFDIO_REGISTER failed: " + errno_text(error);
         }
     }
 
-    void unregister_range(Range range) const noexcept {
-        uffdio_range request{range.begin, range.length()};
-        if (::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &request) == 0) {
-            return;
-        }
-        // A hole-free range of registrable mappings never gets here; with file
-        // mappings in between, unregister the rest mapping by mapping.
-        try {
-            for (const Mapping& mapping : read_mappings(range)) {
-                const Range piece = mapping.range.intersect(range);
-                uffdio_range one{piece.begin, piece.length()};
-                ::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &one);  // refused ones were never ours
+    // Unregisters each whole mapping overlapping `removed` that no remaining
+    // watch overlaps (a part would split the mapping). Caller holds mutex_.
+    void unregister_unwatched_mappings(Range removed) const {
+        for (const Mapping& mapping : read_mappings(removed)) {
+            const bool still_watched = std::any_of(
+                watches_.begin(), watches_.end(),
+                [&](const auto& watch) { return watch.second.overlaps(mapping.range); });
+            if (!still_watched) {
+                uffdio_range request{mapping.range.begin, mapping.range.length()};
+                ::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &request);  // refused ones were never ours
             }
-        } catch (const std::exception& error) {
-            log_error(std::string("userfaultfd: unregistering ") + describe(range) + ": " +
-                      error.what());
         }
     }
 
@@ -317,28 +578,6 @@ class UserfaultfdSource final : public Source {
         return found->first <= range.begin && range.end <= found->second;
     }
 
-    // The parts of `removed` that no remaining watch covers.
-    [[nodiscard]] std::vector<Range> uncovered(Range removed) const {
-        std::vector<Range> pieces{removed};
-        for (const auto& [id, other] : watches_) {
-            std::vector<Range> next;
-            for (const Range& piece : pieces) {
-                if (!piece.overlaps(other)) {
-                    next.push_back(piece);
-                    continue;
-                }
-                if (piece.begin < other.begin) {
-                    next.push_back(Range{piece.begin, other.begin});
-                }
-                if (other.end < piece.end) {
-                    next.push_back(Range{other.end, piece.end});
-                }
-            }
-            pieces = std::move(next);
-        }
-        return pieces;
-    }
-
     // The reader thread. No lock, no allocation, no call into user code.
     void read_loop() noexcept {
         pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
@@ -369,6 +608,7 @@ class UserfaultfdSource final : public Source {
                     }
                     if (errno != EAGAIN) {
                         unmaps_seen_.fetch_add(1, std::memory_order_release);
+                        removes_read_.fetch_add(1, std::memory_order_release);  // maybe one
                         overflow_.store(true, std::memory_order_release);
                     }
                     break;
@@ -391,6 +631,7 @@ class UserfaultfdSource final : public Source {
                      InvalidationReason::Unmap);
                 break;
             case UFFD_EVENT_REMOVE:
+                removes_read_.fetch_add(1, std::memory_order_release);  // before it is delivered
                 push(Range{message.arg.remove.start, message.arg.remove.end},
                      InvalidationReason::Clear);
                 break;
@@ -410,6 +651,7 @@ class UserfaultfdSource final : public Source {
             default:
                 // Not asked for; treat as unknown change of everything.
                 unmaps_seen_.fetch_add(1, std::memory_order_release);
+                removes_read_.fetch_add(1, std::memory_order_release);
                 overflow_.store(true, std::memory_order_release);
                 break;
         }
@@ -440,6 +682,7 @@ class UserfaultfdSource final : public Source {
 
     void report_loss_and_pause() noexcept {
         unmaps_seen_.fetch_add(1, std::memory_order_release);  // events of any kind lost
+        removes_read_.fetch_add(1, std::memory_order_release);
         overflow_.store(true, std::memory_order_release);
         begun_.fetch_add(1, std::memory_order_acq_rel);
         read_through_.store(begun_.load(std::memory_order_acquire), std::memory_order_release);
@@ -448,17 +691,21 @@ class UserfaultfdSource final : public Source {
         ::nanosleep(&pause, nullptr);
     }
 
+    const CreatorProcess creator_;
     std::string how_;
     UniqueFd uffd_;
-    WakeFd ready_;  // reader -> dispatcher
-    WakeFd stop_;   // destructor -> reader
+    std::uint64_t features_ = 0;  // UFFDIO_API's answer
+    WakeFd ready_;                // reader -> dispatcher
+    WakeFd stop_;                 // destructor -> reader
     EventRing ring_;
     std::atomic<std::uint64_t> begun_{0};         // read batches started
     std::atomic<std::uint64_t> read_through_{0};  // last batch fully in the ring
     std::atomic<bool> overflow_{false};
     // Events that can drop a registration (unmap, remap, loss), as read.
     std::atomic<std::uint64_t> unmaps_seen_{0};
-    std::thread reader_;
+    std::atomic<std::uint64_t> removes_read_{0};     // REMOVE events read
+    std::atomic<std::uint64_t> removes_settled_{0};  // ... whose madvise has returned
+    ReaderThread reader_;
 
     std::mutex mutex_;                        // watches_ and registration (application threads)
     std::map<std::uint64_t, Range> watches_;  // page-aligned watched ranges
@@ -467,6 +714,58 @@ class UserfaultfdSource final : public Source {
 };
 
 }  // namespace
+
+std::string explain_userfaultfd_refusal(int user_mode_errno, int syscall_errno, int device_errno,
+                                        int unprivileged_sysctl, bool has_ptrace_capability) {
+    if (syscall_errno == ENOSYS) {
+        return "the kernel has no CONFIG_USERFAULTFD, or a seccomp filter (e.g. a container "
+               "runtime's default profile) answers ENOSYS for the system call";
+    }
+    if (syscall_errno != EPERM) {
+        return "unexpected error";
+    }
+    // UFFD_USER_MODE_ONLY is allowed to everyone whatever the sysctl says
+    // (where the kernel knows the flag, 5.11+: EINVAL otherwise), and
+    // CAP_SYS_PTRACE or the sysctl allow the plain call: EPERM despite them
+    // comes from a seccomp filter or a security module.
+    const bool sysctl_allows = unprivileged_sysctl == 1 || has_ptrace_capability;
+    if (user_mode_errno == EPERM || sysctl_allows) {
+        std::string why =
+            "a seccomp filter (e.g. a container runtime's default profile) or a security "
+            "module (SELinux, AppArmor) denies the userfaultfd system call";
+        if (user_mode_errno != EPERM) {
+            why += std::string(", although ") + (has_ptrace_capability
+                                                     ? "the process has CAP_SYS_PTRACE"
+                                                     : "vm.unprivileged_userfaultfd is 1");
+        }
+        why +=
+            ": allow it there (e.g. docker --security-opt seccomp=<profile allowing "
+            "userfaultfd>)";
+        if (device_errno == ENOENT) {
+            why += " or expose /dev/userfaultfd to the container";
+        }
+        return why;
+    }
+    return std::string("vm.unprivileged_userfaultfd is ") +
+           (unprivileged_sysctl == 0 ? "0" : "unreadable") +
+           " and the process lacks CAP_SYS_PTRACE: set the sysctl to 1, or give the user "
+           "read-write access to /dev/userfaultfd (Linux 6.1+)";
+}
+
+std::string userfaultfd_api_shortcoming(std::uint64_t features, std::uint64_t ioctls) {
+    if ((features & required_features) != required_features) {
+        return "lacks the EVENT_UNMAP, EVENT_REMOVE or EVENT_REMAP events (Linux 4.11+)";
+    }
+    if ((features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) == 0) {
+        return "has no write-protect mode (UFFDIO_REGISTER_MODE_WP: Linux 5.7+, on an "
+               "architecture that supports it), which the source registers memory with so "
+               "that no page fault is ever routed to it";
+    }
+    if ((ioctls & (std::uint64_t{1} << _UFFDIO_REGISTER)) == 0) {
+        return "has no UFFDIO_REGISTER";
+    }
+    return {};
+}
 
 std::unique_ptr<Source> make_userfaultfd_source(const MirrorOptions& options) {
     return std::make_unique<UserfaultfdSource>(options);

@@ -494,7 +494,7 @@ TEST_F(MirrorErrors, InjectingIntoARealSourceIsRefused) {
 
 TEST_F(MirrorErrors, UnwatchablePartsAreReportedByWatchAndArm) {
     MirrorOptions options = fake_options();
-    options.fake_unwatchable.push_back(Unwatched{Range{0x4000, 0x6000}, "a file mapping"});
+    options.fake_unwatchable.push_back(Unwatched{Range{0x4000, 0x6000}, "a file mapping", 0, {}});
     const auto mirror = Mirror::acquire(options);
     RecordingListener listener;
     const Mirror::Watch watch = mirror->watch(Range{0x1000, 0x5000}, listener);

@@ -5,9 +5,17 @@
 #endif
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/shm.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +23,8 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <odp/error.hpp>
 #include <odp/mirror.hpp>
@@ -22,6 +32,8 @@
 #include <vector>
 
 #include "../mirror_core/recording_listener.hpp"
+#include "memory_map.hpp"
+#include "sources/source.hpp"
 
 namespace odp {
 namespace {
@@ -424,6 +436,231 @@ TEST_F(MirrorUserfaultfd, EventsCanBeDeliveredOnTheCallersIoContext) {
     }
     guard.reset();
     runner.join();
+}
+
+// Issue 13, item 8: the reader and the dispatcher never take the
+// application's signals. The test thread blocks SIGUSR1 and is then the only
+// thread of the process besides the Mirror's: a process-directed SIGUSR1 must
+// stay pending instead of running the handler on a library thread.
+std::atomic<int> usr1_handled{0};
+
+TEST_F(MirrorUserfaultfd, LibraryThreadsNeverRunTheApplicationsSignalHandlers) {
+    Anonymous memory(1);
+    RecordingListener listener;
+    const Mirror::Watch watch = mirror_->watch(memory.range(), listener);  // threads running
+    struct sigaction action {};
+    action.sa_handler = [](int) { usr1_handled.fetch_add(1); };
+    struct sigaction previous {};
+    ASSERT_EQ(::sigaction(SIGUSR1, &action, &previous), 0);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigset_t old_mask;
+    ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &usr1, &old_mask), 0);
+    usr1_handled = 0;
+    ASSERT_EQ(::kill(::getpid(), SIGUSR1), 0);
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(usr1_handled.load(), 0) << "a library thread ran the application's handler";
+    sigset_t pending;
+    ASSERT_EQ(::sigpending(&pending), 0);
+    EXPECT_EQ(::sigismember(&pending, SIGUSR1), 1);
+    ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);  // the pending signal is taken here
+    EXPECT_EQ(usr1_handled.load(), 1);
+    ::sigaction(SIGUSR1, &previous, nullptr);
+}
+
+// The reader thread of this process's userfaultfd source: the thread blocked
+// in poll() on a userfaultfd descriptor. Returns its stack pointer, or 0.
+std::uintptr_t reader_stack_pointer() {
+    std::vector<int> userfaultfds;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code error;
+        const auto target = std::filesystem::read_symlink(entry.path(), error);
+        if (!error && target.string() == "anon_inode:[userfaultfd]") {
+            userfaultfds.push_back(std::stoi(entry.path().filename().string()));
+        }
+    }
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        // "nr arg1 ... arg6 sp pc" of a thread blocked in a system call.
+        std::ifstream file(task.path() / "syscall");
+        long number = -1;
+        std::uintptr_t args[6]{};
+        std::uintptr_t stack_pointer = 0;
+        file >> number >> std::hex;
+        for (std::uintptr_t& arg : args) {
+            file >> arg;
+        }
+        file >> stack_pointer;
+        const bool polls = number == SYS_ppoll
+#ifdef SYS_poll
+                           || number == SYS_poll
+#endif
+            ;
+        if (!file || !polls || args[0] == 0) {
+            continue;
+        }
+        const auto* fds = reinterpret_cast<const pollfd*>(args[0]);
+        for (std::uintptr_t i = 0; i < args[1]; ++i) {
+            if (std::find(userfaultfds.begin(), userfaultfds.end(), fds[i].fd) !=
+                userfaultfds.end()) {
+                return stack_pointer;
+            }
+        }
+    }
+    return 0;
+}
+
+// What hung the guide example on Linux 6.1: a registration of the mapping that
+// holds the reader thread's own stack outlived every watch (there, the
+// application's buffer had merged with the stack into one VMA, was registered
+// whole, then munmap()ped), and when the Mirror went away the exiting reader
+// madvise(DONTNEED)ed its stack (glibc does, at thread exit) and slept until
+// the event was read: by itself. Here the registration is left behind by
+// watching the bottom page of the stack's mapping and then splitting the
+// mapping with mprotect(). The reader's stack must never be registered, and
+// tearing the Mirror down must finish. In a child: a hang is killed.
+TEST(MirrorUserfaultfdTeardown, TheReaderNeverWaitsForItsOwnStack) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        MirrorOptions options;
+        options.kind = MonitorKind::Userfaultfd;
+        std::shared_ptr<Mirror> mirror;
+        try {
+            mirror = Mirror::acquire(options);
+        } catch (const Error&) {
+            ::_exit(77);
+        }
+        std::uintptr_t stack_pointer = 0;
+        for (int tries = 0; tries < 2000 && stack_pointer == 0; ++tries) {
+            std::this_thread::sleep_for(1ms);
+            stack_pointer = reader_stack_pointer();
+        }
+        if (stack_pointer == 0) {
+            ::_exit(3);
+        }
+        const auto stack = detail::read_mappings(Range{stack_pointer, stack_pointer + 1});
+        if (stack.size() != 1 || stack.front().range.length() < 2 * page) {
+            ::_exit(3);
+        }
+        const Range bottom{stack.front().range.begin, stack.front().range.begin + page};
+        bool watched = false;
+        {
+            RecordingListener listener;
+            const Mirror::Watch watch = mirror->watch(bottom, listener);
+            watched = watch.unwatched().empty();
+            // Splits the stack's mapping: only the bottom page is unregistered
+            // with the watch (that page is far below anything the reader uses).
+            if (::mprotect(reinterpret_cast<void*>(bottom.begin), page, PROT_READ) != 0) {
+                ::_exit(3);
+            }
+        }
+        mirror.reset();  // stops and joins the reader
+        ::_exit(watched ? 4 : 0);
+    }
+    int status = 0;
+    pid_t waited = 0;
+    for (int tries = 0; tries < 2000 && waited == 0; ++tries) {
+        std::this_thread::sleep_for(10ms);
+        waited = ::waitpid(child, &status, WNOHANG);
+    }
+    if (waited == 0) {
+        std::string where;  // what each of the child's threads sleeps in
+        const std::string tasks = "/proc/" + std::to_string(child) + "/task";
+        for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+            std::ifstream wchan(task.path() / "wchan");
+            std::string function;
+            wchan >> function;
+            where += " " + task.path().filename().string() + ":" + function;
+        }
+        ::kill(child, SIGKILL);
+        ::waitpid(child, &status, 0);
+        FAIL() << "tearing the Mirror down hung for 20 s (threads sleeping in:" << where << ")";
+    }
+    ASSERT_EQ(waited, child);
+    ASSERT_TRUE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) {
+        GTEST_SKIP() << "userfaultfd is not available on this host";
+    }
+    ASSERT_NE(WEXITSTATUS(status), 3) << "could not find the reader thread's stack";
+    EXPECT_NE(WEXITSTATUS(status), 4) << "the reader's own stack was registered";
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// Without write-protect registration the source would route faults to
+// itself or be refused as if every mapping were a file: it says what the
+// kernel lacks instead.
+TEST(UserfaultfdDiagnostics, AKernelWithoutWriteProtectIsNamedAsSuch) {
+    const std::uint64_t events =
+        UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP;
+    const std::uint64_t ioctls = std::uint64_t{1} << _UFFDIO_REGISTER;
+    EXPECT_EQ(detail::userfaultfd_api_shortcoming(events | UFFD_FEATURE_PAGEFAULT_FLAG_WP, ioctls),
+              "");
+    const std::string lacks = detail::userfaultfd_api_shortcoming(events, ioctls);
+    EXPECT_NE(lacks.find("write-protect"), std::string::npos) << lacks;
+    EXPECT_EQ(lacks.find("file"), std::string::npos) << lacks;
+    EXPECT_NE(detail::userfaultfd_api_shortcoming(UFFD_FEATURE_PAGEFAULT_FLAG_WP, ioctls)
+                  .find("EVENT_UNMAP"),
+              std::string::npos);
+}
+
+TEST(UserfaultfdDiagnostics, EpermIsBlamedOnTheSysctlOnlyWhenItForbids) {
+    const std::string sysctl = detail::explain_userfaultfd_refusal(EINVAL, EPERM, EACCES, 0, false);
+    EXPECT_NE(sysctl.find("vm.unprivileged_userfaultfd is 0"), std::string::npos) << sysctl;
+    EXPECT_EQ(sysctl.find("seccomp"), std::string::npos) << sysctl;
+    for (const std::string& filtered :
+         {detail::explain_userfaultfd_refusal(EPERM, EPERM, ENOENT, 0, false),
+          detail::explain_userfaultfd_refusal(EINVAL, EPERM, ENOENT, 1, false),
+          detail::explain_userfaultfd_refusal(EINVAL, EPERM, ENOENT, 0, true)}) {
+        EXPECT_NE(filtered.find("seccomp"), std::string::npos) << filtered;
+        EXPECT_EQ(filtered.find("vm.unprivileged_userfaultfd is 0"), std::string::npos) << filtered;
+    }
+}
+
+// A seccomp filter like a container runtime's: userfaultfd(2) and the
+// /dev/userfaultfd ioctl answer EPERM. Installed in a child (filters cannot
+// be removed); the child exits 0 when the error names seccomp, not the sysctl.
+TEST(UserfaultfdDiagnostics, ASeccompFilterIsNotBlamedOnTheSysctl) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        const unsigned int eperm = SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA);
+        sock_filter code[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_userfaultfd, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, eperm),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ioctl, 0, 3),
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[1])),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, USERFAULTFD_IOC_NEW, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, eperm),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        sock_fprog program{static_cast<unsigned short>(std::size(code)), code};
+        if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+            ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) != 0) {
+            ::_exit(3);
+        }
+        MirrorOptions options;
+        options.kind = MonitorKind::Userfaultfd;
+        try {
+            (void)Mirror::acquire(options);
+        } catch (const Error& error) {
+            const std::string what = error.what();
+            const bool right = what.find("seccomp") != std::string::npos &&
+                               what.find("vm.unprivileged_userfaultfd is 0") == std::string::npos;
+            if (!right) {
+                std::fprintf(stderr, "child: %s\n", what.c_str());
+            }
+            ::_exit(right ? 0 : 1);
+        }
+        ::_exit(2);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_NE(WEXITSTATUS(status), 3) << "cannot install a seccomp filter here";
+    EXPECT_NE(WEXITSTATUS(status), 2) << "the filter did not stop userfaultfd";
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "the error blamed the sysctl (see the child's stderr)";
 }
 
 }  // namespace
