@@ -155,8 +155,9 @@ class ReaderThread {
         void* const mapping = ::mmap(nullptr, stack_bytes + 2 * guard, PROT_NONE,
                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (mapping == MAP_FAILED) {
-            throw Error(errno, "mmap of the userfaultfd reader thread's stack: " +
-                                   std::string(std::strerror(errno)));
+            const int error = errno;
+            throw Error(error, "mmap of the userfaultfd reader thread's stack: " +
+                                   std::string(std::strerror(error)));
         }
         mapping_ = Range{reinterpret_cast<std::uintptr_t>(mapping),
                          reinterpret_cast<std::uintptr_t>(mapping) + stack_bytes + 2 * guard};
@@ -208,8 +209,11 @@ class ReaderThread {
         abandoned_ = true;
     }
 
-    // The whole mapping, guard pages included.
-    [[nodiscard]] Range mapping() const noexcept { return mapping_; }
+    // The stack, guard pages excluded (a guard may merge with a neighbouring
+    // PROT_NONE mapping, which may then be registered: harmless).
+    [[nodiscard]] Range stack_range() const noexcept {
+        return Range{mapping_.begin + page_size(), mapping_.end - page_size()};
+    }
 
   private:
     // Ample for read_loop() (a few KiB), glibc's thread control block and static
@@ -469,7 +473,7 @@ class UserfaultfdSource final : public Source {
             const std::string name =
                 (mapping.path.empty() ? std::string("anonymous") : mapping.path) + " " +
                 mapping.permissions;
-            if (mapping.range.overlaps(reader_.mapping())) {
+            if (mapping.range.overlaps(reader_.stack_range())) {
                 registration.refusals.push_back(Refusal{
                     piece, EDEADLK,
                     name + ": the stack of libodp's own userfaultfd reader thread, which must "
