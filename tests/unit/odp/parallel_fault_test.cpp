@@ -21,6 +21,21 @@ using test::in_background;
 using test::patience;
 using test::RegistrationGate;
 
+// An emulated region whose first chunk's registration will be held by `gate`.
+struct GatedRegion {
+    explicit GatedRegion(std::uint64_t budget = 64 * MiB, std::size_t size = 4 * MiB)
+        : devices(test::make_device(budget)),
+          buffer(size),
+          region(devices.device->register_region(buffer.data(), size, Access::LocalWrite,
+                                                 test::emulated())),
+          gate(*devices.fake, buffer.address()) {}
+    test::FakeDevice devices;
+    FakeNic& fake = *devices.fake;
+    test::Mapping buffer;
+    Region region;
+    RegistrationGate gate;
+};
+
 TEST(ParallelFault, OtherChunksRegisterWhileAFaultIsInFlight) {
     auto [fake, device] = test::make_device();
     test::Mapping first_buffer(8 * MiB);
@@ -57,11 +72,8 @@ TEST(ParallelFault, OtherChunksRegisterWhileAFaultIsInFlight) {
 }
 
 TEST(ParallelFault, SameChunkWaitsForTheFaultInFlight) {
-    auto [fake, device] = test::make_device();
-    test::Mapping buffer(4 * MiB);
-    Region region =
-        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
-    RegistrationGate gate(*fake, buffer.address());
+    GatedRegion gated;
+    auto& [devices, fake, buffer, region, gate] = gated;
     auto held = in_background([&] { return region.translate(buffer.data(), 64); });
     ASSERT_TRUE(gate.wait_held());
     auto waiter = in_background([&] { return region.translate(buffer.data() + 4096, 64); });
@@ -76,7 +88,7 @@ TEST(ParallelFault, SameChunkWaitsForTheFaultInFlight) {
     const Lease first = held.get();
     const Lease second = waiter.get();
     EXPECT_EQ(gate.entries(), 1) << "the second faulter registered the chunk again";
-    EXPECT_EQ(fake->counters().registrations, 1U);
+    EXPECT_EQ(fake.counters().registrations, 1U);
     EXPECT_EQ(region.stats().chunk_faults, 1U);
     EXPECT_EQ(first.sges()[0].lkey, second.sges()[0].lkey) << "both lease the one registration";
 }
@@ -85,11 +97,8 @@ TEST(ParallelFault, SameChunkWaitsForTheFaultInFlight) {
 // is seen by the fault's re-check: it registers again and hands out the new
 // registration only.
 void expect_fault_redone_after(const std::function<void(Region&, Range)>& invalidate) {
-    auto [fake, device] = test::make_device();
-    test::Mapping buffer(4 * MiB);
-    Region region =
-        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
-    RegistrationGate gate(*fake, buffer.address());
+    GatedRegion gated;
+    auto& [devices, fake, buffer, region, gate] = gated;
     auto held = in_background([&] { return region.translate(buffer.data(), 64); });
     ASSERT_TRUE(gate.wait_held());
     auto invalidation =
@@ -99,12 +108,12 @@ void expect_fault_redone_after(const std::function<void(Region&, Range)>& invali
 
     const Lease lease = held.get();
     EXPECT_EQ(gate.entries(), 2) << "the chunk was not registered again";
-    const auto counters = fake->counters();
+    const auto counters = fake.counters();
     EXPECT_EQ(counters.registrations, 2U);
     EXPECT_EQ(counters.deregistrations, 1U) << "the registration of the old pages was dropped";
-    const auto live = fake->live_registrations();
+    const auto live = fake.live_registrations();
     ASSERT_EQ(live.size(), 1U);
-    EXPECT_TRUE(fake->covers(lease.sges()[0].lkey, buffer.address(), 64))
+    EXPECT_TRUE(fake.covers(lease.sges()[0].lkey, buffer.address(), 64))
         << "the lease holds the registration made after the invalidation";
     EXPECT_EQ(region.stats().chunk_faults, 2U);
 }
@@ -121,18 +130,16 @@ TEST(ParallelFault, InvalidateAllDuringRegistrationIsNotLost) {
 
 TEST(ParallelFault, BudgetIsReservedBeforeRegistering) {
     // Room for two chunks: one held in registration, one leased.
-    auto [fake, device] = test::make_device(4 * MiB);
-    test::Mapping buffer(8 * MiB);
-    Region region =
-        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
-    RegistrationGate gate(*fake, buffer.address());
+    GatedRegion gated(4 * MiB, 8 * MiB);
+    auto& [devices, fake, buffer, region, gate] = gated;
+    const auto& device = devices.device;
     auto held = in_background([&] { return region.translate(buffer.data(), 64); });
     ASSERT_TRUE(gate.wait_held());
     EXPECT_EQ(device->pinned_bytes(), 2 * MiB) << "the fault in flight holds its reservation";
 
     Lease second = region.translate(buffer.data() + 2 * MiB, 64);
     test::expect_error(EAGAIN, [&] { (void)region.translate(buffer.data() + 4 * MiB, 64); });
-    EXPECT_EQ(fake->counters().registrations, 2U)
+    EXPECT_EQ(fake.counters().registrations, 2U)
         << "the fault that did not fit registered anyway (the held one and the leased one did)";
     EXPECT_EQ(region.stats().evictions, 0U) << "nothing unleased to evict";
     EXPECT_EQ(region.stats().back_pressure, 1U);
@@ -144,18 +151,16 @@ TEST(ParallelFault, BudgetIsReservedBeforeRegistering) {
     second.release();
     Lease third = region.translate(buffer.data() + 4 * MiB, 64);
     EXPECT_EQ(region.stats().evictions, 1U);
-    EXPECT_EQ(fake->counters().deregistrations, 1U);
-    EXPECT_TRUE(fake->covers(first.sges()[0].lkey, buffer.address(), 64))
+    EXPECT_EQ(fake.counters().deregistrations, 1U);
+    EXPECT_TRUE(fake.covers(first.sges()[0].lkey, buffer.address(), 64))
         << "the leased chunk was not evicted";
     EXPECT_EQ(device->stats().peak_pinned_bytes, 4 * MiB);
 }
 
 TEST(ParallelFault, RegionClosedDuringRegistrationLeaksNothing) {
-    auto [fake, device] = test::make_device();
-    test::Mapping buffer(4 * MiB);
-    Region region =
-        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
-    RegistrationGate gate(*fake, buffer.address());
+    GatedRegion gated;
+    auto& [devices, fake, buffer, region, gate] = gated;
+    const auto& device = devices.device;
     auto held = in_background([&] {
         return test::expect_error(EINVAL, [&] { (void)region.translate(buffer.data(), 64); });
     });
@@ -166,10 +171,10 @@ TEST(ParallelFault, RegionClosedDuringRegistrationLeaksNothing) {
 
     const std::string message = held.get();
     EXPECT_NE(message.find("closed during the call"), std::string::npos) << message;
-    EXPECT_TRUE(fake->live_registrations().empty()) << "the registration made for a closed region "
-                                                       "stayed";
+    EXPECT_TRUE(fake.live_registrations().empty()) << "the registration made for a closed region "
+                                                      "stayed";
     EXPECT_EQ(device->pinned_bytes(), 0U);
-    EXPECT_EQ(fake->counters().registrations, fake->counters().deregistrations);
+    EXPECT_EQ(fake.counters().registrations, fake.counters().deregistrations);
 }
 
 }  // namespace
