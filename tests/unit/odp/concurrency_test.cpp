@@ -28,6 +28,8 @@ TEST(Concurrency, TranslateReleaseAgainstInvalidationAndEviction) {
         buffer.data(), buffer.size(), Access::LocalWrite | Access::RemoteRead, test::emulated(MiB));
     constexpr int workers = 4;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(700);
+    // Each thread does this much work however late the loaded machine starts it.
+    constexpr int min_rounds = 100;
     std::atomic<std::uint64_t> leases{0};
     std::atomic<std::uint64_t> pressure{0};
     std::atomic<std::uint64_t> bad{0};
@@ -36,7 +38,8 @@ TEST(Concurrency, TranslateReleaseAgainstInvalidationAndEviction) {
     for (int t = 0; t < workers; ++t) {
         threads.emplace_back([&, t] {
             std::mt19937_64 random(static_cast<std::uint64_t>(t) + 1);
-            while (std::chrono::steady_clock::now() < deadline) {
+            for (int round = 0; round < min_rounds || std::chrono::steady_clock::now() < deadline;
+                 ++round) {
                 const std::size_t offset = random() % (buffer.size() - 3 * MiB);
                 const std::size_t length = 1 + random() % (2 * MiB);
                 try {
@@ -70,7 +73,7 @@ TEST(Concurrency, TranslateReleaseAgainstInvalidationAndEviction) {
     std::thread invalidator([&] {
         std::mt19937_64 random(99);
         std::uint64_t events = 0;
-        while (std::chrono::steady_clock::now() < deadline) {
+        while (events < 5 * min_rounds || std::chrono::steady_clock::now() < deadline) {
             const std::size_t offset = random() % buffer.size();
             if (++events % 500 == 0) {
                 region.invalidate_all(InvalidationReason::Overflow);
