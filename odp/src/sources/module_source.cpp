@@ -275,11 +275,10 @@ class ModuleSource final : public Source {
                 throw Error(EAGAIN, "odp_mirror SNAPSHOT " + describe(page) +
                                         ": the mapping kept changing for a second: retry later");
             }
-            throw Error(error, "odp_mirror SNAPSHOT " + describe(page) + " of region " +
-                                   std::to_string(region) +
-                                   " (waiting for changes in progress "
-                                   "before pinning): " +
-                                   std::strerror(error));
+            throw Error(
+                error,
+                "odp_mirror SNAPSHOT " + describe(page) + " of region " + std::to_string(region) +
+                    " (waiting for changes in progress before pinning): " + std::strerror(error));
         }
     }
 

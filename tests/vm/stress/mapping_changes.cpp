@@ -262,11 +262,15 @@ ChangeResult split_huge_page(unsigned char* block, std::mt19937_64& random) {
     ChangeResult result;
     (void)::madvise(block, huge_page_size, MADV_HUGEPAGE);
     if (::madvise(block, huge_page_size, MADV_COLLAPSE) != 0 && errno == EINVAL) {
+        // No collapse here (before Linux 6.1, or a VMA registered with
+        // userfaultfd-wp): fresh pages instead. Never written by this thread:
+        // a transfer may already have faulted them in and landed its bytes
+        // (a memset here once overwrote them: a silent error of the stress,
+        // not of the library, found on 6.1 with userfaultfd).
         if (!map_fresh(block, huge_page_size)) {
             throw std::runtime_error("mmap MAP_FIXED of a 2 MiB block: " +
                                      std::string(std::strerror(errno)));
         }
-        std::memset(block, 0, huge_page_size);
         result.zeroed = true;
     }
     // A collapse can fail (pinned pages: a leased chunk): the split still runs.
