@@ -210,7 +210,7 @@ struct DeviceState {
     // Fault-ahead: chunks to register in the background, by one library
     // thread per device started at the first request. A region's requests
     // are dropped when it closes, and close() waits for the one running
-    // (fault_ahead_running), so the thread never holds a region alive: it
+    // (fault_ahead_running_), so the thread never holds a region alive: it
     // cannot end up destroying the device it runs in.
     struct AheadRequest {
         RegionCore* region = nullptr;
