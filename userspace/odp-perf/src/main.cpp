@@ -1,6 +1,7 @@
 // odp-perf: RDMA test client/server over libodp, and the pinned-vs-ODP comparison.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
@@ -29,7 +30,7 @@ constexpr const char* kUsage = R"(usage:
   odp-perf compare [--device D] [--json FILE] [--plot FILE.png] [--quick]
                    [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--rounds N]
                    [--reg-max BYTES]
-                   [--budget BYTES] [--working-set BYTES]
+                   [--budget BYTES] [--working-set BYTES] [--sources LIST]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
 verbs device, test write, size 64K, 1000 iterations, mode and peer mode auto.
@@ -43,6 +44,9 @@ every mode the device supports, and prints one table with ratios to pinned
 pinned budget, large messages with fewer iterations and fewer in flight.
 Each test and size runs in --rounds N (default 4) parts, the modes taking
 turns, so that a passing disturbance of the machine falls on every mode.
+--sources module,userfaultfd: the emulated mode once per invalidation source,
+the first as "emulated", the others as "emulated/<source>" (default: both when
+/dev/odp_mirror exists, else what auto picks; auto, module, userfaultfd).
 )";
 
 [[noreturn]] void usage_error(const std::string& what) {
@@ -317,6 +321,25 @@ int compare_main(Arguments& args, const std::string& command_line) {
             config.budget = parse_size(args.value(arg), arg);
         } else if (arg == "--working-set") {
             config.working_set = parse_size(args.value(arg), arg);
+        } else if (arg == "--sources") {
+            config.sources.clear();
+            const std::string list = args.value(arg);
+            for (std::size_t begin = 0; begin <= list.size();) {
+                const std::size_t comma = std::min(list.find(',', begin), list.size());
+                const std::string name = list.substr(begin, comma - begin);
+                const std::optional<odp::MonitorKind> source =
+                    name == "auto"          ? std::optional(odp::MonitorKind::Auto)
+                    : name == "module"      ? std::optional(odp::MonitorKind::Module)
+                    : name == "userfaultfd" ? std::optional(odp::MonitorKind::Userfaultfd)
+                                            : std::nullopt;
+                if (!source || std::find(config.sources.begin(), config.sources.end(), *source) !=
+                                   config.sources.end()) {
+                    usage_error("--sources takes distinct auto, module and userfaultfd, got '" +
+                                list + "'");
+                }
+                config.sources.push_back(*source);
+                begin = comma + 1;
+            }
         } else if (arg == "--quick") {
             // A short run for tests: fewer iterations, registration up to 64 MiB.
             config.bw_iterations = 300;
