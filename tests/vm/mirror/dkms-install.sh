@@ -49,14 +49,22 @@ if [ -n "$root" ]; then
 fi
 in_root test -x /usr/sbin/dkms || fail "dkms is not installed (scripts/setup installs it)"
 
+# Each step says how long it took: under emulation they are slow.
+timed() {
+    local what=$1 start=$SECONDS
+    shift
+    "$@" || return
+    echo "dkms-install: $what took $((SECONDS - start)) s"
+}
+
 rm -rf "$root/usr/src/odp-mirror-$version"
 cp -r "$src" "$root/usr/src/odp-mirror-$version"
-in_root dkms add -m odp-mirror -v "$version" || fail "dkms add"
-in_root dkms build -m odp-mirror -v "$version" -k "$release" || {
+timed "dkms add" in_root dkms add -m odp-mirror -v "$version" || fail "dkms add"
+timed "dkms build" in_root dkms build -m odp-mirror -v "$version" -k "$release" || {
     cat "$root/var/lib/dkms/odp-mirror/$version/build/make.log" >&2 2>/dev/null
     fail "dkms build"
 }
-in_root dkms install -m odp-mirror -v "$version" -k "$release" || fail "dkms install"
+timed "dkms install" in_root dkms install -m odp-mirror -v "$version" -k "$release" || fail "dkms install"
 in_root dkms status -m odp-mirror
 if [ -n "$root" ]; then
     umount "$root/dev" "$root/sys" "$root/proc" "$root/lib/modules/$release"
