@@ -9,10 +9,12 @@
 #include <iostream>
 #include <odp/error.hpp>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "compare.hpp"
+#include "compare_merge.hpp"
 #include "sweep.hpp"
 #include "traffic.hpp"
 
@@ -31,6 +33,7 @@ constexpr const char* kUsage = R"(usage:
                    [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--rounds N]
                    [--reg-max BYTES]
                    [--budget BYTES] [--working-set BYTES] [--sources LIST]
+  odp-perf compare --merge RUN.json [--merge RUN.json]... [--json FILE] [--plot FILE.png]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
 verbs device, test write, size 64K, 1000 iterations, mode and peer mode auto.
@@ -47,6 +50,8 @@ turns, so that a passing disturbance of the machine falls on every mode.
 --sources module,userfaultfd: the emulated mode once per invalidation source,
 the first as "emulated", the others as "emulated/<source>" (default: both when
 /dev/odp_mirror exists, else what auto picks; auto, module, userfaultfd).
+compare --merge measures nothing: it merges the JSON of runs of the same
+comparison (other guests) into one table whose ranges span every run's rounds.
 )";
 
 [[noreturn]] void usage_error(const std::string& what) {
@@ -280,12 +285,25 @@ int client_main(Arguments& args) {
     return 0;
 }
 
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) {
+        odp::throw_errno("opening " + path);
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
 int compare_main(Arguments& args, const std::string& command_line) {
     CompareConfig config;
     config.command_line = command_line;
+    std::vector<std::string> merge;
     while (!args.done()) {
         const std::string arg = args.next();
-        if (arg == "--device") {
+        if (arg == "--merge") {
+            merge.push_back(args.value(arg));
+        } else if (arg == "--device") {
             config.device = args.value(arg);
         } else if (arg == "--json") {
             config.json_path = args.value(arg);
@@ -355,7 +373,23 @@ int compare_main(Arguments& args, const std::string& command_line) {
     if (config.reg_max < 4096 || config.bw_iterations == 0 || config.lat_iterations == 0) {
         usage_error("--reg-max must be at least 4K, --iters and --lat-iters at least 1");
     }
-    const CompareResult result = run_compare(config);
+    CompareResult result;
+    if (merge.empty()) {
+        result = run_compare(config);
+    } else {
+        std::vector<CompareResult> runs;
+        for (const std::string& path : merge) {
+            try {
+                runs.push_back(parse_compare_json(read_file(path)));
+            } catch (const odp::Error& error) {
+                odp::throw_error(error.errno_value(), path + ": " + error.what());
+            }
+        }
+        result = merge_runs(runs);
+        std::cout << "odp-perf compare: " << runs.size()
+                  << " runs merged (values: the mean over the runs; ranges: every round of every "
+                     "run)\n";
+    }
     print_table(result, std::cout);
     if (config.json_path) {
         std::ofstream json(*config.json_path);
