@@ -28,6 +28,21 @@ if [ ! -f "$headers/Makefile" ]; then
     unpacked=$cache/kernels/${ODP_VM_KERNEL:-}/headers$headers
     if [ -f "$unpacked/Makefile" ]; then
         ln -s "$unpacked" "$headers"
+        # Unpacked headers of another release (5.10: Debian 11) bring a
+        # sign-file linked against that release's libcrypto, which this
+        # system may lack (exit 127). DKMS then signs with this system's own,
+        # as a machine running that release would with its own.
+        "$headers/scripts/sign-file" >/dev/null 2>&1
+        if [ $? = 127 ]; then
+            for sign_file in /usr/lib/linux-kbuild-*/scripts/sign-file; do
+                "$sign_file" >/dev/null 2>&1
+                [ $? = 127 ] && continue
+                mkdir -p /etc/dkms/framework.conf.d
+                echo "sign_file=$sign_file" >/etc/dkms/framework.conf.d/odp-vm-sign-file.conf
+                echo "dkms-install: $headers/scripts/sign-file cannot run here: DKMS signs with $sign_file"
+                break
+            done
+        fi
     else
         for candidate in "$cache"/roots/*; do
             [ -f "$candidate$headers/Makefile" ] && root=$candidate
@@ -74,4 +89,7 @@ case $installed in
 "$modules"/updates/* | /lib/modules/"$release"/updates/*) ;;
 *) fail "modinfo finds odp_mirror at $installed, not in updates/ where dkms installs" ;;
 esac
-echo "dkms-install: odp-mirror $version installed for $release: $installed"
+# DKMS signs what it builds (its own machine owner key, docs/kernel-module.md).
+signer=$(modinfo -F signer "$installed")
+[ -n "$signer" ] || fail "dkms installed $installed unsigned (see the build output above)"
+echo "dkms-install: odp-mirror $version installed for $release: $installed, signed by '$signer'"
