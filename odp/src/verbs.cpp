@@ -290,11 +290,14 @@ RcQueuePair::RcQueuePair(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, const Opt
     local_.port = options.port;
     local_.lid = port_attr.lid;
     local_.mtu = std::min(port_attr.active_mtu, options.max_mtu);
-    local_.gid_index = options.gid_index >= 0 ? static_cast<std::uint8_t>(options.gid_index)
-                                              : choose_gid_index(context, options.port);
-    check_rc(ibv_query_gid(&context, options.port, local_.gid_index, &local_.gid),
-             "ibv_query_gid(port " + std::to_string(options.port) + ", index " +
-                 std::to_string(local_.gid_index) + ") on " + device_);
+    // iWARP (siw) routes by IP address through RDMA CM: no GID to exchange.
+    if (context.device->transport_type != IBV_TRANSPORT_IWARP) {
+        local_.gid_index = options.gid_index >= 0 ? static_cast<std::uint8_t>(options.gid_index)
+                                                  : choose_gid_index(context, options.port);
+        check_rc(ibv_query_gid(&context, options.port, local_.gid_index, &local_.gid),
+                 "ibv_query_gid(port " + std::to_string(options.port) + ", index " +
+                     std::to_string(local_.gid_index) + ") on " + device_);
+    }
     if (options.psn != 0) {
         local_.psn = options.psn & 0xffffffU;
     } else {
