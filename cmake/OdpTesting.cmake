@@ -6,8 +6,9 @@
 #
 # odp_add_vm_test(<suite> KERNELS <k>... COMMAND <cmd>... [TIMEOUT s] [VM_ARGS ...])
 #   One ctest entry per kernel, named vm.<suite>.<kernel>, label "vm": boots one
-#   soft-RoCE guest with scripts/odp-vm and runs COMMAND in it (from the build
-#   tree, as root).  One guest per suite, never per case: guests are slow.
+#   guest with scripts/odp-vm (rxe0 and siw0 unless VM_ARGS says --device, siw.ko
+#   from this build tree) and runs COMMAND in it (from the build tree, as
+#   root).  One guest per suite, never per case: guests are slow.
 
 set(ODP_VM_KERNELS 5.10 6.1 6.12 7.3 CACHE STRING "Guest kernels the vm tests run on")
 
@@ -38,6 +39,7 @@ function(odp_add_vm_test suite)
     endif()
     add_test(NAME vm.${suite}.${kernel}
       COMMAND ${PROJECT_SOURCE_DIR}/scripts/odp-vm --kernel ${kernel}
+              --siw-dir ${PROJECT_BINARY_DIR}/kernel-glue/siw
               --timeout ${ARG_TIMEOUT} ${ARG_VM_ARGS} -- ${ARG_COMMAND}
       WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
     # Guests use both cores: never run two at once.
