@@ -1,3 +1,6 @@
+// Boost 1.74's property_tree includes the deprecated <boost/bind.hpp>, which
+// prints a note at every build unless its global placeholders are asked for.
+#define BOOST_BIND_GLOBAL_PLACEHOLDERS
 #include "compare_merge.hpp"
 
 #include <algorithm>
