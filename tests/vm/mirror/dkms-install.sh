@@ -23,6 +23,14 @@ version=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"$/\1/p' "$src/dkms.conf")
 headers=/usr/src/linux-headers-$release
 modules=$(readlink -f "/lib/modules/$release")
 
+# False when PROGRAM cannot even start here (a shared library missing: 127);
+# run without arguments it only prints its usage.
+runs_here() {
+    local status=0
+    "$1" >/dev/null 2>&1 || status=$?
+    [ "$status" != 127 ]
+}
+
 root=
 if [ ! -f "$headers/Makefile" ]; then
     unpacked=$cache/kernels/${ODP_VM_KERNEL:-}/headers$headers
@@ -32,11 +40,9 @@ if [ ! -f "$headers/Makefile" ]; then
         # sign-file linked against that release's libcrypto, which this
         # system may lack (exit 127). DKMS then signs with this system's own,
         # as a machine running that release would with its own.
-        "$headers/scripts/sign-file" >/dev/null 2>&1
-        if [ $? = 127 ]; then
+        if ! runs_here "$headers/scripts/sign-file"; then
             for sign_file in /usr/lib/linux-kbuild-*/scripts/sign-file; do
-                "$sign_file" >/dev/null 2>&1
-                [ $? = 127 ] && continue
+                runs_here "$sign_file" || continue
                 mkdir -p /etc/dkms/framework.conf.d
                 echo "sign_file=$sign_file" >/etc/dkms/framework.conf.d/odp-vm-sign-file.conf
                 echo "dkms-install: $headers/scripts/sign-file cannot run here: DKMS signs with $sign_file"
