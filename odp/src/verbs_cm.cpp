@@ -34,7 +34,8 @@ EventChannelPtr create_channel(const std::string& purpose) {
     EventChannelPtr channel(rdma_create_event_channel());
     if (!channel) {
         throw_errno("rdma_create_event_channel for " + purpose +
-                    " (RDMA CM needs /dev/infiniband/rdma_cm: load the rdma_ucm module)");
+                    " (RDMA CM needs an RDMA device and /dev/infiniband/rdma_cm: add a device, "
+                    "load the rdma_ucm module)");
     }
     return channel;
 }
