@@ -333,7 +333,13 @@ CmConnection cm_connect(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, std::strin
     RcQueuePair qp = create_qp(*id, pd, send_cq, recv_cq, options, where);
     rdma_conn_param param = conn_param(qp, options, private_data);
     const std::string connect = "rdma_connect(" + where + ") on " + id_device(*id);
-    check_rc(rdma_connect(id.get(), &param), connect);
+    if (rdma_connect(id.get(), &param) != 0) {
+        // iWARP opens its TCP connection right here: no listener fails now.
+        const int err = errno != 0 ? errno : EIO;
+        throw_error(err, connect + (err == ECONNREFUSED
+                                        ? " (" + std::string(hint_for(RDMA_CM_EVENT_REJECTED)) + ")"
+                                        : std::string()));
+    }
     // iWARP connects in the kernel; InfiniBand and RoCE hand the reply to
     // the owner of the QP, which takes it to RTS and confirms.
     const rdma_cm_event_type expected =
