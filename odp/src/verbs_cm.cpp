@@ -34,7 +34,8 @@ EventChannelPtr create_channel(const std::string& purpose) {
     EventChannelPtr channel(rdma_create_event_channel());
     if (!channel) {
         throw_errno("rdma_create_event_channel for " + purpose +
-                    " (RDMA CM needs /dev/infiniband/rdma_cm: load the rdma_ucm module)");
+                    " (RDMA CM needs an RDMA device and /dev/infiniband/rdma_cm: add a device, "
+                    "load the rdma_ucm module)");
     }
     return channel;
 }
@@ -332,7 +333,13 @@ CmConnection cm_connect(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, std::strin
     RcQueuePair qp = create_qp(*id, pd, send_cq, recv_cq, options, where);
     rdma_conn_param param = conn_param(qp, options, private_data);
     const std::string connect = "rdma_connect(" + where + ") on " + id_device(*id);
-    check_rc(rdma_connect(id.get(), &param), connect);
+    if (rdma_connect(id.get(), &param) != 0) {
+        // iWARP opens its TCP connection right here: no listener fails now.
+        const int err = errno != 0 ? errno : EIO;
+        throw_error(err, connect + (err == ECONNREFUSED
+                                        ? " (" + std::string(hint_for(RDMA_CM_EVENT_REJECTED)) + ")"
+                                        : std::string()));
+    }
     // iWARP connects in the kernel; InfiniBand and RoCE hand the reply to
     // the owner of the QP, which takes it to RTS and confirms.
     const rdma_cm_event_type expected =

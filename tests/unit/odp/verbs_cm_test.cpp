@@ -7,8 +7,12 @@
 #include <odp/verbs_cm.hpp>
 #include <vector>
 
+#include "test_support.hpp"
+
 namespace odp::verbs {
 namespace {
+
+using odp::test::expect_error;
 
 std::vector<std::uint8_t> bytes(std::size_t count, std::uint8_t first = 1) {
     std::vector<std::uint8_t> data(count);
@@ -16,17 +20,6 @@ std::vector<std::uint8_t> bytes(std::size_t count, std::uint8_t first = 1) {
         data[i] = static_cast<std::uint8_t>(first + i);
     }
     return data;
-}
-
-template <typename F>
-Error error_of(F&& call) {
-    try {
-        call();
-    } catch (const Error& error) {
-        return error;
-    }
-    ADD_FAILURE() << "no odp::Error thrown";
-    return Error(0, "");
 }
 
 TEST(CmPrivateData, RoundTripsEveryPayloadSizeThatFits) {
@@ -50,10 +43,9 @@ TEST(CmPrivateData, PaddingAfterThePayloadIsIgnored) {
 }
 
 TEST(CmPrivateData, PayloadTooLargeForAConnectRequestIsRefused) {
-    const Error error = error_of([] { (void)encode_cm_private_data(bytes(cm_payload_max + 1)); });
-    EXPECT_EQ(error.errno_value(), EMSGSIZE);
-    EXPECT_NE(std::string(error.what()).find("53 bytes: at most 52"), std::string::npos)
-        << error.what();
+    const std::string error =
+        expect_error(EMSGSIZE, [] { (void)encode_cm_private_data(bytes(cm_payload_max + 1)); });
+    EXPECT_NE(error.find("53 bytes: at most 52"), std::string::npos) << error;
 }
 
 TEST(CmPrivateData, ForeignOrDamagedFramesAreProtocolErrors) {
@@ -76,9 +68,9 @@ TEST(CmPrivateData, ForeignOrDamagedFramesAreProtocolErrors) {
         {truncated, "announces a 8-byte payload but carries 7 bytes"},
     };
     for (const Case& c : cases) {
-        const Error error = error_of([&] { (void)decode_cm_private_data(c.data); });
-        EXPECT_EQ(error.errno_value(), EPROTO);
-        EXPECT_NE(std::string(error.what()).find(c.says), std::string::npos) << error.what();
+        const std::string error =
+            expect_error(EPROTO, [&] { (void)decode_cm_private_data(c.data); });
+        EXPECT_NE(error.find(c.says), std::string::npos) << error;
     }
 }
 
@@ -106,14 +98,11 @@ TEST(CmErrors, NoConnectionManagerSaysWhichModuleToLoad) {
         GTEST_SKIP() << "this host has RDMA CM (/dev/infiniband/rdma_cm): the missing-module "
                         "error cannot happen here";
     }
-    const Error error = error_of([] { CmListener listener("127.0.0.1", 0); });
-    EXPECT_NE(std::string(error.what())
-                  .find("rdma_create_event_channel for listening on "
-                        "127.0.0.1:0"),
+    const std::string error = expect_error(ENODEV, [] { CmListener listener("127.0.0.1", 0); });
+    EXPECT_NE(error.find("rdma_create_event_channel for listening on 127.0.0.1:0"),
               std::string::npos)
-        << error.what();
-    EXPECT_NE(std::string(error.what()).find("load the rdma_ucm module"), std::string::npos)
-        << error.what();
+        << error;
+    EXPECT_NE(error.find("load the rdma_ucm module"), std::string::npos) << error;
 }
 
 }  // namespace

@@ -13,8 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "test_support.hpp"
+
 namespace odp::verbs {
 namespace {
+
+using odp::test::expect_error;
 
 using namespace std::chrono_literals;
 
@@ -28,16 +32,25 @@ std::vector<std::uint8_t> text_bytes(std::string_view text) {
 }
 
 // One side's verbs objects on a device.
+// One side's verbs objects on a device, with a 64 KiB buffer registered for
+// everything: it is also an RDMA READ sink, which iWARP writes into as a
+// remote write, so it needs remote-write access.
 struct Side {
     explicit Side(const std::string& device)
         : context(open_device(device)),
           pd(alloc_pd(*context)),
           cq(create_cq(*context, 64)),
-          buffer(1 << 16) {}
+          buffer(1 << 16),
+          mr(reg_mr(*pd, buffer.data(), buffer.size(),
+                    IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ)) {}
+    [[nodiscard]] std::uint64_t address(std::size_t offset) const {
+        return reinterpret_cast<std::uintptr_t>(buffer.data() + offset);
+    }
     ContextPtr context;
     PdPtr pd;
     CqPtr cq;
     std::vector<std::uint8_t> buffer;
+    MrPtr mr;
 };
 
 class CmLoopback : public ::testing::Test {
@@ -60,29 +73,12 @@ CmOptions with_timeout(std::chrono::milliseconds timeout) {
     return options;
 }
 
-template <typename F>
-Error error_of(F&& call) {
-    try {
-        call();
-    } catch (const Error& error) {
-        return error;
-    }
-    ADD_FAILURE() << "no odp::Error thrown";
-    return Error(0, "");
-}
-
 TEST_F(CmLoopback, ConnectsWithPrivateDataAndMovesData) {
     EXPECT_EQ(cm_resolve_device(address_, 1, 5s), device_);
     CmListener listener(address_, 0);
     ASSERT_NE(listener.port(), 0);
     Side server(device_);
     Side client(device_);
-    constexpr int kAccess =
-        IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
-    const MrPtr server_mr = reg_mr(*server.pd, server.buffer.data(), server.buffer.size(), kAccess);
-    // The client's buffer is an RDMA READ sink: iWARP writes the response
-    // into it as a remote write, so it needs remote-write access there.
-    const MrPtr client_mr = reg_mr(*client.pd, client.buffer.data(), client.buffer.size(), kAccess);
 
     auto connecting = std::async(std::launch::async, [&] {
         return cm_connect(*client.pd, *client.cq, *client.cq, address_, listener.port(),
@@ -96,7 +92,7 @@ TEST_F(CmLoopback, ConnectsWithPrivateDataAndMovesData) {
     struct Remote {
         std::uint64_t address;
         std::uint32_t rkey;
-    } remote{reinterpret_cast<std::uintptr_t>(server.buffer.data()), server_mr->rkey};
+    } remote{server.address(0), server.mr->rkey};
     std::vector<std::uint8_t> reply(sizeof remote);
     std::memcpy(reply.data(), &remote, sizeof remote);
     CmConnection server_side = request.accept(*server.pd, *server.cq, *server.cq, reply);
@@ -114,24 +110,20 @@ TEST_F(CmLoopback, ConnectsWithPrivateDataAndMovesData) {
     for (std::uint32_t i = 0; i < kLength; ++i) {
         client.buffer[i] = static_cast<std::uint8_t>(i * 13 + 5);
     }
-    const ibv_sge write_sge{reinterpret_cast<std::uintptr_t>(client.buffer.data()), kLength,
-                            client_mr->lkey};
+    const ibv_sge write_sge{client.address(0), kLength, client.mr->lkey};
     client_side.qp().post_write({&write_sge, 1}, got.address, got.rkey, 1);
     EXPECT_EQ(wait_completion(*client.cq, 10s).opcode, IBV_WC_RDMA_WRITE);
     EXPECT_EQ(0, std::memcmp(server.buffer.data(), client.buffer.data(), kLength));
 
-    const ibv_sge read_sge{reinterpret_cast<std::uintptr_t>(client.buffer.data() + kLength),
-                           kLength, client_mr->lkey};
+    const ibv_sge read_sge{client.address(kLength), kLength, client.mr->lkey};
     client_side.qp().post_read({&read_sge, 1}, got.address, got.rkey, 2);
     EXPECT_EQ(wait_completion(*client.cq, 10s).opcode, IBV_WC_RDMA_READ);
     EXPECT_EQ(0, std::memcmp(client.buffer.data() + kLength, server.buffer.data(), kLength));
 
-    const ibv_sge recv_sge{reinterpret_cast<std::uintptr_t>(server.buffer.data() + 32768), 64,
-                           server_mr->lkey};
+    const ibv_sge recv_sge{server.address(32768), 64, server.mr->lkey};
     server_side.qp().post_recv({&recv_sge, 1}, 3);
     std::memcpy(client.buffer.data() + 32768, "sent through RDMA CM", 21);
-    const ibv_sge send_sge{reinterpret_cast<std::uintptr_t>(client.buffer.data() + 32768), 21,
-                           client_mr->lkey};
+    const ibv_sge send_sge{client.address(32768), 21, client.mr->lkey};
     client_side.qp().post_send({&send_sge, 1}, 4);
     EXPECT_EQ(wait_completion(*client.cq, 10s).opcode, IBV_WC_SEND);
     const ibv_wc received = wait_completion(*server.cq, 10s);
@@ -147,10 +139,6 @@ TEST_F(CmLoopback, ReadIntoSeveralSgesLandsInEach) {
     CmListener listener(address_, 0);
     Side server(device_);
     Side client(device_);
-    constexpr int kAccess =
-        IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
-    const MrPtr server_mr = reg_mr(*server.pd, server.buffer.data(), server.buffer.size(), kAccess);
-    const MrPtr client_mr = reg_mr(*client.pd, client.buffer.data(), client.buffer.size(), kAccess);
     for (std::size_t i = 0; i < server.buffer.size(); ++i) {
         server.buffer[i] = static_cast<std::uint8_t>(i * 7 + 3);
     }
@@ -161,12 +149,11 @@ TEST_F(CmLoopback, ReadIntoSeveralSgesLandsInEach) {
         listener.next_request(10s).accept(*server.pd, *server.cq, *server.cq, {});
     CmConnection client_side = connecting.get();
     // Three pieces of 3000 bytes, scattered in the client's buffer.
-    const std::uint64_t base = reinterpret_cast<std::uintptr_t>(client.buffer.data());
-    const ibv_sge sges[3] = {{base + 40000, 3000, client_mr->lkey},
-                             {base + 10000, 3000, client_mr->lkey},
-                             {base + 20000, 3000, client_mr->lkey}};
-    client_side.qp().post_read(sges, reinterpret_cast<std::uintptr_t>(server.buffer.data() + 100),
-                               server_mr->rkey, 9);
+    const std::uint64_t base = client.address(0);
+    const ibv_sge sges[3] = {{base + 40000, 3000, client.mr->lkey},
+                             {base + 10000, 3000, client.mr->lkey},
+                             {base + 20000, 3000, client.mr->lkey}};
+    client_side.qp().post_read(sges, server.address(100), server.mr->rkey, 9);
     const ibv_wc done = wait_completion(*client.cq, 10s);
     EXPECT_EQ(done.wr_id, 9U);
     EXPECT_EQ(done.opcode, IBV_WC_RDMA_READ);
@@ -181,21 +168,18 @@ TEST_F(CmLoopback, NoListenerIsRefusedAtConnect) {
     Side client(device_);
     // A port nobody listens on: the listener's, once it is gone.
     const std::uint16_t port = CmListener(address_, 0).port();
-    const Error error = error_of([&] {
+    const std::string error = expect_error(ECONNREFUSED, [&] {
         (void)cm_connect(*client.pd, *client.cq, *client.cq, address_, port, {}, with_timeout(10s));
     });
-    EXPECT_EQ(error.errno_value(), ECONNREFUSED) << error.what();
-    EXPECT_NE(std::string(error.what()).find("rdma_connect(" + address_ + ":"), std::string::npos)
-        << error.what();
-    EXPECT_NE(std::string(error.what()).find("is an RDMA CM server listening"), std::string::npos)
-        << error.what();
+    EXPECT_NE(error.find("rdma_connect(" + address_ + ":"), std::string::npos) << error;
+    EXPECT_NE(error.find("is an RDMA CM server listening"), std::string::npos) << error;
 }
 
 TEST_F(CmLoopback, UnacceptedRequestIsRejected) {
     CmListener listener(address_, 0);
     Side client(device_);
     auto connecting = std::async(std::launch::async, [&] {
-        return error_of([&] {
+        return expect_error(ECONNREFUSED, [&] {
             (void)cm_connect(*client.pd, *client.cq, *client.cq, address_, listener.port(),
                              text_bytes("refuse me"), with_timeout(10s));
         });
@@ -205,22 +189,26 @@ TEST_F(CmLoopback, UnacceptedRequestIsRejected) {
         EXPECT_EQ(std::vector<std::uint8_t>(request.payload().begin(), request.payload().end()),
                   text_bytes("refuse me"));
     }  // not accepted: the destructor rejects it
-    const Error error = connecting.get();
-    EXPECT_EQ(error.errno_value(), ECONNREFUSED) << error.what();
-    EXPECT_NE(std::string(error.what()).find("got RDMA_CM_EVENT_REJECTED"), std::string::npos)
-        << error.what();
+    const std::string error = connecting.get();
+    EXPECT_NE(error.find("got RDMA_CM_EVENT_REJECTED"), std::string::npos) << error;
 }
 
 TEST_F(CmLoopback, AddressNoDeviceReachesFailsAtResolve) {
     Side client(device_);
     // TEST-NET-3: routed nowhere in the guest.
-    const Error error = error_of([&] {
+    // The kernel refuses it at once (ENETUNREACH) or reports ADDR_ERROR
+    // (EHOSTUNREACH), depending on the version; either way the step is named.
+    try {
         (void)cm_connect(*client.pd, *client.cq, *client.cq, "203.0.113.7", 18515, {},
                          with_timeout(3s));
-    });
-    EXPECT_NE(std::string(error.what()).find("rdma_resolve_addr(203.0.113.7:18515)"),
-              std::string::npos)
-        << error.what();
+        ADD_FAILURE() << "connected to an address no device reaches";
+    } catch (const Error& error) {
+        EXPECT_TRUE(error.errno_value() == ENETUNREACH || error.errno_value() == EHOSTUNREACH)
+            << error.what();
+        EXPECT_NE(std::string(error.what()).find("rdma_resolve_addr(203.0.113.7:18515)"),
+                  std::string::npos)
+            << error.what();
+    }
 }
 
 TEST_F(CmLoopback, PdOnAnotherDeviceIsRefused) {
@@ -230,13 +218,12 @@ TEST_F(CmLoopback, PdOnAnotherDeviceIsRefused) {
     }
     CmListener listener(address_, 0);
     Side wrong(other);
-    const Error error = error_of(
-        [&] { (void)cm_connect(*wrong.pd, *wrong.cq, *wrong.cq, address_, listener.port(), {}); });
-    EXPECT_EQ(error.errno_value(), EINVAL);
-    EXPECT_NE(std::string(error.what())
-                  .find("is on RDMA device " + device_ + ", but the PD is on " + other),
+    const std::string error = expect_error(EINVAL, [&] {
+        (void)cm_connect(*wrong.pd, *wrong.cq, *wrong.cq, address_, listener.port(), {});
+    });
+    EXPECT_NE(error.find("is on RDMA device " + device_ + ", but the PD is on " + other),
               std::string::npos)
-        << error.what();
+        << error;
 }
 
 }  // namespace

@@ -29,44 +29,30 @@ device_active() { # device, transport
 }
 
 # rping through RDMA CM to the device's own address: the listener must be
-# bound to that device (rdma resource show), and both sides must verify
-# every one of the transfers (-V checks the data each RDMA READ and WRITE moved).
+# bound to that device (rdma resource show), the client must end well and
+# both sides must have seen every one of the pings (-V: each side checks the
+# data that each RDMA READ and WRITE moved).  rping's server exits non-zero
+# when the client disconnects after the last ping, so its status is not used.
 rping_moves_data() { # device, address
     local count=50 server client listeners
     server=$(mktemp) client=$(mktemp)
-    rping -s -a "$2" -C $count -S 4096 -V -v >"$server" 2>&1 &
+    rping -s -a "$2" -C $count -S 1024 -V -v >"$server" 2>&1 &
     local pid=$!
     sleep 1
     listeners=$(rdma resource show cm_id 2>&1)
-    timeout 60 rping -c -a "$2" -C $count -S 4096 -V -v >"$client" 2>&1
+    timeout 60 rping -c -a "$2" -C $count -S 1024 -V -v >"$client" 2>&1
     local rc=$?
     timeout 30 tail --pid=$pid -f /dev/null
     wait $pid
-    local server_rc=$?
+    local client_pings server_pings
+    client_pings=$(grep -o '^ping data: rdma-ping-[0-9]*:' "$client" | sort -u | wc -l)
+    server_pings=$(grep -o '^server ping data: rdma-ping-[0-9]*:' "$server" | sort -u | wc -l)
     echo "$listeners" | grep LISTEN | sed 's/^/  cm_id: /'
-    sed -n '1p;$p' "$client" | sed 's/^/  client: /'
-    grep -v '^server ping data' "$server" | sed 's/^/  server: /'
-    [[ $rc -eq 0 && $server_rc -eq 0 ]] &&
-        grep -q "dev $1 .*LISTEN.*src-addr $2:" <<<"$listeners" &&
-        [[ $(grep -c '^ping data: rdma-ping-' "$client") -eq $count ]]
-}
-
-rc_pingpong() {
-    local iters=500 server client
-    server=$(mktemp) client=$(mktemp)
-    ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n $iters >"$server" 2>&1 &
-    local pid=$!
-    sleep 3
-    timeout 60 ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n $iters "$ODP_VM_ADDR" >"$client" 2>&1
-    local rc=$?
-    timeout 30 tail --pid=$pid -f /dev/null
-    wait $pid
-    local server_rc=$?
-    sed 's/^/  client: /' "$client"
-    sed 's/^/  server: /' "$server"
-    # Both sides must report every iteration completed.
-    [[ $rc -eq 0 && $server_rc -eq 0 ]] && grep -q "^[0-9]* bytes in .* = .*" "$client" &&
-        grep -q "^$iters iters in " "$client" && grep -q "^$iters iters in " "$server"
+    echo "  client: exit $rc, $client_pings pings; server: $server_pings pings"
+    grep -v 'ping data' "$client" | sed 's/^/  client: /'
+    grep -v 'ping data' "$server" | sed 's/^/  server: /'
+    [[ $rc -eq 0 && $client_pings -eq $count && $server_pings -eq $count ]] &&
+        grep -q "link $1/[0-9]* .*LISTEN.*src-addr $2:" <<<"$listeners"
 }
 
 odp_matches_kernel() { # device
@@ -103,6 +89,11 @@ guest_clock_is_tsc() {
 }
 
 check guest_clock_is_tsc guest_clock_is_tsc
+# siw.ko is built for every supported kernel: without siw0 CMake found no
+# siw source (scripts/setup fetches it) and half the suite would not run.
+case $ODP_VM_KERNEL in
+5.10 | 6.1 | 6.12 | 7.3) check siw0_is_up grep -qw siw0 <<<"$ODP_VM_DEVICES" ;;
+esac
 for device in $ODP_VM_DEVICES; do
     case $device in
     rxe0)
