@@ -283,6 +283,9 @@ RcQueuePair::RcQueuePair(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, const Opt
     }
 
     ibv_context& context = *pd.context;
+    ibv_device_attr device_attr{};
+    check_rc(ibv_query_device(&context, &device_attr), "ibv_query_device on " + device_);
+    max_read_sge_ = static_cast<std::size_t>(std::max(device_attr.max_sge_rd, 1));
     ibv_port_attr port_attr{};
     check_rc(ibv_query_port(&context, options.port, &port_attr),
              "ibv_query_port(" + std::to_string(options.port) + ") on " + device_);
@@ -290,11 +293,14 @@ RcQueuePair::RcQueuePair(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, const Opt
     local_.port = options.port;
     local_.lid = port_attr.lid;
     local_.mtu = std::min(port_attr.active_mtu, options.max_mtu);
-    local_.gid_index = options.gid_index >= 0 ? static_cast<std::uint8_t>(options.gid_index)
-                                              : choose_gid_index(context, options.port);
-    check_rc(ibv_query_gid(&context, options.port, local_.gid_index, &local_.gid),
-             "ibv_query_gid(port " + std::to_string(options.port) + ", index " +
-                 std::to_string(local_.gid_index) + ") on " + device_);
+    // iWARP (siw) routes by IP address through RDMA CM: no GID to exchange.
+    if (context.device->transport_type != IBV_TRANSPORT_IWARP) {
+        local_.gid_index = options.gid_index >= 0 ? static_cast<std::uint8_t>(options.gid_index)
+                                                  : choose_gid_index(context, options.port);
+        check_rc(ibv_query_gid(&context, options.port, local_.gid_index, &local_.gid),
+                 "ibv_query_gid(port " + std::to_string(options.port) + ", index " +
+                     std::to_string(local_.gid_index) + ") on " + device_);
+    }
     if (options.psn != 0) {
         local_.psn = options.psn & 0xffffffU;
     } else {
@@ -375,15 +381,30 @@ void RcQueuePair::post_write(std::span<const ibv_sge> sges, std::uint64_t remote
 
 void RcQueuePair::post_read(std::span<const ibv_sge> sges, std::uint64_t remote_address,
                             std::uint32_t rkey, std::uint64_t wr_id, bool signaled) {
-    ibv_send_wr wr{};
-    wr.wr_id = wr_id;
-    wr.sg_list = const_cast<ibv_sge*>(sges.data());
-    wr.num_sge = static_cast<int>(sges.size());
-    wr.opcode = IBV_WR_RDMA_READ;
-    wr.send_flags = signaled ? static_cast<unsigned>(IBV_SEND_SIGNALED) : 0U;
-    wr.wr.rdma.remote_addr = remote_address;
-    wr.wr.rdma.rkey = rkey;
-    post(wr, "RDMA READ");
+    // A device may take fewer SGEs per READ than per WRITE (siw: one, as an
+    // iWARP READ sink is one tagged buffer): then the READ goes as a chain of
+    // work requests over consecutive remote bytes, only the last signaled.
+    const std::size_t pieces = sges.empty() ? 1 : (sges.size() + max_read_sge_ - 1) / max_read_sge_;
+    std::vector<ibv_send_wr> wrs(pieces);
+    std::uint64_t offset = 0;
+    for (std::size_t i = 0; i < pieces; ++i) {
+        const std::size_t first = i * max_read_sge_;  // < sges.size(), or 0 for none
+        const std::span<const ibv_sge> part =
+            sges.subspan(first, std::min(max_read_sge_, sges.size() - first));
+        ibv_send_wr& wr = wrs[i];
+        wr.wr_id = wr_id;
+        wr.sg_list = const_cast<ibv_sge*>(part.data());
+        wr.num_sge = static_cast<int>(part.size());
+        wr.opcode = IBV_WR_RDMA_READ;
+        wr.wr.rdma.remote_addr = remote_address + offset;
+        wr.wr.rdma.rkey = rkey;
+        wr.next = i + 1 < pieces ? &wrs[i + 1] : nullptr;
+        for (const ibv_sge& sge : part) {
+            offset += sge.length;
+        }
+    }
+    wrs.back().send_flags = signaled ? static_cast<unsigned>(IBV_SEND_SIGNALED) : 0U;
+    post(wrs.front(), pieces == 1 ? "RDMA READ" : "RDMA READ, split by the device's max_sge_rd");
 }
 
 void RcQueuePair::post_send(std::span<const ibv_sge> sges, std::uint64_t wr_id, bool signaled) {

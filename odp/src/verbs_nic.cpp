@@ -52,7 +52,8 @@ class VerbsNic final : public Nic {
     explicit VerbsNic(std::string_view wanted)
         : context_(verbs::open_device(wanted)),
           pd_(verbs::alloc_pd(*context_)),
-          name_(verbs::device_name(*context_)) {
+          name_(verbs::device_name(*context_)),
+          iwarp_(context_->device->transport_type == IBV_TRANSPORT_IWARP) {
         ibv_device_attr_ex attr{};
         check_rc(ibv_query_device_ex(context_.get(), nullptr, &attr),
                  "ibv_query_device_ex on " + name_);
@@ -90,6 +91,12 @@ class VerbsNic final : public Nic {
     [[nodiscard]] const DeviceCaps& caps() const noexcept override { return caps_; }
 
     NicMr register_memory(std::uintptr_t address, std::size_t length, int ibv_access) override {
+        // iWARP places an RDMA READ response in the local sink as a tagged
+        // write: the protocol wants the sink's registration to allow remote
+        // writes (siw itself checks local write only; hardware checks).
+        if (iwarp_ && (ibv_access & IBV_ACCESS_LOCAL_WRITE) != 0) {
+            ibv_access |= IBV_ACCESS_REMOTE_WRITE;
+        }
         errno = 0;
         ibv_mr* mr = ibv_reg_mr(pd_.get(), reinterpret_cast<void*>(address), length, ibv_access);
         if (mr == nullptr) {
@@ -145,6 +152,7 @@ class VerbsNic final : public Nic {
     verbs::ContextPtr context_;
     verbs::PdPtr pd_;  // declared after context_: destroyed first
     std::string name_;
+    bool iwarp_;
     DeviceCaps caps_;
 };
 

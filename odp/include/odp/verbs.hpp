@@ -125,6 +125,9 @@ class ODP_API RcQueuePair {
     // odp::Error naming the operation on failure (ENOMEM: send queue full).
     void post_write(std::span<const ibv_sge> sges, std::uint64_t remote_address, std::uint32_t rkey,
                     std::uint64_t wr_id, bool signaled = true);
+    // A READ into more SGEs than the device's max_sge_rd (siw: 1) is posted
+    // as several work requests, over consecutive remote bytes; only the last
+    // is signaled (one completion, `wr_id`), all take send-queue slots.
     void post_read(std::span<const ibv_sge> sges, std::uint64_t remote_address, std::uint32_t rkey,
                    std::uint64_t wr_id, bool signaled = true);
     void post_send(std::span<const ibv_sge> sges, std::uint64_t wr_id, bool signaled = true);
@@ -139,6 +142,7 @@ class ODP_API RcQueuePair {
     Options options_;
     Endpoint local_;
     std::string device_;
+    std::size_t max_read_sge_ = 1;  // the device's max_sge_rd
 };
 
 // Polls `cq` until `count` completions arrived or `timeout` passed; returns

@@ -5,7 +5,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <odp/device.hpp>
+#include <odp/error.hpp>
+#include <odp/fake_nic.hpp>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -235,6 +239,149 @@ TEST(ComparePlot, DrawsASweepWithRangesAndWrongData) {
     if (!keep) {
         std::remove(path.c_str());
     }
+}
+
+// Two invalidation sources of the emulated mode in one table: a process has
+// one source at a time, so compare runs the emulated mode once per source
+// (SourceKeeper switches) and labels the further source's column.
+TEST(CompareVariants, EmulatedOncePerSourceTheFirstIsPlainEmulated) {
+    const std::vector<ModeVariant> variants =
+        mode_variants({odp::Mode::Pinned, odp::Mode::Native, odp::Mode::Emulated},
+                      {odp::MonitorKind::Module, odp::MonitorKind::Userfaultfd});
+    ASSERT_EQ(variants.size(), 4U);
+    EXPECT_EQ(variants[0].label, "pinned");
+    EXPECT_EQ(variants[1].label, "native");
+    EXPECT_EQ(variants[2].label, "emulated");
+    EXPECT_EQ(variants[2].source, odp::MonitorKind::Module);
+    EXPECT_EQ(variants[3].label, "emulated/userfaultfd");
+    EXPECT_EQ(variants[3].mode, odp::Mode::Emulated);
+    EXPECT_EQ(variants[3].source, odp::MonitorKind::Userfaultfd);
+}
+
+TEST(CompareVariants, NoSourcesGiveOneEmulatedColumnWithAuto) {
+    const std::vector<ModeVariant> variants =
+        mode_variants({odp::Mode::Pinned, odp::Mode::Emulated}, {});
+    ASSERT_EQ(variants.size(), 2U);
+    EXPECT_EQ(variants[1].label, "emulated");
+    EXPECT_EQ(variants[1].source, odp::MonitorKind::Auto);
+}
+
+// Emulated regions registered after use(S) get S; a switch waits for the old
+// source's last region and names it when it outlives the wait.
+TEST(CompareSources, KeeperSwitchesTheProcesssSource) {
+    const std::shared_ptr<odp::Device> device = odp::Device::open(std::make_unique<odp::FakeNic>());
+    ASSERT_EQ(odp::Mirror::current(), nullptr);
+    {
+        SourceKeeper keeper(*device, std::chrono::milliseconds(50));
+        keeper.use(odp::MonitorKind::Fake);
+        ASSERT_NE(odp::Mirror::current(), nullptr);
+        EXPECT_EQ(odp::Mirror::current()->kind(), odp::MonitorKind::Fake);
+        EXPECT_EQ(keeper.monitor(), "fake");
+        {
+            // A measurement's region registered with Auto joins the source.
+            const MappedBuffer buffer(page_size(), page_size(), true);
+            const odp::Region region = device->register_region(
+                buffer.data(), buffer.size(), odp::Access::LocalWrite, odp::Mode::Emulated);
+            EXPECT_EQ(region.monitor(), "fake");
+            // ...and holds it: switching now would leave it on the old one.
+            try {
+                keeper.use(odp::MonitorKind::None);
+                ADD_FAILURE() << "switched while a region of the old source was alive";
+            } catch (const odp::Error& error) {
+                EXPECT_EQ(error.code().value(), EBUSY);
+                EXPECT_NE(std::string(error.what()).find("fake source is still registered"),
+                          std::string::npos)
+                    << error.what();
+            }
+        }
+        keeper.use(odp::MonitorKind::None);  // its region is gone: the switch succeeds
+        EXPECT_EQ(odp::Mirror::current(), nullptr) << "the None source needs no Mirror";
+        keeper.use(odp::MonitorKind::Fake);
+        EXPECT_EQ(odp::Mirror::current()->kind(), odp::MonitorKind::Fake);
+    }
+    EXPECT_EQ(odp::Mirror::current(), nullptr) << "the keeper's region is gone with it";
+}
+
+CompareResult two_source_result() {
+    CompareResult result;
+    result.device = "rxe0";
+    result.kernel = "7.3.4+deb13-amd64";
+    result.modes = {"pinned", "native", "emulated", "emulated/userfaultfd"};
+    result.emulated_monitor = "module";
+    result.monitors = {{"emulated", "module"}, {"emulated/userfaultfd", "userfaultfd"}};
+    for (const std::string& mode : result.modes) {
+        const bool userfaultfd = mode == "emulated/userfaultfd";
+        result.rows.push_back(traffic_row(
+            mode, "write", 65536,
+            userfaultfd ? std::vector<double>{90, 81} : std::vector<double>{100, 90}, {10, 11}));
+        Row reg;
+        reg.mode = mode;
+        reg.test = "register";
+        reg.size = 4096;
+        reg.reg_us = mode == "pinned" ? 50.0 : 5.0;
+        result.rows.push_back(reg);
+    }
+    result.rows.back().reg_us = 25.0;  // emulated/userfaultfd: speed-up 2.0
+    return result;
+}
+
+TEST(CompareTable, SecondSourceIsAnAlignedColumnOfItsOwn) {
+    std::ostringstream out;
+    print_table(two_source_result(), out);
+    const std::string table = out.str();
+    EXPECT_NE(table.find("emulated mode's invalidation source: module\n"), std::string::npos)
+        << table;
+    EXPECT_NE(table.find("emulated/userfaultfd: the emulated mode watched by userfaultfd\n"),
+              std::string::npos)
+        << table;
+    // Every traffic row puts its size in the same column as the header's #bytes.
+    std::istringstream lines(table);
+    std::string line;
+    std::size_t bytes_end = std::string::npos;
+    int traffic_rows = 0;
+    while (std::getline(lines, line)) {
+        if (line.starts_with("mode ")) {
+            bytes_end = line.find("#bytes") + 6;
+        } else if (bytes_end != std::string::npos && line.find(" write ") != std::string::npos &&
+                   line.find("65536") != std::string::npos) {
+            EXPECT_EQ(line.find("65536") + 5, bytes_end) << line;
+            ++traffic_rows;
+        }
+        if (line.starts_with("emulated/userfaultfd write")) {
+            EXPECT_NE(line.find("0.900 [0.900, 0.900]"), std::string::npos)
+                << "its ratio to pinned: " << line;
+        }
+        if (line.starts_with("4 KiB ")) {
+            EXPECT_TRUE(line.ends_with("25.0      2.0"))
+                << "its registration and speed-up: " << line;
+        }
+    }
+    EXPECT_EQ(traffic_rows, 4) << table;
+}
+
+TEST(CompareJson, MonitorsNameEachEmulatedColumnsSource) {
+    const std::string json = to_json(two_source_result(), "odp-perf compare");
+    EXPECT_NE(
+        json.find("\"modes\": [\"pinned\", \"native\", \"emulated\", \"emulated/userfaultfd\"]"),
+        std::string::npos)
+        << json;
+    EXPECT_NE(json.find("\"monitors\": {\"emulated\": \"module\", \"emulated/userfaultfd\": "
+                        "\"userfaultfd\"}"),
+              std::string::npos)
+        << json;
+    EXPECT_NE(json.find("{\"mode\": \"emulated/userfaultfd\", "), std::string::npos) << json;
+}
+
+// A label with a '/' names a column, not a folder of the plot's data files.
+TEST(ComparePlot, DrawsTwoEmulatedSources) {
+    const std::string path =
+        testing::TempDir() + "compare-plot-sources-" + std::to_string(::getpid()) + ".png";
+    ASSERT_NO_THROW(plot(two_source_result(), path));
+    std::ifstream png(path, std::ios::binary);
+    std::string magic(8, '\0');
+    png.read(magic.data(), 8);
+    EXPECT_EQ(magic, "\x89PNG\r\n\x1a\n");
+    std::remove(path.c_str());
 }
 
 }  // namespace

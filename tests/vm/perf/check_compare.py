@@ -3,7 +3,9 @@
 
 usage: check_compare.py FILE KERNEL MONITOR
   KERNEL: 6.1, 6.12 or 7.3; MONITOR: the emulated mode's expected invalidation
-  source (module when odp_mirror.ko is loaded, else userfaultfd)
+  source (module when odp_mirror.ko is loaded, else userfaultfd); with the
+  module the emulated mode runs a second time watched by userfaultfd, as the
+  column "emulated/userfaultfd"
 Prints one line per failed check and exits 1 if any failed.
 """
 import json
@@ -24,10 +26,17 @@ def check(condition, what):
 
 rows = doc["results"]
 expected_modes = ["pinned", "native", "emulated"] if kernel == "7.3" else ["pinned", "emulated"]
+expected_monitors = {"emulated": monitor}
+if monitor == "module":
+    expected_modes.append("emulated/userfaultfd")
+    expected_monitors["emulated/userfaultfd"] = "userfaultfd"
+emulated_modes = [m for m in expected_modes if m.startswith("emulated")]
 check(doc["modes"] == expected_modes,
       f"modes {doc['modes']}, expected {expected_modes} on {kernel}")
 check(doc["emulated_monitor"].split(";")[0] == monitor,
       f"emulated mode watched memory with {doc['emulated_monitor']!r}, expected {monitor}")
+check({k: v.split(";")[0] for k, v in doc["monitors"].items()} == expected_monitors,
+      f"emulated columns watched by {doc['monitors']}, expected {expected_monitors}")
 check(all(isinstance(r.get("depth"), int) for r in rows), "a row has no integer depth")
 native_defect = doc["native_odp_data_check"]["ran"] and not doc["native_odp_data_check"]["ok"]
 required = ["mode", "kernel", "device", "test", "size", "bw_MBps", "lat_us_p50", "lat_us_p99",
@@ -67,20 +76,22 @@ for mode in expected_modes:
     check(touch and touch[0]["error"] is None and touch[0]["first_touch_us"] is not None,
           f"{mode}: first-touch measurement missing ({touch and touch[0]['error']})")
 
-# Emulated chunks fault in on first use and stay within the budget.
-emulated_write = find("emulated", "write", 65536)
-check(emulated_write and emulated_write[0]["faults"] > 0, "emulated write: no chunk faults counted")
+# Emulated chunks fault in on first use and stay within the budget (with
+# either source).
 pinned_write = find("pinned", "write", 65536)
 check(pinned_write and pinned_write[0]["faults"] == 0, "pinned write: chunk faults counted")
-budget = find("emulated", "budget")
-if check(len(budget) == 1 and budget[0]["error"] is None,
-         f"emulated budget: {budget and budget[0]['error']}"):
-    b = budget[0]
-    check(0 < b["pinned_bytes_peak"] <= b["budget_bytes"],
-          f"emulated budget: pinned peak {b['pinned_bytes_peak']} vs budget {b['budget_bytes']}")
-    check(0 < b["hit_rate"] < 1, f"emulated budget: hit rate {b['hit_rate']} (expected misses)")
-    check(b["faults"] > b["budget_bytes"] // (2 << 20),
-          f"emulated budget: {b['faults']} faults, the working set did not exceed the budget")
+for mode in emulated_modes:
+    emulated_write = find(mode, "write", 65536)
+    check(emulated_write and emulated_write[0]["faults"] > 0, f"{mode} write: no chunk faults counted")
+    budget = find(mode, "budget")
+    if check(len(budget) == 1 and budget[0]["error"] is None,
+             f"{mode} budget: {budget and budget[0]['error']}"):
+        b = budget[0]
+        check(0 < b["pinned_bytes_peak"] <= b["budget_bytes"],
+              f"{mode} budget: pinned peak {b['pinned_bytes_peak']} vs budget {b['budget_bytes']}")
+        check(0 < b["hit_rate"] < 1, f"{mode} budget: hit rate {b['hit_rate']} (expected misses)")
+        check(b["faults"] > b["budget_bytes"] // (2 << 20),
+              f"{mode} budget: {b['faults']} faults, the working set did not exceed the budget")
 pinned_budget = find("pinned", "budget")
 check(pinned_budget and pinned_budget[0]["error"] is not None,
       "pinned budget: a pinned region larger than the budget was accepted")

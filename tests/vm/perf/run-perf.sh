@@ -2,7 +2,8 @@
 # Guest suite of odp-perf (runs as root inside scripts/odp-vm):
 #   1. a short `odp-perf compare`, its JSON checked by check_compare.py, with
 #      odp_mirror.ko loaded where it is built for the kernel (the emulated
-#      mode's intended source; userfaultfd elsewhere);
+#      mode's intended source, then userfaultfd as a column of its own;
+#      userfaultfd alone elsewhere);
 #   2. the perftest cross-check: odp-perf's pinned RDMA WRITE bandwidth at
 #      64 KiB within 15% of ib_write_bw's on the same rxe0 loopback (on 7.3
 #      also native mode against ib_write_bw --odp, at a 4 KiB MTU).

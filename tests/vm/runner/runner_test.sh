@@ -34,6 +34,13 @@ expect unknown_kernel_refused 125 $? 'grep -q "unknown kernel .5.4." "$out/err"'
 "$odp_vm" --kernel 6.1 2>"$out/err"
 expect missing_command_refused 125 $? 'grep -q "no command given" "$out/err"'
 
+"$odp_vm" --kernel 6.1 --device roce -- true 2>"$out/err"
+expect unknown_device_refused 125 $? 'grep -q "device takes rxe, siw or both, got .roce." "$out/err"'
+
+"$odp_vm" --kernel 6.1 --siw-dir "$out/no-siw" -- true 2>"$out/err"
+expect missing_siw_module_names_its_target 125 $? \
+    'grep -q "no siw.ko for kernel 6.1 in $out/no-siw/6.1: build it (ninja siw_ko_6_1" "$out/err"'
+
 # A guest that dies before its command starts is booted once more, saying so;
 # twice is an error.  The stand-in QEMU fails its first start only.
 mkdir -p "$out/share"

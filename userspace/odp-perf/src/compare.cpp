@@ -214,6 +214,58 @@ Row row_from_rounds(const std::vector<ClientResult>& rounds, oob::TestKind test,
     return row;
 }
 
+std::vector<ModeVariant> mode_variants(const std::vector<odp::Mode>& modes,
+                                       const std::vector<odp::MonitorKind>& sources) {
+    std::vector<ModeVariant> variants;
+    for (const odp::Mode mode : modes) {
+        const std::string name(odp::to_string(mode));
+        if (mode != odp::Mode::Emulated) {
+            variants.push_back({mode, odp::MonitorKind::Auto, name});
+            continue;
+        }
+        if (sources.empty()) {
+            variants.push_back({mode, odp::MonitorKind::Auto, name});
+        }
+        for (std::size_t i = 0; i < sources.size(); ++i) {
+            variants.push_back({mode, sources[i],
+                                i == 0 ? name : name + "/" + std::string(to_string(sources[i]))});
+        }
+    }
+    return variants;
+}
+
+SourceKeeper::SourceKeeper(odp::Device& device, std::chrono::milliseconds settle)
+    : device_(device), settle_(settle), buffer_(page_size(), page_size(), true) {}
+
+void SourceKeeper::use(odp::MonitorKind source) {
+    if (region_ && source == source_) {
+        return;
+    }
+    region_ = odp::Region();
+    // The Mirror goes when its last region does; until then a region asking
+    // for another source would be refused (EBUSY).
+    const auto deadline = std::chrono::steady_clock::now() + settle_;
+    while (odp::Mirror::current() != nullptr) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+            odp::throw_error(
+                EBUSY, "cannot switch the emulated mode to the " + std::string(to_string(source)) +
+                           " source: a region of the " + std::string(to_string(source_)) +
+                           " source is still registered " + std::to_string(settle_.count()) +
+                           " ms after its measurement ended (a leaked region?)");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    odp::RegionOptions options;
+    options.mode = odp::Mode::Emulated;
+    options.monitor = source;
+    region_ = device_.register_region(buffer_.data(), buffer_.size(), kBufferAccess, options);
+    source_ = source;
+}
+
+std::string SourceKeeper::monitor() const {
+    return region_ ? region_.monitor() : std::string();
+}
+
 std::vector<Goal> evaluate_goals(const std::vector<Row>& rows) {
     std::vector<Goal> goals;
     // Registration of a populated 1 GiB buffer (the goal's size), else of the
@@ -283,9 +335,16 @@ CompareResult run_compare(const CompareConfig& config) {
     result.kernel = kernel_release();
     const std::shared_ptr<odp::Device> device = odp::Device::open({config.device, std::nullopt});
     result.device = std::string(device->name());
-    const std::vector<odp::Mode> modes = supported_modes(*device, kBufferAccess);
-    for (const odp::Mode mode : modes) {
-        result.modes.emplace_back(odp::to_string(mode));
+    std::vector<odp::MonitorKind> sources = config.sources;
+    // The module where this process may open it (Auto would pick it), and
+    // userfaultfd beside it.
+    if (sources.empty() && ::access("/dev/odp_mirror", R_OK | W_OK) == 0) {
+        sources = {odp::MonitorKind::Module, odp::MonitorKind::Userfaultfd};
+    }
+    const std::vector<ModeVariant> variants =
+        mode_variants(supported_modes(*device, kBufferAccess), sources);
+    for (const ModeVariant& variant : variants) {
+        result.modes.push_back(variant.label);
     }
 
     // The server runs in this process on its own thread (and its own Device),
@@ -338,14 +397,32 @@ CompareResult run_compare(const CompareConfig& config) {
         }
     }
     const std::uint32_t rounds = std::max<std::uint32_t>(config.rounds, 1);
-    Progress progress(modes.size() * (tests.size() * sizes.size() * rounds + reg_sizes.size() + 4));
+    Progress progress(variants.size() *
+                      (tests.size() * sizes.size() * rounds + reg_sizes.size() + 4));
 
-    // Keeps the per-process Mirror alive between measurements, so that
-    // registration times are those of a process that already watches memory.
-    const MappedBuffer keepalive_buffer(page_size(), page_size(), true);
-    const odp::Region keepalive = device->register_region(
-        keepalive_buffer.data(), keepalive_buffer.size(), kBufferAccess, odp::Mode::Emulated);
-    result.emulated_monitor = keepalive.monitor();
+    // Before each emulated measurement its source becomes the process's (a
+    // switch takes milliseconds); the other modes use no source.
+    SourceKeeper keeper(*device);
+    const auto prepare = [&](const ModeVariant& variant) {
+        if (variant.mode == odp::Mode::Emulated) {
+            keeper.use(variant.source);
+            result.monitors.try_emplace(variant.label, keeper.monitor());
+        }
+    };
+    // A row of a further source's emulated column carries its label.
+    const auto labelled = [](Row row, const ModeVariant& variant) {
+        if (row.server_mode == row.mode) {
+            row.server_mode = variant.label;
+        }
+        row.mode = variant.label;
+        return row;
+    };
+    for (const ModeVariant& variant : variants) {
+        prepare(variant);
+    }
+    if (const auto first = result.monitors.find("emulated"); first != result.monitors.end()) {
+        result.emulated_monitor = first->second;
+    }
 
     // Modes take turns at each test and size, in rounds that each run a part
     // of the iterations: a disturbance of the machine (other guests, a busy
@@ -361,15 +438,14 @@ CompareResult run_compare(const CompareConfig& config) {
                 std::min(config.lat_iterations, std::max<std::uint64_t>((32ULL << 20) / size, 16));
             const std::uint32_t depth =
                 depth_within_budget(device->max_pinned_bytes(), size, config.depth);
-            std::map<odp::Mode, std::vector<ClientResult>> runs;
-            std::map<odp::Mode, std::string> errors;
+            std::map<std::string, std::vector<ClientResult>> runs;
+            std::map<std::string, std::string> errors;
             for (std::uint32_t round = 0; round < rounds; ++round) {
-                for (const odp::Mode mode : modes) {
-                    const std::string mode_name(odp::to_string(mode));
-                    progress.step(mode_name + " " + to_string(test) + " " + std::to_string(size) +
-                                  " B, round " + std::to_string(round + 1) + "/" +
-                                  std::to_string(rounds));
-                    if (errors.contains(mode)) {
+                for (const ModeVariant& variant : variants) {
+                    progress.step(variant.label + " " + to_string(test) + " " +
+                                  std::to_string(size) + " B, round " + std::to_string(round + 1) +
+                                  "/" + std::to_string(rounds));
+                    if (errors.contains(variant.label)) {
                         continue;  // its first error is the row
                     }
                     ClientSpec spec;
@@ -381,25 +457,26 @@ CompareResult run_compare(const CompareConfig& config) {
                     spec.iterations = (iterations + rounds - 1) / rounds;
                     spec.latency_iterations = (latency_iterations + rounds - 1) / rounds;
                     spec.depth = depth;
-                    spec.mode = mode;
-                    spec.peer_mode = mode;
+                    spec.mode = variant.mode;
+                    spec.peer_mode = variant.mode;
                     try {
-                        runs[mode].push_back(run_client_test(*device, spec));
+                        prepare(variant);
+                        runs[variant.label].push_back(run_client_test(*device, spec));
                     } catch (const std::exception& error) {
-                        errors[mode] = error.what();
+                        errors[variant.label] = error.what();
                     }
                 }
             }
-            for (const odp::Mode mode : modes) {
+            for (const ModeVariant& variant : variants) {
                 Row row;
-                if (const auto error = errors.find(mode); error != errors.end()) {
-                    row.mode = std::string(odp::to_string(mode));
+                if (const auto error = errors.find(variant.label); error != errors.end()) {
+                    row.mode = variant.label;
                     row.server_mode = row.mode;
                     row.test = to_string(test);
                     row.size = size;
                     row.error = error->second;
                 } else {
-                    row = row_from_rounds(runs.at(mode), test, size);
+                    row = labelled(row_from_rounds(runs.at(variant.label), test, size), variant);
                 }
                 row.depth = depth;
                 result.rows.push_back(std::move(row));
@@ -407,25 +484,30 @@ CompareResult run_compare(const CompareConfig& config) {
         }
     }
     for (const std::uint64_t size : reg_sizes) {
-        for (const odp::Mode mode : modes) {
-            progress.step(std::string(odp::to_string(mode)) + " register " +
-                          odp::format_bytes(size));
-            for (Row& row : measure_registration(*device, mode, {size})) {
-                result.rows.push_back(std::move(row));
+        for (const ModeVariant& variant : variants) {
+            progress.step(variant.label + " register " + odp::format_bytes(size));
+            prepare(variant);
+            for (Row& row : measure_registration(*device, variant.mode, {size})) {
+                result.rows.push_back(labelled(std::move(row), variant));
             }
         }
     }
-    for (const odp::Mode mode : modes) {
-        const std::string mode_name(odp::to_string(mode));
-        progress.step(mode_name + " first touch");
-        result.rows.push_back(measure_first_touch(*device, peer, mode, 2 << 20, false));
-        progress.step(mode_name + " prefetch");
-        result.rows.push_back(measure_first_touch(*device, peer, mode, 2 << 20, true));
-        progress.step(mode_name + " working set over budget");
-        result.rows.push_back(measure_budget(config.device, peer, mode, config.budget,
-                                             config.working_set, config.budget_iterations));
-        progress.step(mode_name + " remap under traffic");
-        result.rows.push_back(measure_remap(*device, peer, mode, config.remap_rounds));
+    for (const ModeVariant& variant : variants) {
+        prepare(variant);
+        progress.step(variant.label + " first touch");
+        result.rows.push_back(
+            labelled(measure_first_touch(*device, peer, variant.mode, 2 << 20, false), variant));
+        progress.step(variant.label + " prefetch");
+        result.rows.push_back(
+            labelled(measure_first_touch(*device, peer, variant.mode, 2 << 20, true), variant));
+        progress.step(variant.label + " working set over budget");
+        result.rows.push_back(
+            labelled(measure_budget(config.device, peer, variant.mode, config.budget,
+                                    config.working_set, config.budget_iterations),
+                     variant));
+        progress.step(variant.label + " remap under traffic");
+        result.rows.push_back(
+            labelled(measure_remap(*device, peer, variant.mode, config.remap_rounds), variant));
     }
     result.goals = evaluate_goals(result.rows);
     return result;
@@ -447,12 +529,25 @@ void print_table(const CompareResult& result, std::ostream& out) {
     if (!result.emulated_monitor.empty()) {
         out << "emulated mode's invalidation source: " << result.emulated_monitor << "\n";
     }
+    for (const auto& [label, monitor] : result.monitors) {
+        if (label != "emulated") {
+            out << label << ": the emulated mode watched by " << monitor << "\n";
+        }
+    }
     if (!result.sizes_note.empty()) {
         out << "sweep: " << result.sizes_note << "\n";
     }
     out << "\n";
 
-    out << std::left << std::setw(9) << "mode" << std::setw(6) << "test" << std::right
+    // Columns as wide as the longest mode label (emulated/userfaultfd).
+    int mode_width = 9;
+    for (const std::string& mode : result.modes) {
+        mode_width = std::max(mode_width, static_cast<int>(mode.size()) + 1);
+    }
+    const auto register_width = [](const std::string& mode) {
+        return std::max(14, static_cast<int>(mode.size()) + 1);
+    };
+    out << std::left << std::setw(mode_width) << "mode" << std::setw(6) << "test" << std::right
         << std::setw(8) << "#bytes" << std::setw(12) << "#iterations" << std::setw(6) << "depth"
         << std::setw(13) << "BW avg[MB/s]" << std::setw(22) << "ratio [rounds]" << std::setw(13)
         << "t_p50[usec]" << std::setw(22) << "ratio [rounds]" << std::setw(13) << "t_p99[usec]"
@@ -462,8 +557,8 @@ void print_table(const CompareResult& result, std::ostream& out) {
         if (row.test != "write" && row.test != "read" && row.test != "send") {
             continue;
         }
-        out << std::left << std::setw(9) << row.mode << std::setw(6) << row.test << std::right
-            << std::setw(8) << row.size;
+        out << std::left << std::setw(mode_width) << row.mode << std::setw(6) << row.test
+            << std::right << std::setw(8) << row.size;
         if (!row.error.empty()) {
             out << "  failed: " << row.error << "\n";
             continue;
@@ -497,7 +592,7 @@ void print_table(const CompareResult& result, std::ostream& out) {
            "time)\n";
     out << std::left << std::setw(10) << "size" << std::right;
     for (const std::string& mode : result.modes) {
-        out << std::setw(14) << mode << (mode == "pinned" ? "" : " speed-up");
+        out << std::setw(register_width(mode)) << mode << (mode == "pinned" ? "" : " speed-up");
     }
     out << "\n";
     std::vector<std::uint64_t> sizes;
@@ -512,7 +607,8 @@ void print_table(const CompareResult& result, std::ostream& out) {
         const Row* pinned = find(result.rows, "pinned", "register", size);
         for (const std::string& mode : result.modes) {
             const Row* row = find(result.rows, mode, "register", size);
-            out << std::setw(14) << (row ? optional_number(row->reg_us, 1) : "failed");
+            out << std::setw(register_width(mode))
+                << (row ? optional_number(row->reg_us, 1) : "failed");
             if (mode != "pinned") {
                 out << std::setw(9)
                     << (row && pinned && row->reg_us && pinned->reg_us && *row->reg_us > 0
@@ -525,14 +621,14 @@ void print_table(const CompareResult& result, std::ostream& out) {
 
     out << "\nFirst touch: 2 MiB from a freshly registered buffer [usec] (translate = making it "
            "usable;\n write = one whole RDMA WRITE of it, translate included)\n";
-    out << std::left << std::setw(10) << "mode" << std::right << std::setw(12) << "register"
-        << std::setw(17) << "cold translate" << std::setw(13) << "first write" << std::setw(12)
-        << "warm write" << std::setw(12) << "prefetch" << std::setw(26)
+    out << std::left << std::setw(mode_width + 1) << "mode" << std::right << std::setw(12)
+        << "register" << std::setw(17) << "cold translate" << std::setw(13) << "first write"
+        << std::setw(12) << "warm write" << std::setw(12) << "prefetch" << std::setw(26)
         << "translate after prefetch\n";
     for (const std::string& mode : result.modes) {
         const Row* touch = find(result.rows, mode, "first_touch", 2 << 20);
         const Row* fetched = find(result.rows, mode, "prefetch", 2 << 20);
-        out << std::left << std::setw(10) << mode << std::right << std::setw(12)
+        out << std::left << std::setw(mode_width + 1) << mode << std::right << std::setw(12)
             << (touch ? optional_number(touch->reg_us, 1) : "failed") << std::setw(17)
             << (touch ? optional_number(touch->first_touch_us, 1) : "-") << std::setw(13)
             << (touch ? optional_number(touch->first_write_us, 1) : "-") << std::setw(12)
@@ -551,7 +647,7 @@ void print_table(const CompareResult& result, std::ostream& out) {
         if (row.test != "budget") {
             continue;
         }
-        out << "  " << std::left << std::setw(9) << row.mode << std::right << "budget "
+        out << "  " << std::left << std::setw(mode_width) << row.mode << std::right << "budget "
             << odp::format_bytes(row.budget_bytes.value_or(0));
         if (!row.error.empty()) {
             out << ": " << row.error << "\n";
@@ -568,7 +664,7 @@ void print_table(const CompareResult& result, std::ostream& out) {
         if (row.test != "remap") {
             continue;
         }
-        out << "  " << std::left << std::setw(9) << row.mode << std::right;
+        out << "  " << std::left << std::setw(mode_width) << row.mode << std::right;
         if (!row.error.empty()) {
             out << "failed: " << row.error << "\n";
             continue;
@@ -605,6 +701,12 @@ std::string to_json(const CompareResult& result, const std::string& command_line
         << ", \"ok\": " << (result.native_check.ok ? "true" : "false") << ", \"detail\": \""
         << json_escape(result.native_check.detail) << "\"},\n";
     out << "  \"emulated_monitor\": \"" << json_escape(result.emulated_monitor) << "\",\n";
+    out << "  \"monitors\": {";
+    for (auto monitor = result.monitors.begin(); monitor != result.monitors.end(); ++monitor) {
+        out << (monitor == result.monitors.begin() ? "" : ", ") << "\""
+            << json_escape(monitor->first) << "\": \"" << json_escape(monitor->second) << "\"";
+    }
+    out << "},\n";
     out << "  \"sizes_note\": \"" << json_escape(result.sizes_note) << "\",\n";
     out << "  \"modes\": [";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
@@ -715,10 +817,15 @@ void plot(const CompareResult& result, const std::string& png_path) {
     const bool sweep = traffic_sizes.size() > 2;
     std::set<std::uint64_t> reg_sizes;
     std::set<std::string> modes_with_wrong_data;
-    for (const std::string& mode : result.modes) {
-        std::ofstream sweep_data(dir / ("sweep-" + mode + ".dat"));
-        std::ofstream wrong_data(dir / ("sweep-wrong-" + mode + ".dat"));
-        std::ofstream reg(dir / ("reg-" + mode + ".dat"));
+    // Data files are named by the mode's place: a label may hold a '/'.
+    const auto data_file = [&](const char* kind, std::size_t mode) {
+        return (dir / (kind + std::to_string(mode) + ".dat")).string();
+    };
+    for (std::size_t i = 0; i < result.modes.size(); ++i) {
+        const std::string& mode = result.modes[i];
+        std::ofstream sweep_data(data_file("sweep-", i));
+        std::ofstream wrong_data(data_file("sweep-wrong-", i));
+        std::ofstream reg(data_file("reg-", i));
         for (const Row& row : result.rows) {
             if (row.mode != mode) {
                 continue;
@@ -787,8 +894,8 @@ void plot(const CompareResult& result, const std::string& png_path) {
               "set key inside top left vertical\n"
            << size_tics(reg_sizes) << "plot ";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
-        script << (i ? ", " : "") << "'" << (dir / ("reg-" + result.modes[i] + ".dat")).string()
-               << "' using 1:2 lt " << i + 1 << " title '" << result.modes[i] << "'";
+        script << (i ? ", " : "") << "'" << data_file("reg-", i) << "' using 1:2 lt " << i + 1
+               << " title '" << result.modes[i] << "'";
     }
     if (sweep) {
         script << "\nset title 'RDMA WRITE bandwidth against message size'\nset xlabel "
@@ -798,10 +905,10 @@ void plot(const CompareResult& result, const std::string& png_path) {
         for (std::size_t i = 0; i < result.modes.size(); ++i) {
             const std::string& mode = result.modes[i];
             const std::string colour = " lt " + std::to_string(i + 1);
-            script << (i ? ", " : "") << "'" << (dir / ("sweep-" + mode + ".dat")).string()
+            script << (i ? ", " : "") << "'" << data_file("sweep-", i)
                    << "' using 1:2:3:4 with yerrorlines" << colour << " title '" << mode << "'";
             if (modes_with_wrong_data.contains(mode)) {
-                script << ", '" << (dir / ("sweep-wrong-" + mode + ".dat")).string()
+                script << ", '" << data_file("sweep-wrong-", i)
                        << "' using 1:2 with points pt 2 ps 2" << colour << " title '" << mode
                        << ": data check failed'";
             }

@@ -3,11 +3,15 @@
 // one table with each mode's ratio to pinned, JSON (docs/compare.md) and a plot.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <map>
+#include <odp/mirror.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "buffer.hpp"
 #include "measure.hpp"
 #include "native_check.hpp"
 #include "spread.hpp"
@@ -32,7 +36,49 @@ struct CompareConfig {
     std::uint64_t working_set = std::uint64_t{32} << 20;
     std::uint64_t budget_iterations = 2000;
     int remap_rounds = 6;
+    // The emulated mode's invalidation sources, one set of emulated rows each
+    // (mode_variants). Empty: the module and userfaultfd when /dev/odp_mirror
+    // exists, else whatever Auto picks.
+    std::vector<odp::MonitorKind> sources;
     std::string command_line;  // recorded in the JSON
+};
+
+// One column of the comparison: a registration mode, and for the emulated
+// mode the invalidation source that watches it. A process has one source at
+// a time (odp::Mirror), so compare switches between them (SourceKeeper).
+struct ModeVariant {
+    odp::Mode mode = odp::Mode::Pinned;
+    odp::MonitorKind source = odp::MonitorKind::Auto;  // emulated only
+    std::string label;  // its rows' "mode": pinned, native, emulated, emulated/userfaultfd
+};
+
+// Every mode, the emulated one once per source: the first source's rows are
+// "emulated" (what the goals read), a further source's "emulated/<source>".
+std::vector<ModeVariant> mode_variants(const std::vector<odp::Mode>& modes,
+                                       const std::vector<odp::MonitorKind>& sources);
+
+// Keeps the process's Mirror alive with one source between measurements (an
+// emulated region of one page), so that registration times are those of a
+// process that already watches memory, and switches the source on request.
+class SourceKeeper {
+  public:
+    // `settle`: how long a switch waits for the last region of the old
+    // source (such as the in-process server's, freed when its session ends).
+    explicit SourceKeeper(odp::Device& device,
+                          std::chrono::milliseconds settle = std::chrono::seconds(10));
+    // Makes `source` the one emulated regions get (no-op if it is already).
+    // Throws odp::Error(EBUSY) if a region of the old source outlives
+    // `settle`, or the source's error if it cannot be opened.
+    void use(odp::MonitorKind source);
+    // The region's monitor ("module", "userfaultfd; ..."); "" before use().
+    [[nodiscard]] std::string monitor() const;
+
+  private:
+    odp::Device& device_;
+    std::chrono::milliseconds settle_;
+    MappedBuffer buffer_;
+    odp::Region region_;
+    odp::MonitorKind source_ = odp::MonitorKind::Auto;
 };
 
 // One table row from a mode's rounds of one test and size: counts add up, the
@@ -55,7 +101,9 @@ struct CompareResult {
     std::string device;
     std::vector<std::string> modes;
     std::string emulated_monitor;  // the invalidation source emulated mode used
-    std::string sizes_note;        // why a sweep left sizes out ("" if none)
+    // Each emulated column's source: "emulated" -> "module", "emulated/userfaultfd" -> ...
+    std::map<std::string, std::string> monitors;
+    std::string sizes_note;  // why a sweep left sizes out ("" if none)
     std::vector<Row> rows;
     std::vector<Goal> goals;
     NativeCheck native_check;

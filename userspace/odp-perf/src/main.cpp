@@ -1,6 +1,7 @@
 // odp-perf: RDMA test client/server over libodp, and the pinned-vs-ODP comparison.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
@@ -8,10 +9,12 @@
 #include <iostream>
 #include <odp/error.hpp>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "compare.hpp"
+#include "compare_merge.hpp"
 #include "sweep.hpp"
 #include "traffic.hpp"
 
@@ -29,7 +32,8 @@ constexpr const char* kUsage = R"(usage:
   odp-perf compare [--device D] [--json FILE] [--plot FILE.png] [--quick]
                    [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--rounds N]
                    [--reg-max BYTES]
-                   [--budget BYTES] [--working-set BYTES]
+                   [--budget BYTES] [--working-set BYTES] [--sources LIST]
+  odp-perf compare --merge RUN.json [--merge RUN.json]... [--json FILE] [--plot FILE.png]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
 verbs device, test write, size 64K, 1000 iterations, mode and peer mode auto.
@@ -43,6 +47,11 @@ every mode the device supports, and prints one table with ratios to pinned
 pinned budget, large messages with fewer iterations and fewer in flight.
 Each test and size runs in --rounds N (default 4) parts, the modes taking
 turns, so that a passing disturbance of the machine falls on every mode.
+--sources module,userfaultfd: the emulated mode once per invalidation source,
+the first as "emulated", the others as "emulated/<source>" (default: both when
+/dev/odp_mirror exists, else what auto picks; auto, module, userfaultfd).
+compare --merge measures nothing: it merges the JSON of runs of the same
+comparison (other guests) into one table whose ranges span every run's rounds.
 )";
 
 [[noreturn]] void usage_error(const std::string& what) {
@@ -276,12 +285,25 @@ int client_main(Arguments& args) {
     return 0;
 }
 
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) {
+        odp::throw_errno("opening " + path);
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
 int compare_main(Arguments& args, const std::string& command_line) {
     CompareConfig config;
     config.command_line = command_line;
+    std::vector<std::string> merge;
     while (!args.done()) {
         const std::string arg = args.next();
-        if (arg == "--device") {
+        if (arg == "--merge") {
+            merge.push_back(args.value(arg));
+        } else if (arg == "--device") {
             config.device = args.value(arg);
         } else if (arg == "--json") {
             config.json_path = args.value(arg);
@@ -317,6 +339,25 @@ int compare_main(Arguments& args, const std::string& command_line) {
             config.budget = parse_size(args.value(arg), arg);
         } else if (arg == "--working-set") {
             config.working_set = parse_size(args.value(arg), arg);
+        } else if (arg == "--sources") {
+            config.sources.clear();
+            const std::string list = args.value(arg);
+            for (std::size_t begin = 0; begin <= list.size();) {
+                const std::size_t comma = std::min(list.find(',', begin), list.size());
+                const std::string name = list.substr(begin, comma - begin);
+                const std::optional<odp::MonitorKind> source =
+                    name == "auto"          ? std::optional(odp::MonitorKind::Auto)
+                    : name == "module"      ? std::optional(odp::MonitorKind::Module)
+                    : name == "userfaultfd" ? std::optional(odp::MonitorKind::Userfaultfd)
+                                            : std::nullopt;
+                if (!source || std::find(config.sources.begin(), config.sources.end(), *source) !=
+                                   config.sources.end()) {
+                    usage_error("--sources takes distinct auto, module and userfaultfd, got '" +
+                                list + "'");
+                }
+                config.sources.push_back(*source);
+                begin = comma + 1;
+            }
         } else if (arg == "--quick") {
             // A short run for tests: fewer iterations, registration up to 64 MiB.
             config.bw_iterations = 300;
@@ -332,7 +373,23 @@ int compare_main(Arguments& args, const std::string& command_line) {
     if (config.reg_max < 4096 || config.bw_iterations == 0 || config.lat_iterations == 0) {
         usage_error("--reg-max must be at least 4K, --iters and --lat-iters at least 1");
     }
-    const CompareResult result = run_compare(config);
+    CompareResult result;
+    if (merge.empty()) {
+        result = run_compare(config);
+    } else {
+        std::vector<CompareResult> runs;
+        for (const std::string& path : merge) {
+            try {
+                runs.push_back(parse_compare_json(read_file(path)));
+            } catch (const odp::Error& error) {
+                odp::throw_error(error.errno_value(), path + ": " + error.what());
+            }
+        }
+        result = merge_runs(runs);
+        std::cout << "odp-perf compare: " << runs.size()
+                  << " runs merged (values: the mean over the runs; ranges: every round of every "
+                     "run)\n";
+    }
     print_table(result, std::cout);
     if (config.json_path) {
         std::ofstream json(*config.json_path);
