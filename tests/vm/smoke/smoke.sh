@@ -55,6 +55,24 @@ rping_moves_data() { # device, address
         grep -q "link $1/[0-9]* .*LISTEN.*src-addr $2:" <<<"$listeners"
 }
 
+rc_pingpong() {
+    local iters=500 server client
+    server=$(mktemp) client=$(mktemp)
+    ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n $iters >"$server" 2>&1 &
+    local pid=$!
+    sleep 3
+    timeout 60 ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n $iters "$ODP_VM_ADDR" >"$client" 2>&1
+    local rc=$?
+    timeout 30 tail --pid=$pid -f /dev/null
+    wait $pid
+    local server_rc=$?
+    sed 's/^/  client: /' "$client"
+    sed 's/^/  server: /' "$server"
+    # Both sides must report every iteration completed.
+    [[ $rc -eq 0 && $server_rc -eq 0 ]] && grep -q "^[0-9]* bytes in .* = .*" "$client" &&
+        grep -q "^$iters iters in " "$client" && grep -q "^$iters iters in " "$server"
+}
+
 odp_matches_kernel() { # device
     local out
     out=$("$probe" "$1" 2>&1)
