@@ -39,7 +39,8 @@ leaks=$(grep -c '^unreferenced object' "$out/kmemleak.txt")
 echo "debug-kernel-suites: kmemleak: $leaks unreferenced objects ($out/kmemleak.txt)"
 [ "$leaks" -eq 0 ] || failed=1
 dmesg >"$out/dmesg.txt"
-if grep -E 'BUG|WARNING|Oops|KASAN|lockdep|possible .*(deadlock|recursive locking)|kmemleak|hung_task|soft lockup|rcu.*stall|UBSAN' \
+# The reports' own headlines (boot messages name kmemleak and lockdep too).
+if grep -E 'BUG:|WARNING:|Oops|KASAN:|UBSAN:|possible (circular|recursive) locking|inconsistent lock state|suspicious RCU usage|new suspected memory leaks|blocked for more than|soft lockup|rcu.*stall|general protection|list_(add|del) corruption' \
     "$out/dmesg.txt"; then
     echo "debug-kernel-suites: the kernel log shows the reports above ($out/dmesg.txt)"
     failed=1
