@@ -249,14 +249,25 @@ static struct dentry *odp_debugfs_dir;
 /*
  * Test hooks, root-only in debugfs (zero: off).  They widen race windows so
  * that the guest tests fail every time instead of by luck:
- *  inject_drop_delay_ms  a dropped event waits this long between reading the
- *                        consumer's tail and counting itself lost;
+ *  inject_drop_hold      while set, a dropped event stops between reading the
+ *                        consumer's tail and counting itself lost, until the
+ *                        knob is cleared (it spins with the ring lock held,
+ *                        so at most ODP_DROP_HOLD_MAX_MS);
+ *  drops_held            (read-only) dropped events stopped there now, so a
+ *                        test acts while one is held, not after a guess;
  *  inject_retry_ms       FAULT/SNAPSHOT batches see their result invalidated
- *                        until they have been retrying for this long.
+ *                        until they have been retrying for this long;
+ *  inject_retry_budget_ms  replaces a call's retry budget of
+ *                        ODP_FAULT_TIMEOUT_MS, so that a test can make a
+ *                        signal the only way out of a retrying call.
  * notifier_inserts counts interval notifiers ever inserted (debugfs only).
  */
-static u32 odp_inject_drop_delay_ms;
+static u32 odp_inject_drop_hold;
+static atomic_t odp_drops_held;
+/* Below the soft-lockup watchdog's 20 s: a forgotten knob only delays. */
+#define ODP_DROP_HOLD_MAX_MS 10000
 static u32 odp_inject_retry_ms;
+static u32 odp_inject_retry_budget_ms;
 static atomic64_t odp_notifier_inserts;
 
 static void odp_count(struct odp_mm *omm, enum odp_counter idx, s64 delta)
@@ -451,6 +462,17 @@ static u16 odp_reason(const struct mmu_notifier_range *range)
 	}
 }
 
+/* The inject_drop_hold test hook: a busy wait, the caller holds a spinlock. */
+static void odp_hold_drop(void)
+{
+	unsigned int waited_ms = 0;
+
+	atomic_inc(&odp_drops_held);
+	while (READ_ONCE(odp_inject_drop_hold) && waited_ms++ < ODP_DROP_HOLD_MAX_MS)
+		mdelay(1);
+	atomic_dec(&odp_drops_held);
+}
+
 /* Queue @ev, or count it lost if the reader is entries behind.  Never blocks. */
 static void odp_ring_push(struct odp_mm *omm, struct odp_mirror_event *ev)
 {
@@ -463,8 +485,8 @@ static void odp_ring_push(struct odp_mm *omm, struct odp_mirror_event *ev)
 	tail = smp_load_acquire(&omm->consumer->tail);
 	if (head - tail >= omm->ring_entries) {
 		/* Full, or a bogus tail from userspace: drop, never wait. */
-		if (READ_ONCE(odp_inject_drop_delay_ms))
-			mdelay(READ_ONCE(odp_inject_drop_delay_ms));
+		if (READ_ONCE(odp_inject_drop_hold))
+			odp_hold_drop();
 		/* Pairs with the reader's acquire of lost. */
 		smp_store_release(&hdr->lost, hdr->lost + 1);
 		WRITE_ONCE(hdr->overflow, 1);
@@ -886,7 +908,8 @@ retry:
 		w->retries++;
 		w->retry_jiffies += jiffies - attempt;
 		attempt = jiffies;
-		if (w->retry_jiffies > msecs_to_jiffies(ODP_FAULT_TIMEOUT_MS))
+		if (w->retry_jiffies > msecs_to_jiffies(READ_ONCE(odp_inject_retry_budget_ms) ?:
+							ODP_FAULT_TIMEOUT_MS))
 			return -EBUSY;
 		if (signal_pending(current))
 			return -EINTR;
@@ -1270,10 +1293,14 @@ static int __init odp_init(void)
 	/* Statistics stay available through the ioctl if debugfs is absent. */
 	odp_debugfs_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	debugfs_create_file("stats", 0444, odp_debugfs_dir, NULL, &odp_stats_fops);
-	debugfs_create_u32("inject_drop_delay_ms", 0600, odp_debugfs_dir,
-			   &odp_inject_drop_delay_ms);
+	debugfs_create_u32("inject_drop_hold", 0600, odp_debugfs_dir,
+			   &odp_inject_drop_hold);
+	debugfs_create_atomic_t("drops_held", 0400, odp_debugfs_dir,
+				&odp_drops_held);
 	debugfs_create_u32("inject_retry_ms", 0600, odp_debugfs_dir,
 			   &odp_inject_retry_ms);
+	debugfs_create_u32("inject_retry_budget_ms", 0600, odp_debugfs_dir,
+			   &odp_inject_retry_budget_ms);
 	return 0;
 }
 

@@ -67,8 +67,9 @@ class MirrorTest : public ::testing::Test {
   protected:
     void SetUp() override { ASSERT_EQ(Mirror::current(), nullptr) << "a previous test leaked"; }
     void TearDown() override {
-        // A Mirror released on its dispatcher thread finishes there.
-        for (int i = 0; i < 500 && Mirror::current() != nullptr; ++i) {
+        // A Mirror released on its dispatcher thread finishes there (60 s
+        // bounds a hang; a loaded machine can stall a thread for seconds).
+        for (int i = 0; i < 30000 && Mirror::current() != nullptr; ++i) {
             std::this_thread::sleep_for(2ms);
         }
         EXPECT_EQ(Mirror::current(), nullptr) << "the test kept a Mirror alive";
@@ -142,7 +143,9 @@ TEST_F(MirrorLifetime, ConcurrentAcquireReleaseNeverHandsOutADyingMirror) {
         workers.emplace_back([&, t] {
             const Range mine{0x100000 * static_cast<std::uintptr_t>(t + 1),
                              0x100000 * static_cast<std::uintptr_t>(t + 1) + 0x1000};
-            while (std::chrono::steady_clock::now() < deadline) {
+            // 400 ms, and at least two rounds each however slow the machine.
+            for (int mine_done = 0; mine_done < 2 || std::chrono::steady_clock::now() < deadline;
+                 ++mine_done) {
                 RecordingListener listener;
                 std::shared_ptr<Mirror> mirror = Mirror::acquire(fake_options());
                 {
@@ -299,12 +302,16 @@ TEST_F(MirrorOverflow, AFullQueueReportsOverflowAndNeverBlocksTheProducer) {
     while (!in_callback.load()) {
         std::this_thread::sleep_for(1ms);
     }
-    const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < 20; ++i) {
-        mirror->inject(Range{0x2000, 0x3000}, InvalidationReason::Clear);
-    }
-    EXPECT_LT(std::chrono::steady_clock::now() - start, 1s) << "inject blocked";
+    // The gate stays shut until the producer is done: an inject that waited
+    // for room would wait forever (the bound only ends such a hang).
+    auto producer = std::async(std::launch::async, [&] {
+        for (int i = 0; i < 20; ++i) {
+            mirror->inject(Range{0x2000, 0x3000}, InvalidationReason::Clear);
+        }
+    });
+    EXPECT_EQ(producer.wait_for(60s), std::future_status::ready) << "inject blocked";
     gate.open();
+    producer.get();
     mirror->synchronize();
     const std::vector<Heard> heard = listener.heard();
     EXPECT_TRUE(std::any_of(heard.begin(), heard.end(), [](const Heard& h) {
@@ -366,7 +373,8 @@ TEST_F(MirrorWatch, TheLastReferenceDroppedInsideACallbackTearsDownCleanly) {
     watch.emplace(Mirror::acquire(fake_options())->watch(Range{0x1000, 0x2000}, listener));
     watch->mirror()->inject(Range{0x1000, 0x2000}, InvalidationReason::Unmap);
     ASSERT_TRUE(listener.wait_for_count(1));
-    for (int i = 0; i < 500 && Mirror::current() != nullptr; ++i) {
+    // The dispatcher finishes tearing down after the callback; 60 s bounds a hang.
+    for (int i = 0; i < 30000 && Mirror::current() != nullptr; ++i) {
         std::this_thread::sleep_for(2ms);
     }
     EXPECT_EQ(Mirror::current(), nullptr);
@@ -404,7 +412,7 @@ TEST_F(MirrorWatch, AcquireInsideACallbackWhileTheMirrorDiesDoesNotDeadlock) {
         releasing = true;
         mirror.reset();
     });
-    ASSERT_EQ(release.wait_for(10s), std::future_status::ready) << "deadlock";
+    ASSERT_EQ(release.wait_for(60s), std::future_status::ready) << "deadlock";
     EXPECT_TRUE(got_fresh.load());
 }
 

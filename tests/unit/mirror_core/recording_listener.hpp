@@ -38,16 +38,17 @@ class RecordingListener final : public InvalidationListener {
         const std::lock_guard lock(mutex_);
         return heard_.size();
     }
-    // Waits up to `timeout` until at least `n` calls were recorded.
+    // Waits until at least `n` calls were recorded; `timeout` only bounds a
+    // hang (generous: a loaded machine can stall the dispatcher for seconds).
     bool wait_for_count(std::size_t n,
-                        std::chrono::milliseconds timeout = std::chrono::seconds(5)) const {
+                        std::chrono::milliseconds timeout = std::chrono::seconds(60)) const {
         std::unique_lock lock(mutex_);
         return cv_.wait_for(lock, timeout, [&] { return heard_.size() >= n; });
     }
     // Waits until a call matching `match` was recorded.
     template <typename Match>
     bool wait_for(const Match& match,
-                  std::chrono::milliseconds timeout = std::chrono::seconds(5)) const {
+                  std::chrono::milliseconds timeout = std::chrono::seconds(60)) const {
         std::unique_lock lock(mutex_);
         return cv_.wait_for(lock, timeout, [&] {
             for (const Heard& h : heard_) {

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <future>
@@ -30,16 +31,19 @@ constexpr Access remote = Access::LocalWrite | Access::RemoteWrite;
 
 // Holds the mirror's dispatcher inside a callback: events recorded meanwhile
 // stay queued in the source, not delivered. Opens when told, or on its own
-// after `patience` (so that a release() that waits for delivery can finish).
+// once `open_after` was called and its patience ran out (so that a release()
+// that waits for delivery can finish); nothing else opens it before the test
+// says so, however slowly the test runs (a minute only bounds a hang).
 class DispatcherGate final : public InvalidationListener {
   public:
-    explicit DispatcherGate(std::chrono::milliseconds patience) : patience_(patience) {}
-
     void on_invalidate(Range /*range*/, InvalidationReason /*reason*/) noexcept override {
         std::unique_lock lock(mutex_);
         entered_ = true;
+        opens_at_ = std::min(opens_at_, std::chrono::steady_clock::now() + std::chrono::minutes(1));
         changed_.notify_all();
-        changed_.wait_for(lock, patience_, [&] { return open_; });
+        while (!open_ && std::chrono::steady_clock::now() < opens_at_) {
+            changed_.wait_until(lock, opens_at_);
+        }
     }
     void on_invalidate_all(InvalidationReason reason) noexcept override {
         on_invalidate(Range{}, reason);
@@ -48,6 +52,11 @@ class DispatcherGate final : public InvalidationListener {
         std::unique_lock lock(mutex_);
         changed_.wait(lock, [&] { return entered_; });
     }
+    void open_after(std::chrono::milliseconds patience) {
+        const std::lock_guard lock(mutex_);
+        opens_at_ = std::min(opens_at_, std::chrono::steady_clock::now() + patience);
+        changed_.notify_all();
+    }
     void open() {
         const std::lock_guard lock(mutex_);
         open_ = true;
@@ -55,7 +64,7 @@ class DispatcherGate final : public InvalidationListener {
     }
 
   private:
-    const std::chrono::milliseconds patience_;
+    std::chrono::steady_clock::time_point opens_at_ = std::chrono::steady_clock::time_point::max();
     std::mutex mutex_;
     std::condition_variable changed_;
     bool entered_ = false;
@@ -101,10 +110,11 @@ class Adversity : public ::testing::Test {
 TEST_F(Adversity, LeaseReleaseSeesAnEventRecordedButNotYetDelivered) {
     Region region = make_region();
     Lease lease = region.translate(buffer.data(), 4096);
-    DispatcherGate gate(200ms);
+    DispatcherGate gate;
     const Mirror::Watch parked = park_dispatcher(gate);
     mirror->inject(page(), InvalidationReason::Unmap);
     ASSERT_FALSE(mirror->up_to_date()) << "the event must still be queued";
+    gate.open_after(200ms);
     const bool changed = lease.release();
     gate.open();
     EXPECT_TRUE(changed) << "a change recorded before release() was missed";
@@ -115,10 +125,11 @@ TEST_F(Adversity, ExposureReleaseSeesAnEventRecordedButNotYetDelivered) {
     std::atomic<int> calls{0};
     Exposure exposure =
         region.expose(buffer.data(), MiB, [&](Range, InvalidationReason) { ++calls; });
-    DispatcherGate gate(200ms);
+    DispatcherGate gate;
     const Mirror::Watch parked = park_dispatcher(gate);
     mirror->inject(page(), InvalidationReason::Unmap);
     ASSERT_FALSE(mirror->up_to_date());
+    gate.open_after(200ms);
     const bool changed = exposure.release();
     gate.open();
     EXPECT_TRUE(changed);
@@ -132,10 +143,11 @@ TEST_F(Adversity, ExposureReleaseSeesAnEventRecordedButNotYetDelivered) {
 // did both: every coherence case in the guests failed.)
 TEST_F(Adversity, AnEventRecordedBeforeExposeIsNotAChangeUnderIt) {
     Region region = make_region();
-    DispatcherGate gate(200ms);
+    DispatcherGate gate;
     const Mirror::Watch parked = park_dispatcher(gate);
     mirror->inject(page(), InvalidationReason::Unmap);
     ASSERT_FALSE(mirror->up_to_date());
+    gate.open_after(200ms);
     std::atomic<int> calls{0};
     Exposure exposure =
         region.expose(buffer.data(), MiB, [&](Range, InvalidationReason) { ++calls; });

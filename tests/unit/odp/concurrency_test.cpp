@@ -27,19 +27,25 @@ TEST(Concurrency, TranslateReleaseAgainstInvalidationAndEviction) {
     Region region = device->register_region(
         buffer.data(), buffer.size(), Access::LocalWrite | Access::RemoteRead, test::emulated(MiB));
     constexpr int workers = 4;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(700);
-    // Each thread does this much work however late the loaded machine starts it.
-    constexpr int min_rounds = 100;
     std::atomic<std::uint64_t> leases{0};
     std::atomic<std::uint64_t> pressure{0};
     std::atomic<std::uint64_t> bad{0};
     std::atomic<std::uint64_t> retries{0};
+    // 700 ms of racing, and on until the checks below have something to check
+    // (a loaded machine can starve a thread for longer); 60 s bounds a hang.
+    const auto start = std::chrono::steady_clock::now();
+    const auto enough = [&] {
+        const auto ran = std::chrono::steady_clock::now() - start;
+        return ran > std::chrono::seconds(60) ||
+               (ran > std::chrono::milliseconds(700) && leases.load() > 100 &&
+                region.stats().chunks_invalidated > 0);
+    };
+    std::atomic<bool> stop{false};
     std::vector<std::thread> threads;
     for (int t = 0; t < workers; ++t) {
         threads.emplace_back([&, t] {
             std::mt19937_64 random(static_cast<std::uint64_t>(t) + 1);
-            for (int round = 0; round < min_rounds || std::chrono::steady_clock::now() < deadline;
-                 ++round) {
+            while (!stop.load()) {
                 const std::size_t offset = random() % (buffer.size() - 3 * MiB);
                 const std::size_t length = 1 + random() % (2 * MiB);
                 try {
@@ -73,7 +79,7 @@ TEST(Concurrency, TranslateReleaseAgainstInvalidationAndEviction) {
     std::thread invalidator([&] {
         std::mt19937_64 random(99);
         std::uint64_t events = 0;
-        while (events < 5 * min_rounds || std::chrono::steady_clock::now() < deadline) {
+        while (!stop.load()) {
             const std::size_t offset = random() % buffer.size();
             if (++events % 500 == 0) {
                 region.invalidate_all(InvalidationReason::Overflow);
@@ -84,6 +90,10 @@ TEST(Concurrency, TranslateReleaseAgainstInvalidationAndEviction) {
             std::this_thread::yield();
         }
     });
+    while (!enough()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    stop = true;
     for (auto& thread : threads) {
         thread.join();
     }

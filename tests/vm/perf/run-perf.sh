@@ -51,8 +51,9 @@ fi
 # --- perftest cross-check ---------------------------------------------------
 # Emulation on a shared machine is noisy: see cross_check below.
 port=18515
+# Until something listens on TCP port $1 (60 s bounds a hang).
 wait_port() {
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do
         ss -ltn 2>/dev/null | grep -q ":$1 " && return 0
         sleep 0.1
     done
@@ -69,7 +70,7 @@ perftest_bw() {
     log=$(mktemp)
     ib_write_bw -d rxe0 -x "$gid_index" -F -p "$p" -s 65536 -n "$iters" "$@" >/dev/null 2>&1 &
     local server=$!
-    sleep 3  # perftest's server needs its time under emulation
+    wait_port "$p" || { kill "$server"; return; }
     ib_write_bw -d rxe0 -x "$gid_index" -F -p "$p" -s 65536 -n "$iters" "$@" 127.0.0.1 >"$log" 2>&1
     wait "$server"
     awk '$1 == 65536 { print $4 }' "$log"

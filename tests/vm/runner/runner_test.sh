@@ -83,8 +83,16 @@ expect share_written_back 7 $status '[[ $(cat "$out/share/seen" 2>/dev/null) == 
     if [[ $ODP_VM_HOST == 0 ]]; then
         timeout 200 ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n 50
     else
-        sleep 3
-        timeout 200 ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n 50 "$ODP_VM_PEER_ADDR"
+        # Until the server on the other guest listens (a probe would be its
+        # one connection): retried while refused, 200 s bounds a hang.
+        for _ in $(seq 200); do
+            client=$(timeout 200 ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n 50 "$ODP_VM_PEER_ADDR" 2>&1)
+            status=$?
+            grep -q "Couldn.t connect" <<<"$client" || break
+            sleep 1
+        done
+        echo "$client"
+        exit $status
     fi' >"$out/stdout" 2>"$out/err"
 status=$?
 cat "$out/stdout"

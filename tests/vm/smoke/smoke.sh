@@ -60,7 +60,12 @@ rc_pingpong() {
     server=$(mktemp) client=$(mktemp)
     ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n $iters >"$server" 2>&1 &
     local pid=$!
-    sleep 3
+    # The client connects once the server listens on its TCP port (18515),
+    # however long that takes under emulation (60 s bounds a hang).
+    for _ in $(seq 600); do
+        ss -ltn 2>/dev/null | grep -q ':18515 ' && break
+        sleep 0.1
+    done
     timeout 60 ibv_rc_pingpong -d rxe0 -g "$ODP_VM_GID_INDEX" -n $iters "$ODP_VM_ADDR" >"$client" 2>&1
     local rc=$?
     timeout 30 tail --pid=$pid -f /dev/null
