@@ -28,7 +28,7 @@ function(odp_add_unit_tests_target)
 endfunction()
 
 function(odp_add_vm_test suite)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "KERNELS;COMMAND;VM_ARGS" ${ARGN})
+  cmake_parse_arguments(ARG "" "TIMEOUT;DEVICES" "KERNELS;COMMAND;VM_ARGS" ${ARGN})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 900)
   endif()
@@ -37,12 +37,18 @@ function(odp_add_vm_test suite)
     if(NOT kernel IN_LIST ODP_VM_KERNELS)
       continue()
     endif()
-    # A kernel siw.ko is not built for (the opt-in debug kernel) gets rxe0
-    # only; vm.smoke fails on the four supported kernels without siw0.
-    set(devices "")
-    if(NOT kernel IN_LIST ODP_SIW_KO_KERNELS)
-      set(devices --device rxe)
-      message(STATUS "vm.${suite}.${kernel}: rxe0 only, siw.ko is not built for Linux ${kernel}")
+    # Only suites that test siw0 (DEVICES both) load siw.ko: a 6.12 guest of
+    # vm.perf_two_hosts with siw.ko loaded but unused oopsed once in the slab
+    # allocator under rxe's send path, cause not found yet.  A kernel siw.ko
+    # is not built for (the opt-in debug kernel) gets rxe0 only; vm.smoke
+    # fails on the four supported kernels without siw0.
+    set(devices --device rxe)
+    if(ARG_DEVICES STREQUAL "both")
+      if(kernel IN_LIST ODP_SIW_KO_KERNELS)
+        set(devices "")
+      else()
+        message(STATUS "vm.${suite}.${kernel}: rxe0 only, siw.ko is not built for Linux ${kernel}")
+      endif()
     endif()
     add_test(NAME vm.${suite}.${kernel}
       COMMAND ${PROJECT_SOURCE_DIR}/scripts/odp-vm --kernel ${kernel}

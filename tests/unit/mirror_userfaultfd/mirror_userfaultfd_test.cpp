@@ -48,16 +48,32 @@ const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE))
 // away) are forgotten: once gone, their addresses may be mapped again by
 // anyone (the sanitizers' runtime reuses such a page for a thread's dynamic
 // TLS block), so the destructor must never unmap them a second time.
+// Memory for a watch, between two PROT_NONE guard pages: the source registers
+// whole mappings, and a bare mmap may merge with a neighbour that the test
+// runtime owns (ThreadSanitizer's own mappings, which it unmaps from any
+// thread, the reader included: the reader then waits for its own event).
+std::uintptr_t guarded_mapping(std::size_t length) {
+    void* address =
+        ::mmap(nullptr, length + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (address == MAP_FAILED) {
+        throw std::runtime_error(std::string("mmap: ") + std::strerror(errno));
+    }
+    const auto begin = reinterpret_cast<std::uintptr_t>(address) + page;
+    if (::mprotect(reinterpret_cast<void*>(begin), length, PROT_READ | PROT_WRITE) != 0) {
+        throw std::runtime_error(std::string("mprotect: ") + std::strerror(errno));
+    }
+    return begin;
+}
+
+void unmap_guards(std::uintptr_t begin, std::size_t length) {
+    ::munmap(reinterpret_cast<void*>(begin - page), page);
+    ::munmap(reinterpret_cast<void*>(begin + length), page);
+}
+
 class Anonymous {
   public:
-    explicit Anonymous(std::size_t pages) : length_(pages * page), gone_(pages, false) {
-        void* address =
-            ::mmap(nullptr, length_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (address == MAP_FAILED) {
-            throw std::runtime_error(std::string("mmap: ") + std::strerror(errno));
-        }
-        begin_ = reinterpret_cast<std::uintptr_t>(address);
-    }
+    explicit Anonymous(std::size_t pages)
+        : length_(pages * page), begin_(guarded_mapping(length_)), gone_(pages, false) {}
     Anonymous(const Anonymous&) = delete;
     Anonymous& operator=(const Anonymous&) = delete;
     ~Anonymous() {
@@ -66,6 +82,7 @@ class Anonymous {
                 ::munmap(address(index), page);
             }
         }
+        unmap_guards(begin_, length_);
     }
     // munmap() of `count` pages from `first`; forgets them when it succeeds.
     int unmap(std::size_t first, std::size_t count) {
@@ -391,19 +408,14 @@ TEST_F(MirrorUserfaultfd, ManyThreadsUnmappingAtOnceAreAllHeard) {
     for (int t = 0; t < threads; ++t) {
         workers.emplace_back([&] {
             for (int i = 0; i < rounds; ++i) {
-                // Raw mmap: once unmapped, the address may belong to another
-                // thread at once, so nothing may unmap it a second time.
-                void* address = ::mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE,
-                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-                if (address == MAP_FAILED) {
-                    missing.fetch_add(1);
-                    continue;
-                }
-                const Range range{reinterpret_cast<std::uintptr_t>(address),
-                                  reinterpret_cast<std::uintptr_t>(address) + 2 * page};
+                // Not an Anonymous: once unmapped, the address may belong to
+                // another thread at once, so nothing may unmap it a second time.
+                const std::uintptr_t begin = guarded_mapping(2 * page);
+                const Range range{begin, begin + 2 * page};
                 RecordingListener listener;
                 const Mirror::Watch watch = mirror_->watch(range, listener);
-                ::munmap(address, 2 * page);
+                ::munmap(reinterpret_cast<void*>(begin), 2 * page);
+                unmap_guards(begin, 2 * page);
                 mirror_->synchronize();
                 if (!heard_exactly(listener, range, InvalidationReason::Unmap)) {
                     missing.fetch_add(1);
