@@ -45,13 +45,16 @@ every mode the device supports, and prints one table with ratios to pinned
 (schema of --json: docs/compare.md). Its message sizes: --sizes 8,4K,64K
 (default 8,64K); --sweep: 2 B to 8 MiB (client --sweep too), within half the
 pinned budget, large messages with fewer iterations and fewer in flight.
-Each test and size runs in --rounds N (default 4) parts, the modes taking
-turns, so that a passing disturbance of the machine falls on every mode.
+Each test and size runs in --rounds N (default 6) parts, the modes taking
+turns, so that a passing disturbance of the machine falls on every mode; a
+ratio is the median of the rounds' ratios with its confidence interval
+(95% from 6 rounds), and a goal is met only when all of it clears the target.
 --sources module,userfaultfd: the emulated mode once per invalidation source,
 the first as "emulated", the others as "emulated/<source>" (default: both when
 /dev/odp_mirror exists, else what auto picks; auto, module, userfaultfd).
 compare --merge measures nothing: it merges the JSON of runs of the same
-comparison (other guests) into one table whose ranges span every run's rounds.
+comparison (other guests) into one table whose intervals use every run's
+rounds (each round paired with the other modes' round of the same run).
 )";
 
 [[noreturn]] void usage_error(const std::string& what) {
@@ -387,8 +390,8 @@ int compare_main(Arguments& args, const std::string& command_line) {
         }
         result = merge_runs(runs);
         std::cout << "odp-perf compare: " << runs.size()
-                  << " runs merged (values: the mean over the runs; ranges: every round of every "
-                     "run)\n";
+                  << " runs merged (values: the mean over the runs; ratios and intervals: every "
+                     "round of every run)\n";
     }
     print_table(result, std::cout);
     if (config.json_path) {
