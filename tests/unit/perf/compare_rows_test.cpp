@@ -188,6 +188,14 @@ TEST(Spread, AGoalIsMetOnlyWhenTheWholeIntervalClearsIt) {
               Verdict::Inconclusive)
         << "one round: far above the target, yet nothing is known of its spread";
     EXPECT_EQ(judge(std::nullopt, at_least), Verdict::NotMeasured);
+    // Clearing the target in every one of two rounds: 50% sure, no verdict.
+    EXPECT_EQ(judge(std::optional(RatioEstimate{1.2, Interval{1.1, 1.3, 2, 0.5}}), at_least),
+              Verdict::Inconclusive);
+    EXPECT_EQ(judge(std::optional(RatioEstimate{0.5, Interval{0.4, 0.6, 4, 0.875}}), at_least),
+              Verdict::Inconclusive)
+        << "four rounds, 87.5%: under the 90% a verdict needs";
+    EXPECT_EQ(judge(std::optional(RatioEstimate{0.5, Interval{0.4, 0.6, 5, 0.9375}}), at_least),
+              Verdict::NotMet);
     const auto at_most = [](double r) { return r <= 1.05; };
     EXPECT_EQ(judge(with(1.0, 0.9, 1.1), at_most), Verdict::Inconclusive);
     EXPECT_EQ(judge(with(1.0, 0.9, 1.04), at_most), Verdict::Met);
@@ -225,10 +233,11 @@ const Goal& goal_named(const std::vector<Goal>& goals, const std::string& prefix
 TEST(CompareGoals, BandwidthGoalCarriesTheRangeOfItsRounds) {
     // Emulated against pinned, round by round: 0.96, 1.0, 1.04, 1.0. The
     // pooled ratio (1.0) clears 0.97, one round does not: inconclusive.
-    const std::vector<Row> rows{traffic_row("pinned", "write", 65536, {100, 100, 100, 100}, {10}),
-                                traffic_row("emulated", "write", 65536, {96, 100, 104, 100}, {10}),
-                                traffic_row("pinned", "write", 8, {1}, {10, 10, 10, 10}),
-                                traffic_row("emulated", "write", 8, {1}, {10, 10.2, 10.1, 10})};
+    const std::vector<Row> rows{
+        traffic_row("pinned", "write", 65536, {100, 100, 100, 100}, {10}),
+        traffic_row("emulated", "write", 65536, {96, 100, 104, 100}, {10}),
+        traffic_row("pinned", "write", 8, {1}, {10, 10, 10, 10, 10, 10}),
+        traffic_row("emulated", "write", 8, {1}, {10, 10.2, 10.1, 10, 10.1, 10})};
     const std::vector<Goal> goals = evaluate_goals(rows);
     const Goal& bandwidth =
         goal_named(goals, "warm RDMA WRITE bandwidth 64 KiB: emulated / pinned");
@@ -268,19 +277,19 @@ TEST(CompareGoals, FirstTouchPairsColdStartsInOrder) {
 
 TEST(CompareJson, GoalsCarryTheirRangeAndVerdict) {
     CompareResult result;
-    result.rows = {traffic_row("pinned", "write", 65536, {100, 100}, {10}),
-                   traffic_row("emulated", "write", 65536, {99, 98}, {10})};
+    result.rows = {traffic_row("pinned", "write", 65536, {100, 100, 100, 100, 100, 100}, {10}),
+                   traffic_row("emulated", "write", 65536, {99, 98, 99, 98, 99, 98}, {10})};
     result.goals = evaluate_goals(result.rows);
     const std::string json = to_json(result, "odp-perf compare");
-    EXPECT_NE(json.find("\"round_bw_MBps\": [99, 98]"), std::string::npos) << json;
+    EXPECT_NE(json.find("\"round_bw_MBps\": [99, 98, 99, 98, 99, 98]"), std::string::npos) << json;
     EXPECT_NE(json.find("\"ratio\": 0.985, \"ratio_low\": 0.98, \"ratio_high\": 0.99, "
-                        "\"confidence\": 0.5, \"samples\": 2"),
+                        "\"confidence\": 0.96875, \"samples\": 6"),
               std::string::npos)
         << json;
     EXPECT_NE(json.find("\"verdict\": \"met\", \"met\": true"), std::string::npos) << json;
     // Every row carries its ratios to pinned's row of the same test and size.
     EXPECT_NE(json.find("\"to_pinned\": {\"bw_MBps\": {\"ratio\": 0.985, \"low\": 0.98, "
-                        "\"high\": 0.99, \"confidence\": 0.5, \"samples\": 2}, "
+                        "\"high\": 0.99, \"confidence\": 0.96875, \"samples\": 6}, "
                         "\"lat_us_p50\": {\"ratio\": 1, \"low\": null, \"high\": null, "
                         "\"confidence\": null, \"samples\": 0}, \"reg_us\": null}"),
               std::string::npos)
@@ -289,6 +298,18 @@ TEST(CompareJson, GoalsCarryTheirRangeAndVerdict) {
                         "\"reg_us\": null}"),
               std::string::npos)
         << "pinned's own row has no ratio to itself: " << json;
+}
+
+TEST(CompareJson, TwoRoundsAreTooFewForAVerdict) {
+    CompareResult result;
+    result.rows = {traffic_row("pinned", "write", 65536, {100, 100}, {10}),
+                   traffic_row("emulated", "write", 65536, {120, 130}, {10})};
+    result.goals = evaluate_goals(result.rows);
+    const Goal& bandwidth =
+        goal_named(result.goals, "warm RDMA WRITE bandwidth 64 KiB: emulated / pinned");
+    EXPECT_EQ(bandwidth.verdict, Verdict::Inconclusive) << "both rounds clear 0.97, at 50%";
+    EXPECT_EQ(bandwidth.note,
+              "too few rounds for a verdict (50% of 2; at least 5 needed: run more --rounds)");
 }
 
 TEST(CompareJson, OneRoundGoalIsInconclusiveAndSaysWhy) {

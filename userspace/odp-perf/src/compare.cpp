@@ -136,6 +136,13 @@ std::string json_array(const std::vector<double>& values) {
     return out + "]";
 }
 
+// "87.5% of 4": how sure an interval is, and of how many samples.
+std::string confidence_text(const Interval& interval) {
+    const double percent = interval.confidence * 100;
+    return fixed(percent, percent < 99.95 && percent != std::floor(percent) ? 1 : 0) + "% of " +
+           std::to_string(interval.samples);
+}
+
 // A goal on the ratio numerator / denominator of two rows' values, with the
 // confidence interval of its paired samples.
 Goal ratio_goal(std::string name, const RatioOperand& numerator, const RatioOperand& denominator,
@@ -144,8 +151,12 @@ Goal ratio_goal(std::string name, const RatioOperand& numerator, const RatioOper
               Verdict::NotMeasured, std::move(note)};
     if (goal.measured) {
         goal.verdict = met ? judge(goal.measured, met) : Verdict::Reported;
-        if (!goal.measured->interval && goal.note.empty()) {
+        const std::optional<Interval>& interval = goal.measured->interval;
+        if (goal.note.empty() && !interval) {
             goal.note = "one round: no interval (run more --rounds)";
+        } else if (goal.note.empty() && met && interval->confidence < kVerdictConfidence) {
+            goal.note = "too few rounds for a verdict (" + confidence_text(*interval) +
+                        "; at least 5 needed: run more --rounds)";
         }
     } else if (goal.note.empty()) {
         goal.note = "not measured in this run";
@@ -164,13 +175,6 @@ std::string ratio_text(const std::optional<RatioEstimate>& estimate, int precisi
             " [" + fixed(interval->low, precision) + ", " + fixed(interval->high, precision) + "]";
     }
     return text;
-}
-
-// "87.5% of 4": how sure an interval is, and of how many samples.
-std::string confidence_text(const Interval& interval) {
-    const double percent = interval.confidence * 100;
-    return fixed(percent, percent < 99.95 && percent != std::floor(percent) ? 1 : 0) + "% of " +
-           std::to_string(interval.samples);
 }
 
 // The ratio of a row's value to the same value of pinned's row of the same

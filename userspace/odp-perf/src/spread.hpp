@@ -24,6 +24,10 @@ namespace odp_perf {
 // cannot reach it, and give their whole range with the confidence it has.
 inline constexpr double kWantedConfidence = 0.95;
 
+// The least confidence on which a goal is called met or missed; below it
+// (fewer than 5 ratios) the goal is inconclusive whatever its interval.
+inline constexpr double kVerdictConfidence = 0.9;
+
 struct Interval {
     double low = 0;
     double high = 0;
@@ -66,7 +70,7 @@ struct RatioEstimate {
 enum class Verdict {
     Met,           // the whole interval clears the target
     NotMet,        // none of the interval clears it
-    Inconclusive,  // the interval straddles the target, or there is none
+    Inconclusive,  // the interval straddles the target, or is missing or too unsure
     Reported,      // no target: the ratio is only reported
     NotMeasured,
 };
@@ -75,14 +79,15 @@ enum class Verdict {
 
 // Judges a ratio against a threshold target (a predicate that holds on one
 // side of a single bound, such as r >= 0.97) by its interval alone. A ratio
-// without an interval (one round) says nothing about its spread: it is
-// inconclusive, whichever side of the target it lies on.
+// without an interval (one round), or whose interval is less sure than
+// kVerdictConfidence (two rounds: 50%), says too little about its spread: it
+// is inconclusive, whichever side of the target it lies on.
 template <typename Target>
 [[nodiscard]] Verdict judge(const std::optional<RatioEstimate>& estimate, const Target& target) {
     if (!estimate) {
         return Verdict::NotMeasured;
     }
-    if (!estimate->interval) {
+    if (!estimate->interval || estimate->interval->confidence < kVerdictConfidence) {
         return Verdict::Inconclusive;
     }
     const bool low = target(estimate->interval->low);
