@@ -176,6 +176,28 @@ TEST(CompareMerge, RangesSpanEveryRoundOfEveryRun) {
     EXPECT_NE(table.str().find("emulated/userfaultfd write"), std::string::npos) << table.str();
 }
 
+// --fault-ahead: recorded in the JSON, read back, and part of what a
+// comparison is (runs with and without it are not merged).
+TEST(CompareMerge, FaultAheadIsRecordedAndMustMatch) {
+    CompareResult ahead = run_of({1, 1}, {1, 1});
+    ahead.fault_ahead = 4;
+    const std::string json = to_json(ahead, "odp-perf compare --fault-ahead 4");
+    EXPECT_NE(json.find("\"fault_ahead\": 4,"), std::string::npos) << json;
+    EXPECT_EQ(parse_compare_json(json).fault_ahead, 4U);
+    std::ostringstream table;
+    print_table(ahead, table);
+    EXPECT_NE(table.str().find("fault 4 chunks ahead (--fault-ahead)"), std::string::npos)
+        << table.str();
+    try {
+        (void)merge_runs({ahead, run_of({1, 1}, {1, 1})});
+        FAIL() << "runs with and without fault-ahead were merged";
+    } catch (const odp::Error& error) {
+        EXPECT_NE(std::string(error.what()).find("--fault-ahead needed"), std::string::npos)
+            << error.what();
+    }
+    EXPECT_EQ(merge_runs({ahead, ahead}).fault_ahead, 4U);
+}
+
 TEST(CompareMerge, RunsOfDifferentComparisonsAreRefused) {
     CompareResult other = run_of({1, 1}, {1, 1});
     other.kernel = "6.1.0-57-amd64";

@@ -370,6 +370,17 @@ TEST(ComparePlot, DrawsASweepWithRangesAndWrongData) {
     }
 }
 
+// --fault-ahead reaches emulated buffers only (the option means nothing to
+// pinned and native regions).
+TEST(CompareVariants, FaultAheadIsForEmulatedBuffers) {
+    EXPECT_EQ(region_options(odp::Mode::Emulated, 65536, 4).fault_ahead, 4U);
+    EXPECT_EQ(region_options(odp::Mode::Emulated, 65536).fault_ahead, 0U);
+    EXPECT_EQ(region_options(odp::Mode::Pinned, 65536, 4).fault_ahead, 0U);
+    EXPECT_EQ(region_options(odp::Mode::Native, 65536, 4).fault_ahead, 0U);
+    EXPECT_EQ(region_options(odp::Mode::Emulated, 4 << 20, 4).chunk_size, 4U << 20)
+        << "chunks still hold a whole slot";
+}
+
 // Two invalidation sources of the emulated mode in one table: a process has
 // one source at a time, so compare runs the emulated mode once per source
 // (SourceKeeper switches) and labels the further source's column.

@@ -373,6 +373,7 @@ std::vector<Goal> evaluate_goals(const std::vector<Row>& rows) {
 CompareResult run_compare(const CompareConfig& config) {
     CompareResult result;
     result.kernel = kernel_release();
+    result.fault_ahead = config.fault_ahead;
     const std::shared_ptr<odp::Device> device = odp::Device::open({config.device, std::nullopt});
     result.device = std::string(device->name());
     std::vector<odp::MonitorKind> sources = config.sources;
@@ -399,6 +400,7 @@ CompareResult run_compare(const CompareConfig& config) {
             server_config.port = 0;
             server_config.quiet = true;
             server_config.max_buffer_bytes = std::max<std::uint64_t>(config.working_set, 64 << 20);
+            server_config.fault_ahead = config.fault_ahead;
             run_server(server_config, stop, [&](std::uint16_t port) {
                 announced = true;
                 listening.set_value(port);
@@ -499,6 +501,7 @@ CompareResult run_compare(const CompareConfig& config) {
                     spec.depth = depth;
                     spec.mode = variant.mode;
                     spec.peer_mode = variant.mode;
+                    spec.fault_ahead = config.fault_ahead;
                     try {
                         prepare(variant);
                         runs[variant.label].push_back(run_client_test(*device, spec));
@@ -541,10 +544,10 @@ CompareResult run_compare(const CompareConfig& config) {
         result.rows.push_back(
             labelled(measure_first_touch(*device, peer, variant.mode, 2 << 20, true), variant));
         progress.step(variant.label + " working set over budget");
-        result.rows.push_back(
-            labelled(measure_budget(config.device, peer, variant.mode, config.budget,
-                                    config.working_set, config.budget_iterations),
-                     variant));
+        result.rows.push_back(labelled(
+            measure_budget(config.device, peer, variant.mode, config.budget, config.working_set,
+                           config.budget_iterations, config.fault_ahead),
+            variant));
         progress.step(variant.label + " remap under traffic");
         result.rows.push_back(
             labelled(measure_remap(*device, peer, variant.mode, config.remap_rounds), variant));
@@ -577,6 +580,10 @@ void print_table(const CompareResult& result, std::ostream& out) {
     }
     if (!result.sizes_note.empty()) {
         out << "sweep: " << result.sizes_note << "\n";
+    }
+    if (result.fault_ahead != 0) {
+        out << "emulated buffers of the traffic and budget tests fault " << result.fault_ahead
+            << " chunks ahead (--fault-ahead)\n";
     }
     out << "\n";
 
@@ -755,6 +762,7 @@ std::string to_json(const CompareResult& result, const std::string& command_line
     }
     out << "},\n";
     out << "  \"sizes_note\": \"" << json_escape(result.sizes_note) << "\",\n";
+    out << "  \"fault_ahead\": " << result.fault_ahead << ",\n";
     out << "  \"modes\": [";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
         out << (i ? ", " : "") << "\"" << result.modes[i] << "\"";

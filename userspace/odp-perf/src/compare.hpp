@@ -42,6 +42,9 @@ struct CompareConfig {
     // (mode_variants). Empty: the module and userfaultfd when /dev/odp_mirror
     // exists, else whatever Auto picks.
     std::vector<odp::MonitorKind> sources;
+    // Emulated buffers of the traffic and budget tests (both sides) register
+    // this many chunks ahead of a sequential use (RegionOptions::fault_ahead).
+    std::size_t fault_ahead = 0;
     std::string command_line;  // recorded in the JSON
 };
 
@@ -104,7 +107,8 @@ struct CompareResult {
     std::string emulated_monitor;  // the invalidation source emulated mode used
     // Each emulated column's source: "emulated" -> "module", "emulated/userfaultfd" -> ...
     std::map<std::string, std::string> monitors;
-    std::string sizes_note;  // why a sweep left sizes out ("" if none)
+    std::string sizes_note;       // why a sweep left sizes out ("" if none)
+    std::size_t fault_ahead = 0;  // CompareConfig::fault_ahead
     std::vector<Row> rows;
     std::vector<Goal> goals;
     NativeCheck native_check;

@@ -167,7 +167,8 @@ Row measure_first_touch(odp::Device& device, const Peer& peer, odp::Mode mode, s
 }
 
 Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode mode,
-                   std::uint64_t budget, std::uint64_t working_set, std::uint64_t iterations) {
+                   std::uint64_t budget, std::uint64_t working_set, std::uint64_t iterations,
+                   std::size_t fault_ahead) {
     constexpr std::size_t kMessage = 64 * 1024;
     constexpr std::uint32_t kDepth = 16;
     Row row = base_row(mode, "budget", kMessage);
@@ -175,7 +176,7 @@ Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode m
     row.budget_bytes = budget;
     try {
         const std::shared_ptr<odp::Device> device = odp::Device::open({device_name, budget});
-        const odp::RegionOptions options = region_options(mode, kMessage);
+        const odp::RegionOptions options = region_options(mode, kMessage, fault_ahead);
         TestMemory memory;
         memory.buffer =
             MappedBuffer(static_cast<std::size_t>(working_set), options.chunk_size, true);
