@@ -333,19 +333,27 @@ TEST(CompareJson, OneRoundGoalIsInconclusiveAndSaysWhy) {
 // The plot: error bars from the rounds, sizes as people write them, and a
 // row whose bytes arrived wrong is not drawn as a bar. gnuplot must draw it
 // (scripts/setup installs gnuplot-nox); ODP_PLOT_KEEP=FILE keeps the picture.
-TEST(ComparePlot, DrawsASweepWithRangesAndWrongData) {
+// A sweep of `tests` at 8 B to 1 MiB in three modes, native's 8 B data wrong.
+CompareResult sweep_result(const std::vector<const char*>& tests) {
     CompareResult result;
     result.device = "rxe0";
     result.kernel = "test";
     result.modes = {"pinned", "native", "emulated"};
     for (const std::string& mode : result.modes) {
         for (const std::uint64_t size : {8ULL, 4096ULL, 65536ULL, 1ULL << 20}) {
-            for (const char* test : {"write", "read", "send"}) {
+            for (const char* test : tests) {
                 Row row = traffic_row(mode, test, size, {40, 44, 42, 43}, {20, 21, 25, 22});
                 row.mismatched_bytes = mode == "native" && size == 8 ? 8 : 0;
                 result.rows.push_back(row);
             }
         }
+    }
+    return result;
+}
+
+TEST(ComparePlot, DrawsASweepWithRangesAndWrongData) {
+    CompareResult result = sweep_result({"write", "read", "send"});
+    for (const std::string& mode : result.modes) {
         for (const std::uint64_t size : {4096ULL, 1ULL << 20, 1ULL << 30}) {
             Row reg;
             reg.mode = mode;
@@ -549,16 +557,8 @@ TEST(CompareTable, RegistrationAndFirstTouchShowTheirIntervals) {
 // The plot's data and script: error bars from the rounds, a row whose data
 // check failed is no bar and its label says so, sizes as people write them.
 TEST(ComparePlot, ScriptLabelsSizesAndMarksWrongData) {
-    CompareResult result;
-    result.device = "rxe0";
-    result.kernel = "test";
-    result.modes = {"pinned", "native", "emulated"};
+    CompareResult result = sweep_result({"write"});
     for (const std::string& mode : result.modes) {
-        for (const std::uint64_t size : {8ULL, 4096ULL, 65536ULL, 1ULL << 20}) {
-            Row row = traffic_row(mode, "write", size, {40, 44, 42, 43}, {20, 21, 25, 22});
-            row.mismatched_bytes = mode == "native" && size < 4096 ? 8 : 0;
-            result.rows.push_back(row);
-        }
         Row reg;
         reg.mode = mode;
         reg.test = "register";
