@@ -9,9 +9,10 @@
 //  * Under the device mutex: the claim, the sweep of stale pins, taking a
 //    pin from the pool, reserving the whole chunk's bytes of the budget
 //    (evicting if needed; the budget is never overshot) and, at the end,
-//    unclaiming. Without it: arming the source's watch and the registration
-//    itself (ibv_reg_mr pins and may sleep); the pin is the fault's own
-//    until published and its bytes are reserved.
+//    unclaiming. Without it: arming the source's watch, the registration
+//    itself (ibv_reg_mr pins and may sleep), publishing the pin in its slot
+//    and the re-check below; the claim keeps other faults of the chunk out,
+//    the pin is the fault's own until published and its bytes are reserved.
 //  * No invalidation is lost: the fault reads the slot's sequence and the
 //    region's epoch before arming (arm() waits for the changes delivered so
 //    far to be over), publishes its pin unconfirmed (nobody else may lease

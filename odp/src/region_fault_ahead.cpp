@@ -11,7 +11,7 @@
 //    and none of a leased one. A region's requests are dropped by close(),
 //    which waits for the one running.
 //  * ahead_bit on a pin (set at publication) is cleared by its first lease
-//    with one atomic and; whoever clears it counts the hit and moves the
+//    with one fetch_and; whoever clears it counts the hit and moves the
 //    window on.
 #include <infiniband/verbs.h>
 

@@ -1,16 +1,17 @@
-// Invalidation: the mirror tells the region that the mapping under a range
-// changed.
+// Invalidation: the mirror (or the application, Region::invalidate) tells
+// the region that the mapping under a range changed.
 //
-// Concurrency contract: lock-free. Called on the mirror's dispatcher thread
-// (or inline by a source), it takes no lock of the library, never waits for
-// a fault, and never deregisters: per chunk it bumps the slot's sequence
-// (sequence first, then the pin: a fault that publishes its pin and then
-// reads the sequence sees one or the other), marks the pin stale and
-// changed, and detaches it from its slot. Whoever releases the last lease
-// (or the next slow path, for unleased pins) deregisters it. A whole-region
-// event bumps the epoch the same way. A callback may run after close(),
-// while leases keep the core: it takes a reference for its duration.
-// Exposures overlapping the range are fired afterwards (region_exposures.cpp).
+// Concurrency contract: the chunk table part is lock-free. Called on the
+// mirror's thread, it never takes the device mutex, never waits for a fault
+// and never deregisters: per chunk it bumps the slot's sequence (sequence
+// first, then the pin: a fault that publishes its pin and then reads the
+// sequence sees one or the other), marks the pin stale and changed, and
+// detaches it from its slot. Whoever releases the last lease (or the next
+// slow path, for unleased pins) deregisters it. A whole-region event bumps
+// the epoch the same way. Exposures overlapping the range are fired
+// afterwards, under the registry's own locks (region_exposures.cpp). A
+// callback may run after close(), while leases keep the core: it takes a
+// reference for its duration.
 #include <algorithm>
 
 #include "region_core.hpp"

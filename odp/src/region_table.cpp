@@ -6,8 +6,9 @@
 //    (ensure_leaf_locked) and never freed while the region lives, so a
 //    reader that loaded a leaf may keep using it.
 //  * A slot holds the pin of its chunk (or none) and a sequence number.
-//    Only a fault (device mutex) stores a pin into a slot; invalidation and
-//    the claimer of a pin clear it with a CAS, without the mutex.
+//    Only the fault that claimed the chunk (faulting_, device mutex) stores a
+//    pin into its slot, after registering without the mutex; invalidation
+//    and the claimer of a pin clear it with a CAS, without the mutex.
 //  * The hit path (try_acquire) takes no lock and makes no system call: it
 //    loads the leaf and the slot's pin, takes a lease by CAS on the pin's
 //    state, then checks that the pin still belongs to this chunk (a pin may
