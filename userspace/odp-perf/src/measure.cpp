@@ -75,8 +75,9 @@ std::vector<Row> measure_registration(odp::Device& device, odp::Mode mode,
             const MappedBuffer buffer(static_cast<std::size_t>(size), options.chunk_size, true);
             // The median of a few: the first registration of a fresh mapping
             // also pays one-off costs of the kernel (and, in a guest, of the
-            // emulator) that are not the mode's.
-            const int repeats = size <= (std::uint64_t{1} << 20) ? 5 : 3;
+            // emulator) that are not the mode's. Five at every size: fewer
+            // paired ratios give a goal no verdict (spread.hpp).
+            const int repeats = 5;
             std::vector<double> samples;
             for (int i = 0; i < repeats; ++i) {
                 const auto start = Clock::now();
