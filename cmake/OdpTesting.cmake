@@ -40,8 +40,8 @@ function(odp_add_vm_test suite)
     # Only suites that test siw0 (DEVICES both) load siw.ko: a 6.12 guest of
     # vm.perf_two_hosts with siw.ko loaded but unused oopsed once in the slab
     # allocator under rxe's send path, cause not found yet.  A kernel siw.ko
-    # is not built for (the opt-in debug kernel) gets rxe0 only; vm.smoke
-    # fails on the four supported kernels without siw0.
+    # is not built for gets rxe0 only; vm.smoke fails on the four supported
+    # kernels without siw0.
     set(devices --device rxe)
     if(ARG_DEVICES STREQUAL "both")
       if(kernel IN_LIST ODP_SIW_KO_KERNELS)
