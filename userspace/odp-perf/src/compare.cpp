@@ -343,12 +343,22 @@ CompareResult run_compare(const CompareConfig& config) {
     }
     const std::vector<ModeVariant> variants =
         mode_variants(supported_modes(*device, kBufferAccess), sources);
+    if (const std::string why = native_absence(*device, kBufferAccess); !why.empty()) {
+        result.absent_modes["native"] = why;
+    }
     for (const ModeVariant& variant : variants) {
         result.modes.push_back(variant.label);
     }
 
     // The server runs in this process on its own thread (and its own Device),
     // reached over TCP loopback; RDMA goes through the device's own loopback.
+    // Through RDMA CM both go to the device's own address: the server's
+    // listener waits at the address the client reached it at.
+    const oob::Connection connection = choose_connection(config.cm, is_iwarp(*device));
+    result.connection = to_string(connection);
+    const bool cm = connection == oob::Connection::RdmaCm;
+    const std::string host = cm ? odp::verbs::cm_device_address(result.device, std::chrono::seconds(5))
+                                : std::string("127.0.0.1");
     std::atomic<bool> stop{false};
     std::promise<std::uint16_t> listening;
     std::thread server([&] {
@@ -379,7 +389,7 @@ CompareResult run_compare(const CompareConfig& config) {
             thread.join();
         }
     } stopper{stop, server};
-    const Peer peer{"127.0.0.1", listening.get_future().get()};
+    const Peer peer{host, listening.get_future().get(), cm};
 
     result.native_check = check_native_odp_data(*device);
     const std::vector<oob::TestKind> tests{oob::TestKind::Write, oob::TestKind::Read,
@@ -452,6 +462,7 @@ CompareResult run_compare(const CompareConfig& config) {
                     spec.device = config.device;
                     spec.host = peer.host;
                     spec.port = peer.port;
+                    spec.cm = peer.cm;
                     spec.test = test;
                     spec.size = size;
                     spec.iterations = (iterations + rounds - 1) / rounds;
@@ -525,6 +536,12 @@ void print_table(const CompareResult& result, std::ostream& out) {
         out << "native ODP data check (plain verbs, no odp-layer): "
             << (result.native_check.ok ? "ok" : "FAILED") << ": " << result.native_check.detail
             << "\n";
+    }
+    for (const auto& [mode, why] : result.absent_modes) {
+        out << mode << ": not measured: " << why << "\n";
+    }
+    if (!result.connection.empty()) {
+        out << "queue pairs connected by " << result.connection << "\n";
     }
     if (!result.emulated_monitor.empty()) {
         out << "emulated mode's invalidation source: " << result.emulated_monitor << "\n";
@@ -708,6 +725,13 @@ std::string to_json(const CompareResult& result, const std::string& command_line
     }
     out << "},\n";
     out << "  \"sizes_note\": \"" << json_escape(result.sizes_note) << "\",\n";
+    out << "  \"connection\": \"" << json_escape(result.connection) << "\",\n";
+    out << "  \"absent_modes\": {";
+    for (auto absent = result.absent_modes.begin(); absent != result.absent_modes.end(); ++absent) {
+        out << (absent == result.absent_modes.begin() ? "" : ", ") << "\"" << json_escape(absent->first)
+            << "\": \"" << json_escape(absent->second) << "\"";
+    }
+    out << "},\n";
     out << "  \"modes\": [";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
         out << (i ? ", " : "") << "\"" << result.modes[i] << "\"";

@@ -158,6 +158,13 @@ CompareResult parse_compare_json(const std::string& text_of_json) {
     result.device = text(tree, "device");
     result.emulated_monitor = text(tree, "emulated_monitor");
     result.sizes_note = text(tree, "sizes_note");
+    // Files before RDMA CM have neither: endpoint exchange, every mode the device had.
+    result.connection = tree.get<std::string>("connection", "");
+    if (const auto absent = tree.get_child_optional("absent_modes")) {
+        for (const auto& [mode, why] : *absent) {
+            result.absent_modes[mode] = why.get_value<std::string>();
+        }
+    }
     const ptree& check = child(tree, "native_odp_data_check");
     result.native_check.ran = text(check, "ran") == "true";
     result.native_check.ok = text(check, "ok") == "true";
@@ -186,13 +193,13 @@ CompareResult merge_runs(const std::vector<CompareResult>& runs) {
     const CompareResult& first = runs.front();
     for (std::size_t run = 1; run < runs.size(); ++run) {
         const CompareResult& other = runs[run];
-        if (std::tie(other.kernel, other.device, other.modes, other.monitors) !=
-            std::tie(first.kernel, first.device, first.modes, first.monitors)) {
+        if (std::tie(other.kernel, other.device, other.modes, other.monitors, other.connection) !=
+            std::tie(first.kernel, first.device, first.modes, first.monitors, first.connection)) {
             odp::throw_error(EINVAL, "run " + std::to_string(run + 1) + " (" + other.device +
                                          ", kernel " + other.kernel +
                                          ") did not compare what run 1 did (" + first.device +
                                          ", kernel " + first.kernel +
-                                         "): same device, kernel, modes and sources needed");
+                                         "): same device, kernel, modes, sources and connection needed");
         }
     }
     CompareResult merged = first;

@@ -52,8 +52,14 @@ odp::verbs::RcQueuePair::Options qp_options(std::uint32_t depth) {
 // QP, CQ, exposure, region and buffer go.
 class ServerSession {
   public:
-    ServerSession(odp::Device& device, const ServerConfig& config, const oob::Hello& hello)
-        : device_(device), hello_(hello), stride_(slot_stride(hello.message_size)) {
+    // `local_address`: where the client reached this server, where an RDMA
+    // CM client connects too.
+    ServerSession(odp::Device& device, const ServerConfig& config, const oob::Hello& hello,
+                  const std::string& local_address)
+        : device_(device),
+          hello_(hello),
+          stride_(slot_stride(hello.message_size)),
+          depth_(std::max<std::uint32_t>(hello.receive_depth, 16)) {
         if (hello.buffer_size > config.max_buffer_bytes) {
             odp::throw_error(EMSGSIZE, "client asks for a " + odp::format_bytes(hello.buffer_size) +
                                            " buffer; this server allows " +
@@ -80,12 +86,25 @@ class ServerSession {
         memory_.region =
             device.register_region(memory_.buffer.data(), size, kBufferAccess, options);
         exposure_ = memory_.region.expose(memory_.buffer.data(), size);
-        const std::uint32_t depth = std::max<std::uint32_t>(hello.receive_depth, 16);
-        cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(depth * 2 + 16));
-        qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(depth));
+        cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(depth_ * 2 + 16));
+        if (hello.client.connection == oob::Connection::RdmaCm) {
+            // A listener of this session's own, on a free port (Welcome
+            // names it): on iWARP it is a TCP port beside this server's.
+            listener_.emplace(local_address, 0);
+            return;
+        }
+        if (is_iwarp(device)) {
+            odp::throw_error(EPROTONOSUPPORT,
+                             std::string(device.name()) +
+                                 " is an iWARP device, which connects only through RDMA CM: "
+                                 "connect the client with --cm (odp-perf does by itself when its "
+                                 "own device is iWARP)");
+        }
+        qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(depth_));
         qp_->connect(from_wire(hello.client));
         if (hello.test == oob::TestKind::Send) {
-            start_receiving();
+            post_receives(*qp_);
+            start_polling();
         }
     }
 
@@ -93,8 +112,34 @@ class ServerSession {
     ServerSession(const ServerSession&) = delete;
     ServerSession& operator=(const ServerSession&) = delete;
 
+    // With RDMA CM: waits for the client's connection request (it comes
+    // once Welcome is out) and accepts it.
+    void accept_connection(std::chrono::milliseconds timeout) {
+        if (!listener_) {
+            return;
+        }
+        odp::verbs::CmOptions options;
+        options.timeout = timeout;
+        options.qp = qp_options(depth_);
+        if (hello_.test == oob::TestKind::Send) {
+            options.before_connect = [this](odp::verbs::RcQueuePair& qp) { post_receives(qp); };
+        }
+        cm_.emplace(listener_->next_request(timeout).accept(*device_.pd(), *cq_, *cq_, {}, options));
+        listener_.reset();
+        if (hello_.test == oob::TestKind::Send) {
+            start_polling();
+        }
+    }
+
     oob::Welcome welcome() const {
-        oob::Welcome welcome{to_wire(qp_->local_endpoint(), memory_.region.mode())};
+        oob::Welcome welcome;
+        if (listener_) {
+            welcome.server.mode = to_wire(memory_.region.mode());
+            welcome.server.connection = oob::Connection::RdmaCm;
+            welcome.server.cm_port = listener_->port();
+        } else {
+            welcome.server = to_wire(qp_->local_endpoint(), memory_.region.mode());
+        }
         for (const odp::RemoteSegment& segment : exposure_.segments()) {
             welcome.server.ranges.push_back(
                 oob::RemoteRange{segment.address, segment.length, segment.rkey});
@@ -159,20 +204,30 @@ class ServerSession {
         return {size, mismatched};
     }
 
-    void post_receive(std::uint32_t slot) {
+    odp::verbs::RcQueuePair& queue_pair() { return cm_ ? cm_->qp() : *qp_; }
+
+    void post_receive(odp::verbs::RcQueuePair& qp, std::uint32_t slot) {
         const std::uintptr_t address = memory_.buffer.address() + std::uintptr_t{slot} * stride_;
         odp::Lease lease = memory_.region.translate(address, hello_.message_size, 4);
-        qp_->post_recv(lease.sges(), slot);
+        qp.post_recv(lease.sges(), slot);
         leases_[slot] = std::move(lease);
     }
 
-    void start_receiving() {
-        const std::uint32_t slots = std::min<std::uint32_t>(
-            hello_.receive_depth, static_cast<std::uint32_t>(hello_.buffer_size / stride_));
-        leases_.resize(slots);
-        for (std::uint32_t slot = 0; slot < slots; ++slot) {
-            post_receive(slot);
+    std::uint32_t receive_slots() const {
+        return std::min<std::uint32_t>(hello_.receive_depth,
+                                       static_cast<std::uint32_t>(hello_.buffer_size / stride_));
+    }
+
+    // A receive for every slot, before the client may send.
+    void post_receives(odp::verbs::RcQueuePair& qp) {
+        leases_.resize(receive_slots());
+        for (std::uint32_t slot = 0; slot < leases_.size(); ++slot) {
+            post_receive(qp, slot);
         }
+    }
+
+    void start_polling() {
+        const std::uint32_t slots = receive_slots();
         const std::uint64_t client_slots = hello_.buffer_size / stride_;
         poller_ = std::jthread([this, slots, client_slots](std::stop_token stop) {
             try {
@@ -198,7 +253,7 @@ class ServerSession {
                         mismatched_bytes_ += mismatched;
                         leases_[slot].release();
                         received_.store(n_th + 1);
-                        post_receive(slot % slots);
+                        post_receive(queue_pair(), slot % slots);
                     }
                 }
             } catch (...) {
@@ -217,11 +272,14 @@ class ServerSession {
     odp::Device& device_;
     oob::Hello hello_;
     std::size_t stride_;
+    std::uint32_t depth_;  // receives and work requests per queue
     TestMemory memory_;
     MappedBuffer expected_;
     odp::Exposure exposure_;
     odp::verbs::CqPtr cq_;
-    std::optional<odp::verbs::RcQueuePair> qp_;
+    std::optional<odp::verbs::RcQueuePair> qp_;         // Endpoints
+    std::optional<odp::verbs::CmListener> listener_;    // RdmaCm, until accepted
+    std::optional<odp::verbs::CmConnection> cm_;        // RdmaCm
     std::vector<odp::Lease> leases_;
     std::atomic<std::uint64_t> received_{0};
     std::uint64_t verified_bytes_ = 0;
@@ -238,9 +296,12 @@ asio::awaitable<void> serve(std::shared_ptr<odp::Device> device, ServerConfig co
                   << " " << hello.message_size << " B, server mode " << to_string(hello.server_mode)
                   << "\n";
     }
-    ServerSession session(*device, config, hello);
+    ServerSession session(*device, config, hello, channel.local_address());
     const oob::Message welcome = session.welcome();
     co_await channel.send(welcome);
+    // Blocks this server's other sessions until the client connected (it
+    // does so at once) or the step timeout passed.
+    session.accept_connection(config.step_timeout);
     const oob::Done done = co_await channel.receive_as<oob::Done>(config.traffic_timeout);
     const oob::Message report = session.finish(done);
     co_await channel.send(report);
@@ -299,6 +360,15 @@ odp::verbs::Endpoint from_wire(const oob::Endpoint& wire) {
     return endpoint;
 }
 
+oob::Connection choose_connection(bool cm_asked, bool iwarp_device) {
+    return cm_asked || iwarp_device ? oob::Connection::RdmaCm : oob::Connection::Endpoints;
+}
+
+bool is_iwarp(const odp::Device& device) {
+    return device.context() != nullptr &&
+           device.context()->device->transport_type == IBV_TRANSPORT_IWARP;
+}
+
 std::string describe_choice(const odp::Device& device, odp::Mode requested, odp::Access access) {
     const odp::Mode chosen = device.resolve(requested, access);
     if (requested != odp::Mode::Auto) {
@@ -323,6 +393,18 @@ std::vector<odp::Mode> supported_modes(const odp::Device& device, odp::Access ac
     }
     modes.push_back(odp::Mode::Emulated);
     return modes;
+}
+
+std::string native_absence(const odp::Device& device, odp::Access access) {
+    if (device.native_covers(access)) {
+        return {};
+    }
+    const std::string name(device.name());
+    if (!device.caps().odp) {
+        return name + " has no native ODP (Auto picks emulated)";
+    }
+    return name + "'s native ODP does not cover RC " + odp::to_string(access) +
+           " (Auto picks emulated)";
 }
 
 odp::RegionOptions region_options(odp::Mode mode, std::size_t stride) {
@@ -373,7 +455,7 @@ bool run_server(const ServerConfig& config, const std::atomic<bool>& stop,
 PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mode) {
     channel_ = run_sync(io_, connect_owned(spec.host, spec.port, spec.step_timeout));
     cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(spec.depth * 2 + 16));
-    qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(spec.depth));
+    connection_ = choose_connection(spec.cm, is_iwarp(device));
 
     oob::Hello hello;
     hello.test = spec.test;
@@ -382,7 +464,13 @@ PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mo
     hello.buffer_size = spec.buffer_size;
     hello.receive_depth = spec.depth;
     hello.pattern_seed = spec.pattern_seed;
-    hello.client = to_wire(qp_->local_endpoint(), local_mode);
+    if (connection_ == oob::Connection::Endpoints) {
+        qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(spec.depth));
+        hello.client = to_wire(qp_->local_endpoint(), local_mode);
+    } else {
+        hello.client.mode = to_wire(local_mode);
+        hello.client.connection = connection_;
+    }
     const oob::Message hello_message = hello;
     run_sync(io_, channel_->send(hello_message));
     const oob::Welcome welcome = run_sync(io_, channel_->receive_as<oob::Welcome>());
@@ -403,7 +491,20 @@ PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mo
                                      ", asked for " + odp::format_bytes(spec.buffer_size));
     }
     server_mode_ = to_mode(welcome.server.mode);
-    qp_->connect(from_wire(welcome.server));
+    if (welcome.server.connection != connection_) {
+        odp::throw_error(EPROTO, "server " + channel_->peer() + " answered a connection through " +
+                                     to_string(connection_) + " with one through " +
+                                     to_string(welcome.server.connection));
+    }
+    if (connection_ == oob::Connection::Endpoints) {
+        qp_->connect(from_wire(welcome.server));
+        return;
+    }
+    odp::verbs::CmOptions options;
+    options.timeout = spec.step_timeout;
+    options.qp = qp_options(spec.depth);
+    cm_.emplace(odp::verbs::cm_connect(*device.pd(), *cq_, *cq_, spec.host,
+                                       welcome.server.cm_port, {}, options));
 }
 
 PeerLink::~PeerLink() {

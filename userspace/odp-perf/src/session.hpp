@@ -11,6 +11,7 @@
 #include <odp/device.hpp>
 #include <odp/region.hpp>
 #include <odp/verbs.hpp>
+#include <odp/verbs_cm.hpp>
 #include <optional>
 #include <string>
 #include <thread>
@@ -26,12 +27,21 @@ odp::Mode to_mode(oob::WireMode mode);
 oob::WireMode to_wire(odp::Mode mode);
 oob::Endpoint to_wire(const odp::verbs::Endpoint& endpoint, odp::Mode mode);
 odp::verbs::Endpoint from_wire(const oob::Endpoint& endpoint);
+// How a client connects its queue pair: through RDMA CM when asked (--cm),
+// and always on an iWARP device, which connects no other way.
+oob::Connection choose_connection(bool cm_asked, bool iwarp_device);
+// True for an iWARP device (siw); false for a fake NIC.
+bool is_iwarp(const odp::Device& device);
+
 // "auto -> emulated (rxe0 has no native ODP for RC write)" or "pinned".
 std::string describe_choice(const odp::Device& device, odp::Mode requested, odp::Access access);
 
 // Registration modes the device can do for `access` (pinned and emulated
 // always, native when its ODP caps cover it).
 std::vector<odp::Mode> supported_modes(const odp::Device& device, odp::Access access);
+// Why native mode is not among supported_modes() ("" when it is): "siw0 has
+// no native ODP (Auto picks emulated)".
+std::string native_absence(const odp::Device& device, odp::Access access);
 
 // Region options for test buffers: chunks at least as large as one slot so a
 // message never straddles two chunks (one remote segment = one rkey per op).
@@ -76,6 +86,7 @@ struct LinkSpec {
     std::uint32_t depth = 64;  // outstanding work requests (and server receives)
     std::uint32_t pattern_seed = 1;
     std::chrono::milliseconds step_timeout = 10s;
+    bool cm = false;  // connect through RDMA CM (iWARP devices always do), at `host`
 };
 
 // Where a remote op lands: address and the rkey covering it.
@@ -94,7 +105,8 @@ class PeerLink {
     PeerLink& operator=(const PeerLink&) = delete;
     ~PeerLink();
 
-    odp::verbs::RcQueuePair& qp() { return *qp_; }
+    odp::verbs::RcQueuePair& qp() { return cm_ ? cm_->qp() : *qp_; }
+    oob::Connection connection() const { return connection_; }
     ibv_cq& cq() { return *cq_; }
     odp::Mode server_mode() const { return server_mode_; }
     std::uint64_t remote_size() const { return remote_size_; }
@@ -108,7 +120,9 @@ class PeerLink {
     oob::asio::io_context io_;
     std::unique_ptr<oob::Channel> channel_;
     odp::verbs::CqPtr cq_;
-    std::optional<odp::verbs::RcQueuePair> qp_;
+    oob::Connection connection_ = oob::Connection::Endpoints;
+    std::optional<odp::verbs::RcQueuePair> qp_;  // Endpoints
+    std::optional<odp::verbs::CmConnection> cm_;  // RdmaCm (goes before the CQ)
     std::vector<oob::RemoteRange> ranges_;
     std::uint64_t remote_base_ = 0;
     std::uint64_t remote_size_ = 0;
