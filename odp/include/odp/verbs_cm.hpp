@@ -162,8 +162,8 @@ class ODP_API LoopbackConnection {
     [[nodiscard]] bool through_cm() const noexcept { return active_.has_value(); }
 
   private:
-    std::optional<RcQueuePair> self_;     // InfiniBand, RoCE
-    std::optional<CmConnection> active_;  // iWARP: the end that posts ...
+    std::optional<RcQueuePair> self_;      // InfiniBand, RoCE
+    std::optional<CmConnection> active_;   // iWARP: the end that posts ...
     std::optional<CmConnection> passive_;  // ... and the one it connected to
 };
 

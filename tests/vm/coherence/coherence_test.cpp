@@ -341,7 +341,8 @@ class Loopback {
     void raw_write(void* address, std::size_t length, std::uint32_t rkey) {
         const ibv_sge sge{reinterpret_cast<std::uintptr_t>(staging_),
                           static_cast<std::uint32_t>(length), staging_mr_->lkey};
-        connection_->qp().post_write({&sge, 1}, reinterpret_cast<std::uintptr_t>(address), rkey, ++wr_id_);
+        connection_->qp().post_write({&sge, 1}, reinterpret_cast<std::uintptr_t>(address), rkey,
+                                     ++wr_id_);
         (void)verbs::wait_completion(*cq_, 10s);
     }
 
@@ -366,8 +367,8 @@ class Loopback {
     void read_into(Region& region, void* address, std::size_t length, unsigned char value) {
         std::memset(staging_, value, length);
         Lease lease = region.translate(address, length, 4);
-        connection_->qp().post_read(lease.sges(), reinterpret_cast<std::uintptr_t>(staging_), staging_mr_->rkey,
-                       ++wr_id_);
+        connection_->qp().post_read(lease.sges(), reinterpret_cast<std::uintptr_t>(staging_),
+                                    staging_mr_->rkey, ++wr_id_);
         (void)verbs::wait_completion(*cq_, 10s);
         lease.release();
     }

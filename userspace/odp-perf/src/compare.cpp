@@ -357,8 +357,9 @@ CompareResult run_compare(const CompareConfig& config) {
     const oob::Connection connection = choose_connection(config.cm, is_iwarp(*device));
     result.connection = to_string(connection);
     const bool cm = connection == oob::Connection::RdmaCm;
-    const std::string host = cm ? odp::verbs::cm_device_address(result.device, std::chrono::seconds(5))
-                                : std::string("127.0.0.1");
+    const std::string host =
+        cm ? odp::verbs::cm_device_address(result.device, std::chrono::seconds(5))
+           : std::string("127.0.0.1");
     std::atomic<bool> stop{false};
     std::promise<std::uint16_t> listening;
     std::thread server([&] {
@@ -728,8 +729,8 @@ std::string to_json(const CompareResult& result, const std::string& command_line
     out << "  \"connection\": \"" << json_escape(result.connection) << "\",\n";
     out << "  \"absent_modes\": {";
     for (auto absent = result.absent_modes.begin(); absent != result.absent_modes.end(); ++absent) {
-        out << (absent == result.absent_modes.begin() ? "" : ", ") << "\"" << json_escape(absent->first)
-            << "\": \"" << json_escape(absent->second) << "\"";
+        out << (absent == result.absent_modes.begin() ? "" : ", ") << "\""
+            << json_escape(absent->first) << "\": \"" << json_escape(absent->second) << "\"";
     }
     out << "},\n";
     out << "  \"modes\": [";

@@ -195,11 +195,11 @@ CompareResult merge_runs(const std::vector<CompareResult>& runs) {
         const CompareResult& other = runs[run];
         if (std::tie(other.kernel, other.device, other.modes, other.monitors, other.connection) !=
             std::tie(first.kernel, first.device, first.modes, first.monitors, first.connection)) {
-            odp::throw_error(EINVAL, "run " + std::to_string(run + 1) + " (" + other.device +
-                                         ", kernel " + other.kernel +
-                                         ") did not compare what run 1 did (" + first.device +
-                                         ", kernel " + first.kernel +
-                                         "): same device, kernel, modes, sources and connection needed");
+            odp::throw_error(
+                EINVAL, "run " + std::to_string(run + 1) + " (" + other.device + ", kernel " +
+                            other.kernel + ") did not compare what run 1 did (" + first.device +
+                            ", kernel " + first.kernel +
+                            "): same device, kernel, modes, sources and connection needed");
         }
     }
     CompareResult merged = first;

@@ -108,7 +108,8 @@ void check_queue_pair_values(const Endpoint& endpoint, const auto& fail) {
         if (endpoint.qp_num != 0 || endpoint.psn != 0 || endpoint.lid != 0 ||
             endpoint.gid_index != 0 || endpoint.mtu != 0 || !gid_zero) {
             fail("an RDMA CM endpoint carries QP values (qp_num " +
-                 std::to_string(endpoint.qp_num) + "): RDMA CM connects the queue pairs, they "
+                 std::to_string(endpoint.qp_num) +
+                 "): RDMA CM connects the queue pairs, they "
                  "must be 0");
         }
         return;

@@ -22,7 +22,7 @@
 namespace odp_perf::oob {
 
 inline constexpr std::uint32_t kMagic = 0x5050444fU;  // "ODPP" read as little-endian
-inline constexpr std::uint16_t kVersion = 2;  // 2: Endpoint.connection, cm_port
+inline constexpr std::uint16_t kVersion = 2;          // 2: Endpoint.connection, cm_port
 inline constexpr std::size_t kHeaderSize = 12;
 inline constexpr std::uint32_t kMaxPayload = 64U * 1024U;
 inline constexpr std::size_t kMaxRanges = 1024;
@@ -79,7 +79,7 @@ struct Endpoint {
     WireMode mode = WireMode::Pinned;  // the mode this side actually uses (never Auto)
     std::vector<RemoteRange> ranges;
     Connection connection = Connection::Endpoints;  // the same on both sides
-    std::uint16_t cm_port = 0;  // the server's, with RdmaCm; 0 otherwise
+    std::uint16_t cm_port = 0;                      // the server's, with RdmaCm; 0 otherwise
     friend bool operator==(const Endpoint&, const Endpoint&) = default;
 };
 

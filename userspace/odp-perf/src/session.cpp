@@ -124,7 +124,8 @@ class ServerSession {
         if (hello_.test == oob::TestKind::Send) {
             options.before_connect = [this](odp::verbs::RcQueuePair& qp) { post_receives(qp); };
         }
-        cm_.emplace(listener_->next_request(timeout).accept(*device_.pd(), *cq_, *cq_, {}, options));
+        cm_.emplace(
+            listener_->next_request(timeout).accept(*device_.pd(), *cq_, *cq_, {}, options));
         listener_.reset();
         if (hello_.test == oob::TestKind::Send) {
             start_polling();
@@ -277,9 +278,9 @@ class ServerSession {
     MappedBuffer expected_;
     odp::Exposure exposure_;
     odp::verbs::CqPtr cq_;
-    std::optional<odp::verbs::RcQueuePair> qp_;         // Endpoints
-    std::optional<odp::verbs::CmListener> listener_;    // RdmaCm, until accepted
-    std::optional<odp::verbs::CmConnection> cm_;        // RdmaCm
+    std::optional<odp::verbs::RcQueuePair> qp_;       // Endpoints
+    std::optional<odp::verbs::CmListener> listener_;  // RdmaCm, until accepted
+    std::optional<odp::verbs::CmConnection> cm_;      // RdmaCm
     std::vector<odp::Lease> leases_;
     std::atomic<std::uint64_t> received_{0};
     std::uint64_t verified_bytes_ = 0;
@@ -503,8 +504,8 @@ PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mo
     odp::verbs::CmOptions options;
     options.timeout = spec.step_timeout;
     options.qp = qp_options(spec.depth);
-    cm_.emplace(odp::verbs::cm_connect(*device.pd(), *cq_, *cq_, spec.host,
-                                       welcome.server.cm_port, {}, options));
+    cm_.emplace(odp::verbs::cm_connect(*device.pd(), *cq_, *cq_, spec.host, welcome.server.cm_port,
+                                       {}, options));
 }
 
 PeerLink::~PeerLink() {

@@ -121,7 +121,7 @@ class PeerLink {
     std::unique_ptr<oob::Channel> channel_;
     odp::verbs::CqPtr cq_;
     oob::Connection connection_ = oob::Connection::Endpoints;
-    std::optional<odp::verbs::RcQueuePair> qp_;  // Endpoints
+    std::optional<odp::verbs::RcQueuePair> qp_;   // Endpoints
     std::optional<odp::verbs::CmConnection> cm_;  // RdmaCm (goes before the CQ)
     std::vector<oob::RemoteRange> ranges_;
     std::uint64_t remote_base_ = 0;
