@@ -136,6 +136,16 @@ std::string json_array(const std::vector<double>& values) {
     return out + "]";
 }
 
+// {"key": "value", ...}
+std::string json_object(const std::map<std::string, std::string>& entries) {
+    std::string out = "{";
+    for (const auto& [key, value] : entries) {
+        out += (out.size() > 1 ? ", \"" : "\"") + json_escape(key) + "\": \"" + json_escape(value) +
+               "\"";
+    }
+    return out + "}";
+}
+
 // A goal on the ratio numerator / denominator of two rows' values, with the
 // range of the paired per-round ratios.
 struct RatioOperand {
@@ -719,20 +729,10 @@ std::string to_json(const CompareResult& result, const std::string& command_line
         << ", \"ok\": " << (result.native_check.ok ? "true" : "false") << ", \"detail\": \""
         << json_escape(result.native_check.detail) << "\"},\n";
     out << "  \"emulated_monitor\": \"" << json_escape(result.emulated_monitor) << "\",\n";
-    out << "  \"monitors\": {";
-    for (auto monitor = result.monitors.begin(); monitor != result.monitors.end(); ++monitor) {
-        out << (monitor == result.monitors.begin() ? "" : ", ") << "\""
-            << json_escape(monitor->first) << "\": \"" << json_escape(monitor->second) << "\"";
-    }
-    out << "},\n";
+    out << "  \"monitors\": " << json_object(result.monitors) << ",\n";
     out << "  \"sizes_note\": \"" << json_escape(result.sizes_note) << "\",\n";
     out << "  \"connection\": \"" << json_escape(result.connection) << "\",\n";
-    out << "  \"absent_modes\": {";
-    for (auto absent = result.absent_modes.begin(); absent != result.absent_modes.end(); ++absent) {
-        out << (absent == result.absent_modes.begin() ? "" : ", ") << "\""
-            << json_escape(absent->first) << "\": \"" << json_escape(absent->second) << "\"";
-    }
-    out << "},\n";
+    out << "  \"absent_modes\": " << json_object(result.absent_modes) << ",\n";
     out << "  \"modes\": [";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
         out << (i ? ", " : "") << "\"" << result.modes[i] << "\"";
