@@ -81,7 +81,7 @@ void expect_rejected(const std::vector<std::byte>& bytes, const std::string& nee
 TEST(OobCodec, HelloRoundTrip) {
     const Hello hello = sample_hello();
     const auto bytes = encode(hello);
-    EXPECT_EQ(bytes.size(), kHeaderSize + 58 + 2 * 20 + 4);
+    EXPECT_EQ(bytes.size(), kHeaderSize + 58 + 2 * 20 + 4 + 12);
     EXPECT_EQ(std::get<Hello>(decode(bytes)), hello);
 }
 
@@ -229,7 +229,7 @@ TEST(OobCodec, HostileRangeCountIsRejectedBeforeAllocating) {
     put_u32(bytes, kHelloRangeCount, 0xffffffffU);
     expect_rejected(bytes, "4294967295 ranges exceed the limit of 1024", std::errc::message_size);
     put_u32(bytes, kHelloRangeCount, 5);  // only 2 are present
-    expect_rejected(bytes, "range_count 5 needs 100 bytes, 47 left", std::errc::bad_message);
+    expect_rejected(bytes, "range_count 5 needs 100 bytes, 59 left", std::errc::bad_message);
 }
 
 TEST(OobCodec, RejectsEmptyAndWrappingRanges) {
@@ -299,6 +299,22 @@ TEST(OobCodec, RdmaCmHelloAndWelcomeRoundTrip) {
     EXPECT_EQ(std::get<Welcome>(decoded).server.connection, Connection::RdmaCm);
 }
 
+// A send test on iWARP: where the server counts its posted receives.
+TEST(OobCodec, ReceiveCreditsRoundTripForTheSendTestOnly) {
+    Hello hello = sample_hello();  // a send test
+    hello.credit_address = 0x7f0000001000ULL;
+    hello.credit_rkey = 0x4242;
+    const Message message = hello;
+    EXPECT_EQ(decode(encode(message)), message);
+    hello.test = TestKind::Write;
+    EXPECT_THROW(encode(hello), ProtocolError);
+    auto bytes = encode(sample_hello());
+    bytes[kHeaderSize] = std::byte{0};    // test: write
+    put_u32(bytes, bytes.size() - 4, 9);  // credit_rkey
+    expect_rejected(bytes, "a receive count (credit_rkey 9) is for the send test only",
+                    std::errc::protocol_error);
+}
+
 TEST(OobCodec, RejectsConnectionFieldsThatDoNotFit) {
     // An unknown way to connect.
     auto bytes = encode(sample_hello());
@@ -318,7 +334,7 @@ TEST(OobCodec, RejectsConnectionFieldsThatDoNotFit) {
     Hello hello = sample_hello();
     hello.client = cm_endpoint(0, 0);
     bytes = encode(hello);
-    bytes[bytes.size() - 6] = std::byte{7};  // cm_port, before the 4-byte pattern seed
+    bytes[bytes.size() - 18] = std::byte{7};  // cm_port, before the seed and the credits
     expect_rejected(bytes, "the client's cm_port is 7", std::errc::protocol_error);
     // An RDMA CM Welcome must say where to connect.
     bytes = encode(Welcome{cm_endpoint(2, 40001)});

@@ -212,6 +212,10 @@ void check_hello(const Hello& hello, const auto& fail) {
     if (hello.test == TestKind::Send && hello.receive_depth == 0) {
         fail("a send test needs receive_depth > 0");
     }
+    if (hello.credit_rkey != 0 && hello.test != TestKind::Send) {
+        fail("a receive count (credit_rkey " + std::to_string(hello.credit_rkey) +
+             ") is for the send test only");
+    }
     if (hello.client.cm_port != 0) {
         fail("the client's cm_port is " + std::to_string(hello.client.cm_port) +
              ": only the server listens");
@@ -237,6 +241,8 @@ void put_payload(Writer& out, const Hello& hello) {
     out.put(hello.receive_depth);
     put_endpoint(out, hello.client);
     out.put(hello.pattern_seed);
+    out.put(hello.credit_address);
+    out.put(hello.credit_rkey);
 }
 
 void put_payload(Writer& out, const Welcome& welcome) {
@@ -287,6 +293,8 @@ Hello get_hello(Reader& in) {
     hello.receive_depth = in.get<std::uint32_t>("receive_depth");
     hello.client = get_endpoint(in);
     hello.pattern_seed = in.get<std::uint32_t>("pattern_seed");
+    hello.credit_address = in.get<std::uint64_t>("credit_address");
+    hello.credit_rkey = in.get<std::uint32_t>("credit_rkey");
     check_hello(hello, [&](const std::string& what) { in.fail(std::errc::protocol_error, what); });
     return hello;
 }

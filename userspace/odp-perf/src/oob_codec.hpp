@@ -22,7 +22,7 @@
 namespace odp_perf::oob {
 
 inline constexpr std::uint32_t kMagic = 0x5050444fU;  // "ODPP" read as little-endian
-inline constexpr std::uint16_t kVersion = 2;          // 2: Endpoint.connection, cm_port
+inline constexpr std::uint16_t kVersion = 2;          // 2: connection, cm_port, receive credits
 inline constexpr std::size_t kHeaderSize = 12;
 inline constexpr std::uint32_t kMaxPayload = 64U * 1024U;
 inline constexpr std::size_t kMaxRanges = 1024;
@@ -91,6 +91,12 @@ struct Hello {
     std::uint32_t receive_depth = 0;  // receives the server keeps posted (send test)
     Endpoint client;
     std::uint32_t pattern_seed = 0;  // read test: the server fills its buffer with this pattern
+    // Send test on iWARP, which has no receiver-not-ready retry: where the
+    // server RDMA-WRITEs how many receives it has posted so far (a u64), so
+    // that the client never sends a message no receive waits for. rkey 0:
+    // no such count (RoCE and InfiniBand retry instead).
+    std::uint64_t credit_address = 0;
+    std::uint32_t credit_rkey = 0;
     friend bool operator==(const Hello&, const Hello&) = default;
 };
 

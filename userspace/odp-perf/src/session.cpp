@@ -87,6 +87,11 @@ class ServerSession {
             device.register_region(memory_.buffer.data(), size, kBufferAccess, options);
         exposure_ = memory_.region.expose(memory_.buffer.data(), size);
         cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(depth_ * 2 + 16));
+        if (hello.credit_rkey != 0) {
+            credit_source_.assign(1, 0);
+            credit_source_mr_ = odp::verbs::reg_mr(*device.pd(), credit_source_.data(),
+                                                   sizeof(std::uint64_t), IBV_ACCESS_LOCAL_WRITE);
+        }
         if (hello.client.connection == oob::Connection::RdmaCm) {
             // A listener of this session's own, on a free port (Welcome
             // names it): on iWARP it is a TCP port beside this server's.
@@ -104,6 +109,7 @@ class ServerSession {
         qp_->connect(from_wire(hello.client));
         if (hello.test == oob::TestKind::Send) {
             post_receives(*qp_);
+            report_receives(*qp_);
             start_polling();
         }
     }
@@ -128,6 +134,7 @@ class ServerSession {
             listener_->next_request(timeout).accept(*device_.pd(), *cq_, *cq_, {}, options));
         listener_.reset();
         if (hello_.test == oob::TestKind::Send) {
+            report_receives(cm_->qp());
             start_polling();
         }
     }
@@ -212,6 +219,25 @@ class ServerSession {
         odp::Lease lease = memory_.region.translate(address, hello_.message_size, 4);
         qp.post_recv(lease.sges(), slot);
         leases_[slot] = std::move(lease);
+        ++receives_posted_;
+    }
+
+    // Send test on iWARP: tells the client how many receives are posted in
+    // all (an RDMA WRITE into its credit word), a few writes in flight at most.
+    void report_receives(odp::verbs::RcQueuePair& qp) {
+        credit_pending_ = credit_source_mr_ != nullptr;
+        if (!credit_pending_ || credit_writes_in_flight_ >= kMaxCreditWrites) {
+            return;
+        }
+        // A write still in flight may read the word now: any value it reads
+        // was true when it was stored (the count only grows).
+        std::atomic_ref<std::uint64_t>(credit_source_.front())
+            .store(receives_posted_, std::memory_order_release);
+        const ibv_sge sge{reinterpret_cast<std::uintptr_t>(credit_source_.data()),
+                          sizeof(std::uint64_t), credit_source_mr_->lkey};
+        qp.post_write({&sge, 1}, hello_.credit_address, hello_.credit_rkey, kCreditWrite);
+        ++credit_writes_in_flight_;
+        credit_pending_ = false;
     }
 
     std::uint32_t receive_slots() const {
@@ -242,8 +268,14 @@ class ServerSession {
                     for (int i = 0; i < n; ++i) {
                         const ibv_wc& wc = completions[static_cast<std::size_t>(i)];
                         if (wc.status != IBV_WC_SUCCESS) {
-                            odp::throw_error(EIO, std::string("receive completion failed: ") +
-                                                      ibv_wc_status_str(wc.status));
+                            odp::throw_error(
+                                EIO, std::string(wc.wr_id == kCreditWrite ? "receive count write"
+                                                                          : "receive completion") +
+                                         " failed: " + ibv_wc_status_str(wc.status));
+                        }
+                        if (wc.wr_id == kCreditWrite) {
+                            --credit_writes_in_flight_;
+                            continue;
                         }
                         const auto slot = static_cast<std::uint32_t>(wc.wr_id);
                         // RC delivers in order: message n came from client slot n % client_slots.
@@ -255,6 +287,10 @@ class ServerSession {
                         leases_[slot].release();
                         received_.store(n_th + 1);
                         post_receive(queue_pair(), slot % slots);
+                        credit_pending_ = credit_source_mr_ != nullptr;
+                    }
+                    if (credit_pending_) {
+                        report_receives(queue_pair());
                     }
                 }
             } catch (...) {
@@ -281,6 +317,14 @@ class ServerSession {
     std::optional<odp::verbs::RcQueuePair> qp_;       // Endpoints
     std::optional<odp::verbs::CmListener> listener_;  // RdmaCm, until accepted
     std::optional<odp::verbs::CmConnection> cm_;      // RdmaCm
+    // Send test on iWARP: the count of posted receives, written to the client.
+    static constexpr std::uint64_t kCreditWrite = UINT64_MAX;  // its wr_id
+    static constexpr std::uint32_t kMaxCreditWrites = 4;
+    std::vector<std::uint64_t> credit_source_;
+    odp::verbs::MrPtr credit_source_mr_;
+    std::uint64_t receives_posted_ = 0;
+    std::uint32_t credit_writes_in_flight_ = 0;
+    bool credit_pending_ = false;
     std::vector<odp::Lease> leases_;
     std::atomic<std::uint64_t> received_{0};
     std::uint64_t verified_bytes_ = 0;
@@ -465,6 +509,13 @@ PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mo
     hello.buffer_size = spec.buffer_size;
     hello.receive_depth = spec.depth;
     hello.pattern_seed = spec.pattern_seed;
+    if (spec.test == oob::TestKind::Send && is_iwarp(device)) {
+        credit_.assign(1, 0);
+        credit_mr_ = odp::verbs::reg_mr(*device.pd(), credit_.data(), sizeof(std::uint64_t),
+                                        IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+        hello.credit_address = reinterpret_cast<std::uintptr_t>(credit_.data());
+        hello.credit_rkey = credit_mr_->rkey;
+    }
     if (connection_ == oob::Connection::Endpoints) {
         qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(spec.depth));
         hello.client = to_wire(qp_->local_endpoint(), local_mode);
@@ -506,6 +557,26 @@ PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mo
     options.qp = qp_options(spec.depth);
     cm_.emplace(odp::verbs::cm_connect(*device.pd(), *cq_, *cq_, spec.host, welcome.server.cm_port,
                                        {}, options));
+}
+
+void PeerLink::await_receive(std::chrono::milliseconds timeout) {
+    if (!credit_mr_) {
+        return;
+    }
+    ++sends_;
+    const std::atomic_ref<std::uint64_t> posted(credit_.front());  // the server's NIC writes it
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (std::uint64_t spins = 1; posted.load(std::memory_order_acquire) < sends_; ++spins) {
+        if (spins % 1024 == 0 && std::chrono::steady_clock::now() >= deadline) {
+            odp::throw_error(ETIMEDOUT,
+                             "SEND #" + std::to_string(sends_) + ": server " + channel_->peer() +
+                                 " posted " + std::to_string(posted.load()) +
+                                 " receives in all and no more within " +
+                                 std::to_string(timeout.count()) +
+                                 " ms (iWARP has no receiver-not-ready retry: odp-perf sends only "
+                                 "into posted receives)");
+        }
+    }
 }
 
 PeerLink::~PeerLink() {

@@ -113,6 +113,11 @@ class PeerLink {
     // The remote address and rkey for [offset, offset + length) of the
     // server's buffer; throws odp::Error(ERANGE) if it straddles two segments.
     RemoteTarget remote(std::uint64_t offset, std::uint64_t length) const;
+    // Before each SEND: on iWARP (no receiver-not-ready retry) waits until
+    // the server has posted a receive for it (the count of receives it
+    // RDMA-writes into this link's credit word); throws odp::Error(ETIMEDOUT)
+    // when none comes in time. Does nothing on other transports.
+    void await_receive(std::chrono::milliseconds timeout = 10s);
     // Sends Done, waits for the server's Report.
     oob::Report finish(const oob::Done& done, std::chrono::milliseconds timeout = 600s);
 
@@ -120,6 +125,9 @@ class PeerLink {
     oob::asio::io_context io_;
     std::unique_ptr<oob::Channel> channel_;
     odp::verbs::CqPtr cq_;
+    std::vector<std::uint64_t> credit_;  // send test on iWARP: receives the server posted
+    odp::verbs::MrPtr credit_mr_;
+    std::uint64_t sends_ = 0;
     oob::Connection connection_ = oob::Connection::Endpoints;
     std::optional<odp::verbs::RcQueuePair> qp_;   // Endpoints
     std::optional<odp::verbs::CmConnection> cm_;  // RdmaCm (goes before the CQ)

@@ -153,6 +153,7 @@ void post_operation(PeerLink& link, oob::TestKind test, const odp::Lease& lease,
             link.qp().post_read(lease.sges(), target.address, target.rkey, wr_id, signaled);
             return;
         case oob::TestKind::Send:
+            link.await_receive();
             link.qp().post_send(lease.sges(), wr_id, signaled);
             return;
     }
