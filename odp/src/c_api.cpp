@@ -210,7 +210,17 @@ odp::RegionOptions to_options(const odp_region_attr* in) {
     if (attr.chunk_size != 0) {
         options.chunk_size = attr.chunk_size;
     }
+    options.fault_ahead = attr.fault_ahead;
     return options;
+}
+
+odp::Prefetch to_prefetch(odp_prefetch advice, const char* function) {
+    if (advice != ODP_PREFETCH_WRITE && advice != ODP_PREFETCH_READ) {
+        odp::throw_error(EINVAL, std::string(function) + ": unknown advice " +
+                                     std::to_string(static_cast<int>(advice)) +
+                                     ": use ODP_PREFETCH_WRITE or ODP_PREFETCH_READ");
+    }
+    return advice == ODP_PREFETCH_READ ? odp::Prefetch::Read : odp::Prefetch::Write;
 }
 
 std::uint32_t ops(const odp::TransportOdpCaps& caps) noexcept {
@@ -238,6 +248,8 @@ odp_stats to_c(const odp::Stats& in) noexcept {
     out.back_pressure = in.back_pressure;
     out.pinned_bytes = in.pinned_bytes;
     out.peak_pinned_bytes = in.peak_pinned_bytes;
+    out.chunks_faulted_ahead = in.chunks_faulted_ahead;
+    out.fault_ahead_hits = in.fault_ahead_hits;
     std::copy(in.invalidations.begin(), in.invalidations.end(), out.invalidations);
     return out;
 }
@@ -255,6 +267,8 @@ odp::Stats from_c(const odp_stats& in) noexcept {
     out.back_pressure = in.back_pressure;
     out.pinned_bytes = in.pinned_bytes;
     out.peak_pinned_bytes = in.peak_pinned_bytes;
+    out.chunks_faulted_ahead = in.chunks_faulted_ahead;
+    out.fault_ahead_hits = in.fault_ahead_hits;
     std::copy_n(in.invalidations, out.invalidations.size(), out.invalidations.begin());
     return out;
 }
@@ -464,13 +478,15 @@ int odp_region_prefetch(odp_region* region, const void* address, size_t length,
                         odp_prefetch advice) {
     return guarded([&] {
         odp::Region& in = need(region, "odp_region_prefetch: region").region;
-        if (advice != ODP_PREFETCH_WRITE && advice != ODP_PREFETCH_READ) {
-            odp::throw_error(EINVAL, "odp_region_prefetch: unknown advice " +
-                                         std::to_string(static_cast<int>(advice)) +
-                                         ": use ODP_PREFETCH_WRITE or ODP_PREFETCH_READ");
-        }
-        in.prefetch(address, length,
-                    advice == ODP_PREFETCH_READ ? odp::Prefetch::Read : odp::Prefetch::Write);
+        in.prefetch(address, length, to_prefetch(advice, "odp_region_prefetch"));
+    });
+}
+
+int odp_region_prefetch_async(odp_region* region, const void* address, size_t length,
+                              odp_prefetch advice) {
+    return guarded([&] {
+        odp::Region& in = need(region, "odp_region_prefetch_async: region").region;
+        in.prefetch_async(address, length, to_prefetch(advice, "odp_region_prefetch_async"));
     });
 }
 

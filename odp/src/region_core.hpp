@@ -1,5 +1,17 @@
 // Internals of regions and devices. Nothing here is public.
 //
+// RegionCore's implementation is split by concern, each file's head comment
+// stating its own concurrency contract:
+//   region_core.cpp          lifetime, references, close, statistics
+//   region_whole.cpp         pinned and native regions (one registration)
+//   region_table.cpp         the chunk table and the lock-free hit path
+//   region_pins.cpp          the pin pool and each pin's state word
+//   region_fault.cpp         the chunk fault (registration on demand)
+//   region_fault_ahead.cpp   fault-ahead and prefetch
+//   region_invalidation.cpp  invalidation (lock-free)
+//   region_exposures.cpp     the exposure registry and its callbacks
+// The budget and the fault-ahead thread are the device's (device.cpp).
+//
 // Concurrency design (see docs/guide.md, "Inside"):
 //  * A Pin is one registration that leases hold: a chunk (emulated) or the
 //    whole region (pinned, native). Its 64-bit state word packs the lease
@@ -54,6 +66,12 @@
 #include <vector>
 
 namespace odp::detail {
+
+[[nodiscard]] std::uintptr_t page_size() noexcept;  // sources/common.cpp
+// Bytes of the pages `range` touches (what registering it pins).
+[[nodiscard]] std::uint64_t page_rounded(Range range) noexcept;
+// SGE lengths are 32-bit: pinned/native leases split at this size.
+inline constexpr std::size_t max_sge_bytes = std::size_t{1} << 30;
 
 // Assigns the calling thread its stripe (1-based) for StripedCounter.
 unsigned assign_stripe() noexcept;

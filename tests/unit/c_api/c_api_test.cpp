@@ -6,6 +6,7 @@
 #include <odp/odp.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -403,6 +404,8 @@ TEST_F(CApiEmulated, StatisticsAndTheirJsonAreTheCppOnes) {
     EXPECT_EQ(stats.pinned_bytes, 2 * MiB);
     EXPECT_EQ(stats.invalidations[ODP_INVALIDATION_PROTECTION], 1U);
     EXPECT_EQ(stats.invalidations[ODP_INVALIDATION_SLOTS - 1], 0U);
+    EXPECT_EQ(stats.chunks_faulted_ahead, expected.chunks_faulted_ahead);
+    EXPECT_EQ(stats.fault_ahead_hits, expected.fault_ahead_hits);
     char* json = nullptr;
     ASSERT_EQ(odp_stats_json(&stats, &json), 0);
     EXPECT_EQ(take(json), odp::to_json(expected));
@@ -624,6 +627,20 @@ TEST(CApi, AFlowWrittenInC) {
     char failure[256] = "";
     EXPECT_EQ(
         c_flow_emulated(dev.handle.get(), buffer.data(), buffer.size(), failure, sizeof failure), 0)
+        << failure;
+    EXPECT_TRUE(dev.fake->live_registrations().empty()) << "c_flow closed its region";
+}
+
+// odp_region_attr.fault_ahead and odp_region_prefetch_async, used from C.
+TEST(CApi, FaultAheadFromC) {
+    const CDevice dev = make_c_device();
+    odp::test::Mapping buffer{8 * MiB};
+    char failure[256] = "";
+    const long patience_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(odp::test::patience).count();
+    EXPECT_EQ(c_flow_fault_ahead(dev.handle.get(), buffer.data(), buffer.size(), patience_ms,
+                                 failure, sizeof failure),
+              0)
         << failure;
     EXPECT_TRUE(dev.fake->live_registrations().empty()) << "c_flow closed its region";
 }

@@ -1,10 +1,12 @@
 /* The C API used from C, as an application would (see c_flow.h). */
+#define _POSIX_C_SOURCE 199309L /* nanosleep */
 #include "c_flow.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MIB ((size_t)1 << 20)
 
@@ -115,6 +117,98 @@ out:
     free(text);
     odp_exposure_release(exposure, NULL);
     odp_lease_release(lease, NULL);
+    odp_region_close(region);
+    return status;
+}
+
+/* The region's statistics once chunks_faulted_ahead reached `count`, or as
+ * they were when the patience ran out. */
+static int stats_when_faulted_ahead(struct odp_region* region, uint64_t count, long patience_ms,
+                                    struct odp_stats* stats) {
+    const struct timespec millisecond = {0, 1000000};
+    for (long waited = 0;; ++waited) {
+        odp_stats_init(stats);
+        const int rc = odp_region_stats(region, stats);
+        if (rc != 0 || stats->chunks_faulted_ahead >= count || waited >= patience_ms) {
+            return rc;
+        }
+        nanosleep(&millisecond, NULL);
+    }
+}
+
+static int touch(struct odp_region* region, char* buffer, size_t chunk) {
+    struct ibv_sge sge;
+    size_t count = 0;
+    struct odp_lease* lease = NULL;
+    const int rc =
+        odp_region_translate(region, buffer + chunk * MIB + 64, 64, &sge, 1, &count, &lease);
+    odp_lease_release(lease, NULL);
+    return rc;
+}
+
+int c_flow_fault_ahead(struct odp_device* device, char* buffer, size_t size, long patience_ms,
+                       char* failure, size_t failure_size) {
+    int status = 0;
+    struct odp_region* region = NULL;
+    char* text = NULL;
+    struct odp_stats stats;
+
+    struct odp_region_attr attr;
+    odp_region_attr_init(&attr);
+    attr.mode = ODP_MODE_EMULATED;
+    attr.monitor = ODP_MONITOR_NONE;
+    attr.chunk_size = MIB;
+    attr.fault_ahead = 2;
+    int rc = odp_region_register(device, buffer, size, ODP_ACCESS_LOCAL_WRITE, &attr, &region);
+    CHECK(rc == 0, "odp_region_register: %d %s", rc, odp_last_error());
+
+    /* Chunks 0 then 1: a sequential pattern, chunks 2 and 3 are registered
+     * in the background. */
+    rc = touch(region, buffer, 0);
+    CHECK(rc == 0, "translate chunk 0: %d %s", rc, odp_last_error());
+    rc = touch(region, buffer, 1);
+    CHECK(rc == 0, "translate chunk 1: %d %s", rc, odp_last_error());
+    rc = stats_when_faulted_ahead(region, 2, patience_ms, &stats);
+    CHECK(rc == 0 && stats.chunks_faulted_ahead == 2 && stats.misses == 2,
+          "after chunks 0, 1: %d, %llu faulted ahead (2 expected), %llu misses", rc,
+          (unsigned long long)stats.chunks_faulted_ahead, (unsigned long long)stats.misses);
+    /* Chunk 2 is there already: a hit, and chunk 4 is requested. */
+    rc = touch(region, buffer, 2);
+    CHECK(rc == 0, "translate chunk 2: %d %s", rc, odp_last_error());
+    rc = stats_when_faulted_ahead(region, 3, patience_ms, &stats);
+    CHECK(rc == 0 && stats.chunks_faulted_ahead == 3 && stats.fault_ahead_hits == 1 &&
+              stats.misses == 2,
+          "after chunk 2: %llu faulted ahead (3 expected), %llu hits of them, %llu misses",
+          (unsigned long long)stats.chunks_faulted_ahead,
+          (unsigned long long)stats.fault_ahead_hits, (unsigned long long)stats.misses);
+
+    /* An explicit asynchronous prefetch of chunk 7. */
+    rc = odp_region_prefetch_async(region, buffer + 7 * MIB, MIB, ODP_PREFETCH_WRITE);
+    CHECK(rc == 0, "odp_region_prefetch_async: %d %s", rc, odp_last_error());
+    rc = stats_when_faulted_ahead(region, 4, patience_ms, &stats);
+    CHECK(rc == 0 && stats.chunks_faulted_ahead == 4 && stats.prefetches == 1,
+          "after odp_region_prefetch_async: %llu faulted ahead (4 expected), %llu prefetches",
+          (unsigned long long)stats.chunks_faulted_ahead, (unsigned long long)stats.prefetches);
+    rc = touch(region, buffer, 7);
+    CHECK(rc == 0, "translate chunk 7: %d %s", rc, odp_last_error());
+    odp_stats_init(&stats);
+    rc = odp_region_stats(region, &stats);
+    CHECK(rc == 0 && stats.misses == 2 && stats.chunk_faults == 6,
+          "after chunk 7: %llu misses (2 expected), %llu chunk faults (6 expected)",
+          (unsigned long long)stats.misses, (unsigned long long)stats.chunk_faults);
+    rc = odp_stats_json(&stats, &text);
+    CHECK(rc == 0 && strstr(text, "\"chunks_faulted_ahead\":4,") != NULL, "odp_stats_json: %d %s",
+          rc, text != NULL ? text : odp_last_error());
+
+    rc = odp_region_prefetch_async(region, buffer + size, MIB, ODP_PREFETCH_WRITE);
+    CHECK(rc == -EINVAL, "odp_region_prefetch_async outside the region: %d", rc);
+    rc = odp_region_prefetch_async(region, buffer, MIB, (enum odp_prefetch)9);
+    CHECK(rc == -EINVAL &&
+              strstr(odp_last_error(), "odp_region_prefetch_async: unknown advice") != NULL,
+          "odp_region_prefetch_async with advice 9: %d %s", rc, odp_last_error());
+
+out:
+    free(text);
     odp_region_close(region);
     return status;
 }

@@ -3,8 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <odp/error.hpp>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -129,6 +131,50 @@ TEST(CompareMerge, MalformedJsonSaysWhatIsWrong) {
     EXPECT_THROW((void)parse_compare_json("{\"schema\": "), odp::Error);
 }
 
+const Goal& bandwidth_goal(const CompareResult& result) {
+    const auto goal = std::find_if(result.goals.begin(), result.goals.end(), [](const Goal& g) {
+        return g.name == "warm RDMA WRITE bandwidth 64 KiB: emulated / pinned";
+    });
+    if (goal == result.goals.end()) {
+        throw std::runtime_error("no bandwidth goal");
+    }
+    return *goal;
+}
+
+// One way of computing intervals for one run and for runs merged: more runs
+// narrow the interval of the median instead of widening a range. Each run
+// alone (four rounds, one disturbed) is inconclusive; merged, the 12 pairs
+// give the 3rd lowest to the 3rd highest ratio, which clears 0.97.
+TEST(CompareMerge, MoreRunsNarrowTheInterval) {
+    const std::vector<CompareResult> runs{run_of({100, 100, 100, 100}, {99, 98, 80, 100}),
+                                          run_of({100, 100, 100, 100}, {99, 100, 101, 98}),
+                                          run_of({100, 100, 100, 100}, {120, 98, 99, 100})};
+    for (const CompareResult& run : runs) {
+        CompareResult judged = run;
+        judged.goals = evaluate_goals(judged.rows);
+        const Goal& goal = bandwidth_goal(judged);
+        ASSERT_TRUE(goal.measured && goal.measured->interval);
+        EXPECT_DOUBLE_EQ(goal.measured->interval->confidence, 0.875);
+    }
+    CompareResult first = runs[0];
+    first.goals = evaluate_goals(first.rows);
+    EXPECT_EQ(bandwidth_goal(first).verdict, Verdict::Inconclusive) << "0.8 is in its range";
+    const CompareResult merged = merge_runs(runs);
+    const Goal& goal = bandwidth_goal(merged);
+    ASSERT_TRUE(goal.measured && goal.measured->interval);
+    EXPECT_EQ(goal.measured->interval->samples, 12U);
+    EXPECT_DOUBLE_EQ(goal.measured->interval->low, 0.98);
+    EXPECT_DOUBLE_EQ(goal.measured->interval->high, 1.0);
+    EXPECT_GE(goal.measured->interval->confidence, 0.95);
+    EXPECT_DOUBLE_EQ(goal.measured->ratio, 0.99);
+    EXPECT_EQ(goal.verdict, Verdict::Met);
+    // The merged JSON says so, and reading it back judges the same.
+    const CompareResult reread = parse_compare_json(to_json(merged, "odp-perf compare --merge"));
+    CompareResult rejudged = reread;
+    rejudged.goals = evaluate_goals(rejudged.rows);
+    EXPECT_EQ(bandwidth_goal(rejudged).verdict, Verdict::Met);
+}
+
 // Values are the mean over the runs; the rounds of every run stay in run
 // order, so the ratio ranges pair run 1's rounds with run 1's and span both.
 TEST(CompareMerge, RangesSpanEveryRoundOfEveryRun) {
@@ -144,19 +190,40 @@ TEST(CompareMerge, RangesSpanEveryRoundOfEveryRun) {
     EXPECT_EQ(merged.rows[0].round_bw_MBps, (std::vector<double>{100, 100, 50, 50}));
     EXPECT_EQ(merged.rows[4].reg_us_samples, (std::vector<double>{12, 12.5, 13, 12, 12.5, 13}));
     EXPECT_EQ(merged.rows[3].error.rfind("run 1: prefetch", 0), 0U) << merged.rows[3].error;
-    // Emulated / pinned per round: 1.0, 0.96, 0.8, 0.9 -> [0.8, 1.0] straddles 0.97.
-    const auto goal = std::find_if(merged.goals.begin(), merged.goals.end(), [](const Goal& g) {
-        return g.name == "warm RDMA WRITE bandwidth 64 KiB: emulated / pinned";
-    });
-    ASSERT_NE(goal, merged.goals.end());
-    ASSERT_TRUE(goal->range);
-    EXPECT_DOUBLE_EQ(goal->range->low, 0.8);
-    EXPECT_DOUBLE_EQ(goal->range->high, 1.0);
-    EXPECT_EQ(goal->range->samples, 4U);
-    EXPECT_EQ(goal->verdict, Verdict::Inconclusive);
+    // Emulated / pinned per round: 1.0, 0.96, 0.8, 0.9 -> median 0.93 in
+    // [0.8, 1.0] (four pairs: their range), which straddles 0.97.
+    const Goal& goal = bandwidth_goal(merged);
+    ASSERT_TRUE(goal.measured && goal.measured->interval);
+    EXPECT_NEAR(goal.measured->ratio, 0.93, 1e-12);
+    EXPECT_DOUBLE_EQ(goal.measured->interval->low, 0.8);
+    EXPECT_DOUBLE_EQ(goal.measured->interval->high, 1.0);
+    EXPECT_EQ(goal.measured->interval->samples, 4U);
+    EXPECT_EQ(goal.verdict, Verdict::Inconclusive);
     std::ostringstream table;
     print_table(merged, table);
     EXPECT_NE(table.str().find("emulated/userfaultfd write"), std::string::npos) << table.str();
+}
+
+// --fault-ahead: recorded in the JSON, read back, and part of what a
+// comparison is (runs with and without it are not merged).
+TEST(CompareMerge, FaultAheadIsRecordedAndMustMatch) {
+    CompareResult ahead = run_of({1, 1}, {1, 1});
+    ahead.fault_ahead = 4;
+    const std::string json = to_json(ahead, "odp-perf compare --fault-ahead 4");
+    EXPECT_NE(json.find("\"fault_ahead\": 4,"), std::string::npos) << json;
+    EXPECT_EQ(parse_compare_json(json).fault_ahead, 4U);
+    std::ostringstream table;
+    print_table(ahead, table);
+    EXPECT_NE(table.str().find("fault 4 chunks ahead (--fault-ahead)"), std::string::npos)
+        << table.str();
+    try {
+        (void)merge_runs({ahead, run_of({1, 1}, {1, 1})});
+        FAIL() << "runs with and without fault-ahead were merged";
+    } catch (const odp::Error& error) {
+        EXPECT_NE(std::string(error.what()).find("--fault-ahead needed"), std::string::npos)
+            << error.what();
+    }
+    EXPECT_EQ(merge_runs({ahead, ahead}).fault_ahead, 4U);
 }
 
 TEST(CompareMerge, RunsOfDifferentComparisonsAreRefused) {

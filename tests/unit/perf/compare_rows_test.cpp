@@ -2,8 +2,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <odp/device.hpp>
 #include <odp/error.hpp>
@@ -92,33 +95,113 @@ TEST(CompareRows, EachRoundKeepsItsOwnBandwidthAndMedian) {
     EXPECT_EQ(row.round_lat_us_p50, (std::vector<double>{20.0, 6.0}));
 }
 
-TEST(Spread, RangeOfPairedRatios) {
-    const std::vector<double> emulated{9.0, 10.0, 12.0};
-    const std::vector<double> pinned{10.0, 10.0, 10.0, 99.0};  // the 4th has no partner
-    const std::optional<Interval> range = ratio_range(emulated, pinned);
-    ASSERT_TRUE(range);
-    EXPECT_DOUBLE_EQ(range->low, 0.9);
-    EXPECT_DOUBLE_EQ(range->high, 1.2);
-    EXPECT_EQ(range->samples, 3U);
+TEST(Spread, PairedRatiosSkipUnpairedAndZeroDenominators) {
+    const std::vector<double> emulated{9.0, 10.0, 12.0, 5.0};
+    const std::vector<double> pinned{10.0, 10.0, 10.0, 0.0, 99.0};  // the 5th has no partner
+    EXPECT_EQ(paired_ratios(emulated, pinned), (std::vector<double>{0.9, 1.0, 1.2}));
 }
 
-TEST(Spread, OneUsablePairHasNoRange) {
-    EXPECT_FALSE(ratio_range(std::vector<double>{1.0}, std::vector<double>{2.0}));
-    EXPECT_FALSE(ratio_range(std::vector<double>{1.0, 2.0}, std::vector<double>{0.0, 2.0}))
-        << "a zero denominator is no sample";
-    EXPECT_FALSE(ratio_range({}, {}));
+TEST(Spread, MedianOfOddEvenAndNonFiniteSamples) {
+    EXPECT_EQ(median({3.0, 1.0, 2.0}), 2.0);
+    EXPECT_EQ(median({4.0, 1.0, 2.0, 3.0}), 2.5);
+    EXPECT_EQ(median({1.0, std::nan(""), 3.0}), 2.0) << "NaN is no sample";
+    EXPECT_FALSE(median({}));
 }
 
-TEST(Spread, AGoalIsMetOnlyWhenTheWholeRangeClearsIt) {
+// The sign test's interval: with n samples, [x(k), x(n+1-k)] holds the
+// median with probability 1 - 2 P(Binomial(n, 1/2) < k).
+TEST(Spread, FewSamplesGiveTheirRangeWithItsConfidence) {
+    const std::optional<Interval> four = median_interval({1.02, 0.95, 1.10, 0.99});
+    ASSERT_TRUE(four);
+    EXPECT_DOUBLE_EQ(four->low, 0.95);
+    EXPECT_DOUBLE_EQ(four->high, 1.10);
+    EXPECT_EQ(four->samples, 4U);
+    EXPECT_DOUBLE_EQ(four->confidence, 1 - 2.0 / 16) << "87.5%: every sample on one side";
+    const std::optional<Interval> two = median_interval({2.0, 1.0});
+    ASSERT_TRUE(two);
+    EXPECT_DOUBLE_EQ(two->confidence, 0.5);
+    EXPECT_DOUBLE_EQ(median_interval({1, 2, 3, 4, 5, 6})->confidence, 1 - 2.0 / 64)
+        << "6 samples: the fewest whose range reaches 95%";
+}
+
+TEST(Spread, ManySamplesDropTheirOutliers) {
+    // 12 samples (three runs of four rounds): k = 3, P(B < 3) = 79/4096, so
+    // the 3rd lowest to the 3rd highest at 96.1%; k = 4 would be 85.4%.
+    std::vector<double> samples{0.5, 0.97, 0.98, 0.99, 1.0, 1.0, 1.01, 1.01, 1.02, 1.03, 1.04, 9.0};
+    std::reverse(samples.begin(), samples.end());  // order does not matter
+    const std::optional<Interval> interval = median_interval(samples);
+    ASSERT_TRUE(interval);
+    EXPECT_DOUBLE_EQ(interval->low, 0.98);
+    EXPECT_DOUBLE_EQ(interval->high, 1.03);
+    EXPECT_NEAR(interval->confidence, 1 - 2 * 79.0 / 4096, 1e-12);
+    EXPECT_GE(interval->confidence, kWantedConfidence);
+    // A thousand samples: no underflow, and the interval is narrow.
+    std::vector<double> many;
+    for (int i = 0; i < 1000; ++i) {
+        many.push_back(1.0 + (i % 100) / 1000.0);
+    }
+    const std::optional<Interval> narrow = median_interval(many);
+    ASSERT_TRUE(narrow);
+    EXPECT_GE(narrow->confidence, kWantedConfidence);
+    EXPECT_LT(narrow->confidence, 0.97);
+    EXPECT_LE(narrow->high - narrow->low, 0.01);
+}
+
+TEST(Spread, OneUsablePairHasNoInterval) {
+    EXPECT_FALSE(median_interval({1.0}));
+    EXPECT_FALSE(median_interval({1.0, std::nan("")}));
+    const std::vector<double> one{1.0};
+    const std::vector<double> two{2.0};
+    const std::optional<RatioEstimate> estimate = estimate_ratio({1.5, one}, {3.0, two});
+    ASSERT_TRUE(estimate);
+    EXPECT_DOUBLE_EQ(estimate->ratio, 0.5) << "the values' ratio, not the pair's";
+    EXPECT_FALSE(estimate->interval);
+    EXPECT_FALSE(estimate_ratio({1.0, one}, {0.0, two})) << "no ratio to zero";
+    EXPECT_FALSE(estimate_ratio({std::nullopt, one}, {1.0, two}));
+}
+
+TEST(Spread, RatioIsTheMedianOfThePairs) {
+    const std::vector<double> emulated{96, 100, 104, 80};
+    const std::vector<double> pinned{100, 100, 100, 100};
+    const std::optional<RatioEstimate> estimate = estimate_ratio({95.0, emulated}, {100.0, pinned});
+    ASSERT_TRUE(estimate && estimate->interval);
+    EXPECT_NEAR(estimate->ratio, 0.98, 1e-12) << "median of 0.96, 1.0, 1.04, 0.8";
+    EXPECT_DOUBLE_EQ(estimate->interval->low, 0.8);
+    EXPECT_DOUBLE_EQ(estimate->interval->high, 1.04);
+}
+
+// Crafted intervals against a target: met only when all of it clears the
+// target, missed when none does, inconclusive when it straddles it or when
+// there is no interval at all.
+TEST(Spread, AGoalIsMetOnlyWhenTheWholeIntervalClearsIt) {
     const auto at_least = [](double r) { return r >= 0.97; };
-    EXPECT_EQ(judge(0.99, Interval{0.98, 1.01, 4}, at_least), Verdict::Met);
-    EXPECT_EQ(judge(0.99, Interval{0.95, 1.01, 4}, at_least), Verdict::Inconclusive);
-    EXPECT_EQ(judge(0.90, Interval{0.85, 0.96, 4}, at_least), Verdict::NotMet);
-    EXPECT_EQ(judge(0.99, std::nullopt, at_least), Verdict::Met) << "one round: the ratio decides";
-    EXPECT_EQ(judge(std::nullopt, std::nullopt, at_least), Verdict::NotMeasured);
+    const auto with = [](double ratio, double low, double high) {
+        return std::optional(RatioEstimate{ratio, Interval{low, high, 6, 0.97}});
+    };
+    EXPECT_EQ(judge(with(0.99, 0.98, 1.01), at_least), Verdict::Met);
+    EXPECT_EQ(judge(with(0.97, 0.97, 0.99), at_least), Verdict::Met) << "the bound itself clears";
+    EXPECT_EQ(judge(with(0.99, 0.95, 1.01), at_least), Verdict::Inconclusive);
+    EXPECT_EQ(judge(with(0.96, 0.95, 0.99), at_least), Verdict::Inconclusive)
+        << "a ratio under the target with an interval above it still straddles";
+    EXPECT_EQ(judge(with(0.90, 0.85, 0.96), at_least), Verdict::NotMet);
+    EXPECT_EQ(judge(std::optional(RatioEstimate{1.5, std::nullopt}), at_least),
+              Verdict::Inconclusive)
+        << "one round: far above the target, yet nothing is known of its spread";
+    EXPECT_EQ(judge(std::nullopt, at_least), Verdict::NotMeasured);
+    // Clearing the target in every one of two rounds: 50% sure, no verdict.
+    EXPECT_EQ(judge(std::optional(RatioEstimate{1.2, Interval{1.1, 1.3, 2, 0.5}}), at_least),
+              Verdict::Inconclusive);
+    EXPECT_EQ(judge(std::optional(RatioEstimate{0.5, Interval{0.4, 0.6, 4, 0.875}}), at_least),
+              Verdict::Inconclusive)
+        << "four rounds, 87.5%: under the 90% a verdict needs";
+    EXPECT_EQ(judge(std::optional(RatioEstimate{0.5, Interval{0.4, 0.6, 5, 0.9375}}), at_least),
+              Verdict::NotMet);
     const auto at_most = [](double r) { return r <= 1.05; };
-    EXPECT_EQ(judge(1.0, Interval{0.9, 1.1, 4}, at_most), Verdict::Inconclusive);
+    EXPECT_EQ(judge(with(1.0, 0.9, 1.1), at_most), Verdict::Inconclusive);
+    EXPECT_EQ(judge(with(1.0, 0.9, 1.04), at_most), Verdict::Met);
+    EXPECT_EQ(judge(with(1.2, 1.06, 1.3), at_most), Verdict::NotMet);
     EXPECT_EQ(to_string(Verdict::Inconclusive), "inconclusive");
+    EXPECT_EQ(to_string(Verdict::NotMet), "not met");
 }
 
 Row traffic_row(const std::string& mode, const std::string& test, std::uint64_t size,
@@ -150,22 +233,23 @@ const Goal& goal_named(const std::vector<Goal>& goals, const std::string& prefix
 TEST(CompareGoals, BandwidthGoalCarriesTheRangeOfItsRounds) {
     // Emulated against pinned, round by round: 0.96, 1.0, 1.04, 1.0. The
     // pooled ratio (1.0) clears 0.97, one round does not: inconclusive.
-    const std::vector<Row> rows{traffic_row("pinned", "write", 65536, {100, 100, 100, 100}, {10}),
-                                traffic_row("emulated", "write", 65536, {96, 100, 104, 100}, {10}),
-                                traffic_row("pinned", "write", 8, {1}, {10, 10, 10, 10}),
-                                traffic_row("emulated", "write", 8, {1}, {10, 10.2, 10.1, 10})};
+    const std::vector<Row> rows{
+        traffic_row("pinned", "write", 65536, {100, 100, 100, 100}, {10}),
+        traffic_row("emulated", "write", 65536, {96, 100, 104, 100}, {10}),
+        traffic_row("pinned", "write", 8, {1}, {10, 10, 10, 10, 10, 10}),
+        traffic_row("emulated", "write", 8, {1}, {10, 10.2, 10.1, 10, 10.1, 10})};
     const std::vector<Goal> goals = evaluate_goals(rows);
     const Goal& bandwidth =
         goal_named(goals, "warm RDMA WRITE bandwidth 64 KiB: emulated / pinned");
-    ASSERT_TRUE(bandwidth.measured && bandwidth.range);
-    EXPECT_DOUBLE_EQ(*bandwidth.measured, 1.0);
-    EXPECT_DOUBLE_EQ(bandwidth.range->low, 0.96);
-    EXPECT_DOUBLE_EQ(bandwidth.range->high, 1.04);
+    ASSERT_TRUE(bandwidth.measured && bandwidth.measured->interval);
+    EXPECT_DOUBLE_EQ(bandwidth.measured->ratio, 1.0);
+    EXPECT_DOUBLE_EQ(bandwidth.measured->interval->low, 0.96);
+    EXPECT_DOUBLE_EQ(bandwidth.measured->interval->high, 1.04);
     EXPECT_EQ(bandwidth.verdict, Verdict::Inconclusive);
     const Goal& latency = goal_named(goals, "RDMA WRITE latency p50 8 B");
-    ASSERT_TRUE(latency.range);
+    ASSERT_TRUE(latency.measured && latency.measured->interval);
     EXPECT_EQ(latency.verdict, Verdict::Met);
-    EXPECT_DOUBLE_EQ(latency.range->high, 1.02);
+    EXPECT_DOUBLE_EQ(latency.measured->interval->high, 1.02);
     const Goal& touch = goal_named(goals, "first touch");
     EXPECT_EQ(touch.verdict, Verdict::NotMeasured);
 }
@@ -184,39 +268,92 @@ TEST(CompareGoals, FirstTouchPairsColdStartsInOrder) {
     pinned.reg_us_samples = {100, 100, 100};
     const std::vector<Goal> goals = evaluate_goals({emulated, pinned});
     const Goal& touch = goal_named(goals, "first touch");
-    ASSERT_TRUE(touch.range);
-    EXPECT_DOUBLE_EQ(touch.range->low, 1.0);
-    EXPECT_DOUBLE_EQ(touch.range->high, 1.3);
+    ASSERT_TRUE(touch.measured && touch.measured->interval);
+    EXPECT_DOUBLE_EQ(touch.measured->ratio, 1.1);
+    EXPECT_DOUBLE_EQ(touch.measured->interval->low, 1.0);
+    EXPECT_DOUBLE_EQ(touch.measured->interval->high, 1.3);
     EXPECT_EQ(touch.verdict, Verdict::Inconclusive) << "1.1 is under 1.2, 1.3 is not";
 }
 
 TEST(CompareJson, GoalsCarryTheirRangeAndVerdict) {
     CompareResult result;
-    result.rows = {traffic_row("pinned", "write", 65536, {100, 100}, {10}),
-                   traffic_row("emulated", "write", 65536, {99, 98}, {10})};
+    result.rows = {traffic_row("pinned", "write", 65536, {100, 100, 100, 100, 100, 100}, {10}),
+                   traffic_row("emulated", "write", 65536, {99, 98, 99, 98, 99, 98}, {10})};
     result.goals = evaluate_goals(result.rows);
     const std::string json = to_json(result, "odp-perf compare");
-    EXPECT_NE(json.find("\"round_bw_MBps\": [99, 98]"), std::string::npos) << json;
-    EXPECT_NE(json.find("\"ratio_low\": 0.98, \"ratio_high\": 0.99"), std::string::npos) << json;
+    EXPECT_NE(json.find("\"round_bw_MBps\": [99, 98, 99, 98, 99, 98]"), std::string::npos) << json;
+    EXPECT_NE(json.find("\"ratio\": 0.985, \"ratio_low\": 0.98, \"ratio_high\": 0.99, "
+                        "\"confidence\": 0.96875, \"samples\": 6"),
+              std::string::npos)
+        << json;
     EXPECT_NE(json.find("\"verdict\": \"met\", \"met\": true"), std::string::npos) << json;
+    // Every row carries its ratios to pinned's row of the same test and size.
+    EXPECT_NE(json.find("\"to_pinned\": {\"bw_MBps\": {\"ratio\": 0.985, \"low\": 0.98, "
+                        "\"high\": 0.99, \"confidence\": 0.96875, \"samples\": 6}, "
+                        "\"lat_us_p50\": {\"ratio\": 1, \"low\": null, \"high\": null, "
+                        "\"confidence\": null, \"samples\": 0}, \"reg_us\": null}"),
+              std::string::npos)
+        << json;
+    EXPECT_NE(json.find("\"to_pinned\": {\"bw_MBps\": null, \"lat_us_p50\": null, "
+                        "\"reg_us\": null}"),
+              std::string::npos)
+        << "pinned's own row has no ratio to itself: " << json;
+}
+
+TEST(CompareJson, TwoRoundsAreTooFewForAVerdict) {
+    CompareResult result;
+    result.rows = {traffic_row("pinned", "write", 65536, {100, 100}, {10}),
+                   traffic_row("emulated", "write", 65536, {120, 130}, {10})};
+    result.goals = evaluate_goals(result.rows);
+    const Goal& bandwidth =
+        goal_named(result.goals, "warm RDMA WRITE bandwidth 64 KiB: emulated / pinned");
+    EXPECT_EQ(bandwidth.verdict, Verdict::Inconclusive) << "both rounds clear 0.97, at 50%";
+    EXPECT_EQ(bandwidth.note,
+              "too few rounds for a verdict (50% of 2; at least 5 needed: run more --rounds)");
+}
+
+TEST(CompareJson, OneRoundGoalIsInconclusiveAndSaysWhy) {
+    CompareResult result;
+    result.rows = {traffic_row("pinned", "write", 65536, {100}, {10}),
+                   traffic_row("emulated", "write", 65536, {150}, {10})};
+    result.goals = evaluate_goals(result.rows);
+    const Goal& bandwidth =
+        goal_named(result.goals, "warm RDMA WRITE bandwidth 64 KiB: emulated / pinned");
+    EXPECT_EQ(bandwidth.verdict, Verdict::Inconclusive);
+    EXPECT_EQ(bandwidth.note, "one round: no interval (run more --rounds)");
+    const std::string json = to_json(result, "odp-perf compare --rounds 1");
+    EXPECT_NE(json.find("\"ratio\": 1.5, \"ratio_low\": null, \"ratio_high\": null, "
+                        "\"confidence\": null, \"samples\": 0"),
+              std::string::npos)
+        << json;
+    EXPECT_NE(json.find("\"verdict\": \"inconclusive\", \"met\": false"), std::string::npos)
+        << json;
 }
 
 // The plot: error bars from the rounds, sizes as people write them, and a
 // row whose bytes arrived wrong is not drawn as a bar. gnuplot must draw it
 // (scripts/setup installs gnuplot-nox); ODP_PLOT_KEEP=FILE keeps the picture.
-TEST(ComparePlot, DrawsASweepWithRangesAndWrongData) {
+// A sweep of `tests` at 8 B to 1 MiB in three modes, native's 8 B data wrong.
+CompareResult sweep_result(const std::vector<const char*>& tests) {
     CompareResult result;
     result.device = "rxe0";
     result.kernel = "test";
     result.modes = {"pinned", "native", "emulated"};
     for (const std::string& mode : result.modes) {
         for (const std::uint64_t size : {8ULL, 4096ULL, 65536ULL, 1ULL << 20}) {
-            for (const char* test : {"write", "read", "send"}) {
+            for (const char* test : tests) {
                 Row row = traffic_row(mode, test, size, {40, 44, 42, 43}, {20, 21, 25, 22});
                 row.mismatched_bytes = mode == "native" && size == 8 ? 8 : 0;
                 result.rows.push_back(row);
             }
         }
+    }
+    return result;
+}
+
+TEST(ComparePlot, DrawsASweepWithRangesAndWrongData) {
+    CompareResult result = sweep_result({"write", "read", "send"});
+    for (const std::string& mode : result.modes) {
         for (const std::uint64_t size : {4096ULL, 1ULL << 20, 1ULL << 30}) {
             Row reg;
             reg.mode = mode;
@@ -239,6 +376,17 @@ TEST(ComparePlot, DrawsASweepWithRangesAndWrongData) {
     if (!keep) {
         std::remove(path.c_str());
     }
+}
+
+// --fault-ahead reaches emulated buffers only (the option means nothing to
+// pinned and native regions).
+TEST(CompareVariants, FaultAheadIsForEmulatedBuffers) {
+    EXPECT_EQ(region_options(odp::Mode::Emulated, 65536, 4).fault_ahead, 4U);
+    EXPECT_EQ(region_options(odp::Mode::Emulated, 65536).fault_ahead, 0U);
+    EXPECT_EQ(region_options(odp::Mode::Pinned, 65536, 4).fault_ahead, 0U);
+    EXPECT_EQ(region_options(odp::Mode::Native, 65536, 4).fault_ahead, 0U);
+    EXPECT_EQ(region_options(odp::Mode::Emulated, 4 << 20, 4).chunk_size, 4U << 20)
+        << "chunks still hold a whole slot";
 }
 
 // Two invalidation sources of the emulated mode in one table: a process has
@@ -393,8 +541,8 @@ TEST(CompareTable, SecondSourceIsAnAlignedColumnOfItsOwn) {
                 << "its ratio to pinned: " << line;
         }
         if (line.starts_with("4 KiB ")) {
-            EXPECT_TRUE(line.ends_with("25.0      2.0"))
-                << "its registration and speed-up: " << line;
+            EXPECT_TRUE(line.ends_with(" 25.0" + std::string(23, ' ') + "2.0"))
+                << "its registration and speed-up (one repeat: no interval): " << line;
         }
     }
     EXPECT_EQ(traffic_rows, 4) << table;
@@ -411,6 +559,99 @@ TEST(CompareJson, MonitorsNameEachEmulatedColumnsSource) {
               std::string::npos)
         << json;
     EXPECT_NE(json.find("{\"mode\": \"emulated/userfaultfd\", "), std::string::npos) << json;
+}
+
+// Registration speed-ups and the first touch carry the interval of their
+// repeats and cold starts, like the traffic rows.
+TEST(CompareTable, RegistrationAndFirstTouchShowTheirIntervals) {
+    CompareResult result;
+    result.modes = {"pinned", "emulated"};
+    for (const std::string& mode : result.modes) {
+        Row reg;
+        reg.mode = mode;
+        reg.test = "register";
+        reg.size = 1 << 30;
+        reg.reg_us = mode == "pinned" ? 500000.0 : 1000.0;
+        reg.reg_us_samples = mode == "pinned" ? std::vector<double>{500000, 450000, 520000}
+                                              : std::vector<double>{1000, 1000, 1000};
+        result.rows.push_back(reg);
+        Row touch;
+        touch.mode = mode;
+        touch.test = "first_touch";
+        touch.size = 2 << 20;
+        touch.reg_us = mode == "pinned" ? 100.0 : 5.0;
+        touch.reg_us_samples = {100, 100, 100, 100, 100};
+        touch.first_touch_us = mode == "pinned" ? 1.0 : 90.0;
+        touch.first_touch_us_samples = {80, 90, 95, 90, 120};
+        result.rows.push_back(touch);
+    }
+    std::ostringstream out;
+    print_table(result, out);
+    const std::string table = out.str();
+    EXPECT_NE(table.find("1 GiB"), std::string::npos) << table;
+    EXPECT_NE(table.find(" 500.0 [450.0, 520.0]\n"), std::string::npos)
+        << "speed-up 500 [450, 520] over three repeats: " << table;
+    EXPECT_NE(table.find("0.900 [0.800, 1.200]\n"), std::string::npos)
+        << "cold translate / pinned registration over five cold starts: " << table;
+}
+
+// The plot's data and script: error bars from the rounds, a row whose data
+// check failed is no bar and its label says so, sizes as people write them.
+TEST(ComparePlot, ScriptLabelsSizesAndMarksWrongData) {
+    CompareResult result = sweep_result({"write"});
+    for (const std::string& mode : result.modes) {
+        Row reg;
+        reg.mode = mode;
+        reg.test = "register";
+        reg.size = 1ULL << 30;
+        reg.reg_us = 1000;
+        reg.reg_us_samples = {900, 1000, 1300};
+        result.rows.push_back(reg);
+    }
+    const std::filesystem::path dir =
+        testing::TempDir() + "compare-plot-script-" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir);
+    const std::string script = plot_script(result, dir, "out.png");
+    const auto file = [&](const std::string& name) {
+        std::ifstream in(dir / name);
+        std::stringstream text;
+        text << in.rdbuf();
+        return text.str();
+    };
+    // Bars at 8 B: native's bytes were wrong, so no bar, and the panel says
+    // so under its axis (read and send were not measured at all here).
+    EXPECT_EQ(
+        file("lat.dat").rfind("\"write*\" 20.000 20.000 25.000 0 0 0 20.000 20.000 25.000\n", 0),
+        0U)
+        << file("lat.dat");
+    EXPECT_NE(script.find("set xlabel \"* not drawn: emulated (read, send): failed; native "
+                          "(write): data wrong; native (read, send): failed; pinned (read, "
+                          "send): failed\"\nplot '" +
+                          (dir / "lat.dat").string()),
+              std::string::npos)
+        << script;
+    EXPECT_NE(script.find("set xlabel \"* not drawn: emulated (read, send): failed; native "
+                          "(read, send): failed; pinned (read, send): failed\"\nplot '" +
+                          (dir / "bw.dat").string()),
+              std::string::npos)
+        << "at 64 KiB native's data was right: " << script;
+    EXPECT_EQ(file("bw.dat").rfind("\"write\" 42.250 40.000 44.000 42.250 40.000 44.000", 0), 0U)
+        << "value, then the lowest and highest round: " << file("bw.dat");
+    EXPECT_NE(script.find("set style histogram errorbars"), std::string::npos);
+    // The sweep: native's 8 B point is a cross of its own, sizes are labelled.
+    EXPECT_EQ(file("sweep-wrong-1.dat"), "8 42.25 40 44\n");
+    EXPECT_EQ(file("sweep-1.dat"), "4096 42.25 40 44\n65536 42.25 40 44\n1048576 42.25 40 44\n");
+    EXPECT_NE(script.find("title 'native: data check failed'"), std::string::npos) << script;
+    EXPECT_NE(script.find("set xtics rotate by -30 (\"8 B\" 8, \"4 KiB\" 4096, \"64 KiB\" 65536, "
+                          "\"1 MiB\" 1048576)"),
+              std::string::npos)
+        << script;
+    // Registration: error bars over the repeats, 1 GiB written as such.
+    EXPECT_EQ(file("reg-0.dat"), "1073741824 1000 900 1300\n");
+    EXPECT_NE(script.find("\"1 GiB\" 1073741824"), std::string::npos) << script;
+    EXPECT_NE(script.find("reg-0.dat' using 1:2:3:4 with yerrorlines"), std::string::npos)
+        << script;
+    std::filesystem::remove_all(dir);
 }
 
 // A label with a '/' names a column, not a folder of the plot's data files.

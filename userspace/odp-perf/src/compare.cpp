@@ -146,23 +146,27 @@ std::string json_object(const std::map<std::string, std::string>& entries) {
     return out + "}";
 }
 
-// A goal on the ratio numerator / denominator of two rows' values, with the
-// range of the paired per-round ratios.
-struct RatioOperand {
-    std::optional<double> value;
-    std::span<const double> rounds;
-};
+// "87.5% of 4": how sure an interval is, and of how many samples.
+std::string confidence_text(const Interval& interval) {
+    const double percent = interval.confidence * 100;
+    return fixed(percent, percent < 99.95 && percent != std::floor(percent) ? 1 : 0) + "% of " +
+           std::to_string(interval.samples);
+}
 
+// A goal on the ratio numerator / denominator of two rows' values, with the
+// confidence interval of its paired samples.
 Goal ratio_goal(std::string name, const RatioOperand& numerator, const RatioOperand& denominator,
                 std::string target, const std::function<bool(double)>& met, std::string note = {}) {
-    Goal goal{std::move(name),   std::nullopt,         std::nullopt,
-              std::move(target), Verdict::NotMeasured, std::move(note)};
-    if (numerator.value && denominator.value && *denominator.value > 0) {
-        goal.measured = *numerator.value / *denominator.value;
-        goal.range = ratio_range(numerator.rounds, denominator.rounds);
-        goal.verdict = met ? judge(goal.measured, goal.range, met) : Verdict::Reported;
-        if (!goal.range && goal.note.empty()) {
-            goal.note = "one round: no spread";
+    Goal goal{std::move(name), estimate_ratio(numerator, denominator), std::move(target),
+              Verdict::NotMeasured, std::move(note)};
+    if (goal.measured) {
+        goal.verdict = met ? judge(goal.measured, met) : Verdict::Reported;
+        const std::optional<Interval>& interval = goal.measured->interval;
+        if (goal.note.empty() && !interval) {
+            goal.note = "one round: no interval (run more --rounds)";
+        } else if (goal.note.empty() && met && interval->confidence < kVerdictConfidence) {
+            goal.note = "too few rounds for a verdict (" + confidence_text(*interval) +
+                        "; at least 5 needed: run more --rounds)";
         }
     } else if (goal.note.empty()) {
         goal.note = "not measured in this run";
@@ -170,16 +174,52 @@ Goal ratio_goal(std::string name, const RatioOperand& numerator, const RatioOper
     return goal;
 }
 
-// "0.981 [0.950, 1.012]": a ratio and the range of its per-round ratios.
-std::string ratio_text(std::optional<double> ratio, std::optional<Interval> range) {
-    if (!ratio) {
+// "0.981 [0.950, 1.012]": a ratio and its confidence interval.
+std::string ratio_text(const std::optional<RatioEstimate>& estimate, int precision = 3) {
+    if (!estimate) {
         return "-";
     }
-    std::string text = fixed(*ratio, 3);
-    if (range) {
-        text += " [" + fixed(range->low, 3) + ", " + fixed(range->high, 3) + "]";
+    std::string text = fixed(estimate->ratio, precision);
+    if (const std::optional<Interval>& interval = estimate->interval) {
+        text +=
+            " [" + fixed(interval->low, precision) + ", " + fixed(interval->high, precision) + "]";
     }
     return text;
+}
+
+// The ratio of a row's value to the same value of pinned's row of the same
+// test and size (none for pinned itself, or without a pinned row).
+std::optional<RatioEstimate> to_pinned(const std::vector<Row>& rows, const Row& row,
+                                       std::optional<double> Row::*value,
+                                       const std::vector<double> Row::*samples) {
+    const Row* pinned = find(rows, "pinned", row.test, row.size);
+    if (pinned == nullptr || &row == pinned) {
+        return std::nullopt;
+    }
+    return estimate_ratio({row.*value, row.*samples}, {pinned->*value, pinned->*samples});
+}
+
+std::string json_estimate(const std::optional<RatioEstimate>& estimate) {
+    if (!estimate) {
+        return "null";
+    }
+    const Interval* interval = estimate->interval ? &*estimate->interval : nullptr;
+    return "{\"ratio\": " + json_number(estimate->ratio) +
+           ", \"low\": " + json_number(interval ? std::optional(interval->low) : std::nullopt) +
+           ", \"high\": " + json_number(interval ? std::optional(interval->high) : std::nullopt) +
+           ", \"confidence\": " +
+           json_number(interval ? std::optional(interval->confidence) : std::nullopt) +
+           ", \"samples\": " + std::to_string(interval ? interval->samples : 0) + "}";
+}
+
+// The error bar of a plotted value: from its lowest to its highest sample
+// (the value itself without samples).
+std::pair<double, double> spread_of(double value, const std::vector<double>& samples) {
+    if (samples.empty()) {
+        return {value, value};
+    }
+    const auto [low, high] = std::minmax_element(samples.begin(), samples.end());
+    return {*low, *high};
 }
 
 }  // namespace
@@ -343,6 +383,7 @@ std::vector<Goal> evaluate_goals(const std::vector<Row>& rows) {
 CompareResult run_compare(const CompareConfig& config) {
     CompareResult result;
     result.kernel = kernel_release();
+    result.fault_ahead = config.fault_ahead;
     const std::shared_ptr<odp::Device> device = odp::Device::open({config.device, std::nullopt});
     result.device = std::string(device->name());
     std::vector<odp::MonitorKind> sources = config.sources;
@@ -380,6 +421,7 @@ CompareResult run_compare(const CompareConfig& config) {
             server_config.port = 0;
             server_config.quiet = true;
             server_config.max_buffer_bytes = std::max<std::uint64_t>(config.working_set, 64 << 20);
+            server_config.fault_ahead = config.fault_ahead;
             run_server(server_config, stop, [&](std::uint16_t port) {
                 announced = true;
                 listening.set_value(port);
@@ -481,6 +523,7 @@ CompareResult run_compare(const CompareConfig& config) {
                     spec.depth = depth;
                     spec.mode = variant.mode;
                     spec.peer_mode = variant.mode;
+                    spec.fault_ahead = config.fault_ahead;
                     try {
                         prepare(variant);
                         runs[variant.label].push_back(run_client_test(*device, spec));
@@ -523,10 +566,10 @@ CompareResult run_compare(const CompareConfig& config) {
         result.rows.push_back(
             labelled(measure_first_touch(*device, peer, variant.mode, 2 << 20, true), variant));
         progress.step(variant.label + " working set over budget");
-        result.rows.push_back(
-            labelled(measure_budget(config.device, peer, variant.mode, config.budget,
-                                    config.working_set, config.budget_iterations),
-                     variant));
+        result.rows.push_back(labelled(
+            measure_budget(config.device, peer, variant.mode, config.budget, config.working_set,
+                           config.budget_iterations, config.fault_ahead),
+            variant));
         progress.step(variant.label + " remap under traffic");
         result.rows.push_back(
             labelled(measure_remap(*device, peer, variant.mode, config.remap_rounds), variant));
@@ -541,8 +584,9 @@ void print_table(const CompareResult& result, std::ostream& out) {
     for (const std::string& mode : result.modes) {
         out << " " << mode;
     }
-    out << "\n(both sides of each connection use the mode named; ratios are to pinned in this run;"
-           "\n MB/s is 2^20 bytes per second, as perftest)\n";
+    out << "\n(both sides of each connection use the mode named; MB/s is 2^20 bytes per second,"
+           "\n as perftest; a ratio to pinned is the median of the ratios of rounds taken in turn"
+           "\n [its confidence interval: 87.5% with 4 rounds, at least 95% with 6 or more])\n";
     if (result.native_check.ran) {
         out << "native ODP data check (plain verbs, no odp-layer): "
             << (result.native_check.ok ? "ok" : "FAILED") << ": " << result.native_check.detail
@@ -565,6 +609,10 @@ void print_table(const CompareResult& result, std::ostream& out) {
     if (!result.sizes_note.empty()) {
         out << "sweep: " << result.sizes_note << "\n";
     }
+    if (result.fault_ahead != 0) {
+        out << "emulated buffers of the traffic and budget tests fault " << result.fault_ahead
+            << " chunks ahead (--fault-ahead)\n";
+    }
     out << "\n";
 
     // Columns as wide as the longest mode label (emulated/userfaultfd).
@@ -577,8 +625,8 @@ void print_table(const CompareResult& result, std::ostream& out) {
     };
     out << std::left << std::setw(mode_width) << "mode" << std::setw(6) << "test" << std::right
         << std::setw(8) << "#bytes" << std::setw(12) << "#iterations" << std::setw(6) << "depth"
-        << std::setw(13) << "BW avg[MB/s]" << std::setw(22) << "ratio [rounds]" << std::setw(13)
-        << "t_p50[usec]" << std::setw(22) << "ratio [rounds]" << std::setw(13) << "t_p99[usec]"
+        << std::setw(13) << "BW avg[MB/s]" << std::setw(22) << "ratio [interval]" << std::setw(13)
+        << "t_p50[usec]" << std::setw(22) << "ratio [interval]" << std::setw(13) << "t_p99[usec]"
         << std::setw(13) << "pinned peak" << std::setw(8) << "faults" << std::setw(7) << "inval"
         << "  verified\n";
     for (const Row& row : result.rows) {
@@ -591,24 +639,11 @@ void print_table(const CompareResult& result, std::ostream& out) {
             out << "  failed: " << row.error << "\n";
             continue;
         }
-        const Row* pinned = find(result.rows, "pinned", row.test, row.size);
-        auto ratio = [&](const std::optional<double>& mine, const std::vector<double>& my_rounds,
-                         const std::optional<double>& base,
-                         const std::vector<double>& base_rounds) {
-            if (!mine || !base || !(*base > 0)) {
-                return std::string("-");
-            }
-            return ratio_text(*mine / *base, ratio_range(my_rounds, base_rounds));
-        };
-        static const std::vector<double> none;
         out << std::setw(12) << row.iterations << std::setw(6) << row.depth << std::setw(13)
             << optional_number(row.bw_MBps) << std::setw(22)
-            << ratio(row.bw_MBps, row.round_bw_MBps, pinned ? pinned->bw_MBps : std::nullopt,
-                     pinned ? pinned->round_bw_MBps : none)
+            << ratio_text(to_pinned(result.rows, row, &Row::bw_MBps, &Row::round_bw_MBps))
             << std::setw(13) << optional_number(row.lat_us_p50) << std::setw(22)
-            << ratio(row.lat_us_p50, row.round_lat_us_p50,
-                     pinned ? pinned->lat_us_p50 : std::nullopt,
-                     pinned ? pinned->round_lat_us_p50 : none)
+            << ratio_text(to_pinned(result.rows, row, &Row::lat_us_p50, &Row::round_lat_us_p50))
             << std::setw(13) << optional_number(row.lat_us_p99) << std::setw(13)
             << odp::format_bytes(row.pinned_bytes_peak) << std::setw(8) << row.faults
             << std::setw(7) << row.invalidations << "  "
@@ -618,9 +653,13 @@ void print_table(const CompareResult& result, std::ostream& out) {
 
     out << "\nRegistration time of a populated buffer [usec] (speed-up = pinned time / mode "
            "time)\n";
+    constexpr int kSpeedUpWidth = 26;
     out << std::left << std::setw(10) << "size" << std::right;
     for (const std::string& mode : result.modes) {
-        out << std::setw(register_width(mode)) << mode << (mode == "pinned" ? "" : " speed-up");
+        out << std::setw(register_width(mode)) << mode;
+        if (mode != "pinned") {
+            out << std::setw(kSpeedUpWidth) << "speed-up [interval]";
+        }
     }
     out << "\n";
     std::vector<std::uint64_t> sizes;
@@ -638,10 +677,12 @@ void print_table(const CompareResult& result, std::ostream& out) {
             out << std::setw(register_width(mode))
                 << (row ? optional_number(row->reg_us, 1) : "failed");
             if (mode != "pinned") {
-                out << std::setw(9)
-                    << (row && pinned && row->reg_us && pinned->reg_us && *row->reg_us > 0
-                            ? fixed(*pinned->reg_us / *row->reg_us, 1)
-                            : "-");
+                out << std::setw(kSpeedUpWidth)
+                    << ratio_text(row && pinned
+                                      ? estimate_ratio({pinned->reg_us, pinned->reg_us_samples},
+                                                       {row->reg_us, row->reg_us_samples})
+                                      : std::nullopt,
+                                  1);
             }
         }
         out << "\n";
@@ -649,10 +690,13 @@ void print_table(const CompareResult& result, std::ostream& out) {
 
     out << "\nFirst touch: 2 MiB from a freshly registered buffer [usec] (translate = making it "
            "usable;\n write = one whole RDMA WRITE of it, translate included)\n";
+    constexpr int kTouchRatioWidth = 46;
     out << std::left << std::setw(mode_width + 1) << "mode" << std::right << std::setw(12)
         << "register" << std::setw(17) << "cold translate" << std::setw(13) << "first write"
         << std::setw(12) << "warm write" << std::setw(12) << "prefetch" << std::setw(26)
-        << "translate after prefetch\n";
+        << "translate after prefetch" << std::setw(kTouchRatioWidth)
+        << "cold translate / pinned register [interval]\n";
+    const Row* pinned_touch = find(result.rows, "pinned", "first_touch", 2 << 20);
     for (const std::string& mode : result.modes) {
         const Row* touch = find(result.rows, mode, "first_touch", 2 << 20);
         const Row* fetched = find(result.rows, mode, "prefetch", 2 << 20);
@@ -662,7 +706,14 @@ void print_table(const CompareResult& result, std::ostream& out) {
             << (touch ? optional_number(touch->first_write_us, 1) : "-") << std::setw(12)
             << (touch ? optional_number(touch->warm_us, 1) : "-") << std::setw(12)
             << (fetched ? optional_number(fetched->prefetch_us, 1) : "-") << std::setw(26)
-            << (fetched ? optional_number(fetched->first_touch_us, 1) : "-") << "\n";
+            << (fetched ? optional_number(fetched->first_touch_us, 1) : "-")
+            << std::setw(kTouchRatioWidth)
+            << ratio_text(
+                   touch && pinned_touch && mode != "pinned"
+                       ? estimate_ratio({touch->first_touch_us, touch->first_touch_us_samples},
+                                        {pinned_touch->reg_us, pinned_touch->reg_us_samples})
+                       : std::nullopt)
+            << "\n";
     }
     for (const Row& row : result.rows) {
         if ((row.test == "first_touch" || row.test == "prefetch") && !row.error.empty()) {
@@ -707,11 +758,14 @@ void print_table(const CompareResult& result, std::ostream& out) {
             << "\n";
     }
 
-    out << "\nGoals (issue 3; ratios of this run with [the range of their rounds]; met only "
-           "when\n the whole range clears the target, inconclusive when it straddles it)\n";
+    out << "\nGoals (issue 3; ratios with [their confidence interval]: met only when the "
+           "whole\n interval clears the target, inconclusive when it straddles it)\n";
     for (const Goal& goal : result.goals) {
-        out << "  " << goal.name << ": " << ratio_text(goal.measured, goal.range) << " (target "
-            << goal.target << ")";
+        out << "  " << goal.name << ": " << ratio_text(goal.measured) << " (";
+        if (goal.measured && goal.measured->interval) {
+            out << confidence_text(*goal.measured->interval) << ", ";
+        }
+        out << "target " << goal.target << ")";
         if (goal.verdict != Verdict::NotMeasured && goal.verdict != Verdict::Reported) {
             out << " " << (goal.verdict == Verdict::NotMet ? "NOT met" : to_string(goal.verdict));
         }
@@ -733,6 +787,7 @@ std::string to_json(const CompareResult& result, const std::string& command_line
     out << "  \"sizes_note\": \"" << json_escape(result.sizes_note) << "\",\n";
     out << "  \"connection\": \"" << json_escape(result.connection) << "\",\n";
     out << "  \"absent_modes\": " << json_object(result.absent_modes) << ",\n";
+    out << "  \"fault_ahead\": " << result.fault_ahead << ",\n";
     out << "  \"modes\": [";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
         out << (i ? ", " : "") << "\"" << result.modes[i] << "\"";
@@ -762,20 +817,31 @@ std::string to_json(const CompareResult& result, const std::string& command_line
             << ", \"round_lat_us_p50\": " << json_array(row.round_lat_us_p50)
             << ", \"reg_us_samples\": " << json_array(row.reg_us_samples)
             << ", \"first_touch_us_samples\": " << json_array(row.first_touch_us_samples)
-            << ", \"error\": "
+            << ", \"to_pinned\": {\"bw_MBps\": "
+            << json_estimate(to_pinned(result.rows, row, &Row::bw_MBps, &Row::round_bw_MBps))
+            << ", \"lat_us_p50\": "
+            << json_estimate(to_pinned(result.rows, row, &Row::lat_us_p50, &Row::round_lat_us_p50))
+            << ", \"reg_us\": "
+            << json_estimate(to_pinned(result.rows, row, &Row::reg_us, &Row::reg_us_samples))
+            << "}, \"error\": "
             << (row.error.empty() ? "null" : "\"" + json_escape(row.error) + "\"") << "}"
             << (i + 1 < result.rows.size() ? "," : "") << "\n";
     }
     out << "  ],\n  \"goals\": [\n";
     for (std::size_t i = 0; i < result.goals.size(); ++i) {
         const Goal& goal = result.goals[i];
-        out << "    {\"name\": \"" << json_escape(goal.name)
-            << "\", \"ratio\": " << json_number(goal.measured) << ", \"ratio_low\": "
-            << json_number(goal.range ? std::optional(goal.range->low) : std::nullopt)
+        const Interval* interval =
+            goal.measured && goal.measured->interval ? &*goal.measured->interval : nullptr;
+        out << "    {\"name\": \"" << json_escape(goal.name) << "\", \"ratio\": "
+            << json_number(goal.measured ? std::optional(goal.measured->ratio) : std::nullopt)
+            << ", \"ratio_low\": "
+            << json_number(interval ? std::optional(interval->low) : std::nullopt)
             << ", \"ratio_high\": "
-            << json_number(goal.range ? std::optional(goal.range->high) : std::nullopt)
-            << ", \"target\": \"" << json_escape(goal.target) << "\", \"verdict\": \""
-            << to_string(goal.verdict)
+            << json_number(interval ? std::optional(interval->high) : std::nullopt)
+            << ", \"confidence\": "
+            << json_number(interval ? std::optional(interval->confidence) : std::nullopt)
+            << ", \"samples\": " << (interval ? interval->samples : 0) << ", \"target\": \""
+            << json_escape(goal.target) << "\", \"verdict\": \"" << to_string(goal.verdict)
             << "\", \"met\": " << (goal.verdict == Verdict::Met ? "true" : "false")
             << ", \"note\": \"" << json_escape(goal.note) << "\"}"
             << (i + 1 < result.goals.size() ? "," : "") << "\n";
@@ -784,29 +850,18 @@ std::string to_json(const CompareResult& result, const std::string& command_line
     return out.str();
 }
 
-void plot(const CompareResult& result, const std::string& png_path) {
-    char pattern[] = "/tmp/odp-perf-plot.XXXXXX";
-    const char* dir_name = mkdtemp(pattern);
-    if (dir_name == nullptr) {
-        odp::throw_errno("mkdtemp for the plot data");
-    }
-    const std::filesystem::path dir(dir_name);
-    struct Cleanup {
-        std::filesystem::path dir;
-        ~Cleanup() {
-            std::error_code ignored;
-            std::filesystem::remove_all(dir, ignored);
-        }
-    } cleanup{dir};
-
+std::string plot_script(const CompareResult& result, const std::filesystem::path& dir,
+                        const std::string& png_path) {
     // Bandwidth (64 KiB) and latency p50 (8 B) per test: one value and its
     // range over the rounds per mode. A row whose bytes arrived wrong, or that
-    // failed, is drawn as an empty bar (gnuplot refuses a column of NaN) and
-    // its test's label says why.
+    // failed, is drawn as an empty bar (gnuplot refuses a column of NaN); its
+    // test's label gets a '*' and the returned x label says which and why
+    // (one line under the panel: labels of their own overlapped).
     auto per_test = [&](const std::string& file, std::uint64_t size,
                         const std::optional<double> Row::*value,
                         const std::vector<double> Row::*rounds) {
         std::ofstream data(dir / file);
+        std::map<std::string, std::string> not_drawn;  // "native: data wrong" -> "write, read"
         for (const char* test : {"write", "read", "send"}) {
             std::string label = test;
             std::string columns;
@@ -814,23 +869,28 @@ void plot(const CompareResult& result, const std::string& png_path) {
                 const Row* row = find(result.rows, mode, test, size);
                 const bool wrong = row != nullptr && row->mismatched_bytes > 0;
                 if (row == nullptr || wrong || !(row->*value)) {
-                    label += "\\n" + mode + (wrong ? ": data wrong" : ": failed");
+                    std::string& tests = not_drawn[mode + (wrong ? ": data wrong" : ": failed")];
+                    tests += (tests.empty() ? "" : ", ") + std::string(test);
+                    label = std::string(test) + "*";
                     columns += " 0 0 0";
                     continue;
                 }
-                const std::vector<double>& values = row->*rounds;
-                const auto [low, high] =
-                    values.empty() ? std::pair{*(row->*value), *(row->*value)}
-                                   : std::pair{*std::min_element(values.begin(), values.end()),
-                                               *std::max_element(values.begin(), values.end())};
+                const auto [low, high] = spread_of(*(row->*value), row->*rounds);
                 columns +=
                     " " + fixed(*(row->*value), 3) + " " + fixed(low, 3) + " " + fixed(high, 3);
             }
             data << "\"" << label << "\"" << columns << "\n";
         }
+        std::string xlabel;
+        for (const auto& [why, tests] : not_drawn) {
+            const std::size_t colon = why.find(':');
+            xlabel += (xlabel.empty() ? "* not drawn: " : "; ") + why.substr(0, colon) + " (" +
+                      tests + ")" + why.substr(colon);
+        }
+        return "set xlabel \"" + xlabel + "\"\n";
     };
-    per_test("bw.dat", 65536, &Row::bw_MBps, &Row::round_bw_MBps);
-    per_test("lat.dat", 8, &Row::lat_us_p50, &Row::round_lat_us_p50);
+    const std::string bw_xlabel = per_test("bw.dat", 65536, &Row::bw_MBps, &Row::round_bw_MBps);
+    const std::string lat_xlabel = per_test("lat.dat", 8, &Row::lat_us_p50, &Row::round_lat_us_p50);
     // Bandwidth against message size (a sweep), one file per mode; points
     // whose data check failed go to a file of their own, drawn as crosses.
     std::set<std::uint64_t> traffic_sizes;
@@ -856,11 +916,7 @@ void plot(const CompareResult& result, const std::string& png_path) {
                 continue;
             }
             if (row.test == "write" && row.bw_MBps) {
-                const std::vector<double>& values = row.round_bw_MBps;
-                const double low =
-                    values.empty() ? *row.bw_MBps : *std::min_element(values.begin(), values.end());
-                const double high =
-                    values.empty() ? *row.bw_MBps : *std::max_element(values.begin(), values.end());
+                const auto [low, high] = spread_of(*row.bw_MBps, row.round_bw_MBps);
                 if (row.mismatched_bytes > 0) {
                     modes_with_wrong_data.insert(mode);
                 }
@@ -868,7 +924,8 @@ void plot(const CompareResult& result, const std::string& png_path) {
                     << row.size << " " << *row.bw_MBps << " " << low << " " << high << "\n";
             }
             if (row.test == "register" && row.reg_us) {
-                reg << row.size << " " << *row.reg_us << "\n";
+                const auto [low, high] = spread_of(*row.reg_us, row.reg_us_samples);
+                reg << row.size << " " << *row.reg_us << " " << low << " " << high << "\n";
                 reg_sizes.insert(row.size);
             }
         }
@@ -901,7 +958,7 @@ void plot(const CompareResult& result, const std::string& png_path) {
         }
         return plot;
     };
-    std::ofstream script(dir / "plot.gp");
+    std::ostringstream script;
     script << "set terminal pngcairo size " << (sweep ? "1400,1000" : "1400,500") << " font ',10'\n"
            << "set output \"" << quoted_png << "\"\n"
            << "set multiplot layout " << (sweep ? "2,2" : "1,3")
@@ -911,16 +968,17 @@ void plot(const CompareResult& result, const std::string& png_path) {
            << "set style fill solid 0.8 border -1\nset key outside right top vertical\nset grid "
               "ytics\n"
            << "set title 'RDMA bandwidth, 64 KiB messages'\nset ylabel 'MB/s'\nset yrange [0:*]\n"
-           << "plot " << mode_columns("bw.dat") << "\n"
+           << bw_xlabel << "plot " << mode_columns("bw.dat") << "\n"
            << "set title 'Latency p50, 8-byte messages'\nset ylabel 'usec'\n"
-           << "plot " << mode_columns("lat.dat") << "\n";
+           << lat_xlabel << "plot " << mode_columns("lat.dat") << "\n";
     script << "set style data linespoints\nset logscale xy\nset title 'Registration time, "
               "populated buffer'\nset xlabel 'buffer size'\nset ylabel 'usec'\nset yrange [*:*]\n"
               "set key inside top left vertical\n"
            << size_tics(reg_sizes) << "plot ";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {
-        script << (i ? ", " : "") << "'" << data_file("reg-", i) << "' using 1:2 lt " << i + 1
-               << " title '" << result.modes[i] << "'";
+        script << (i ? ", " : "") << "'" << data_file("reg-", i)
+               << "' using 1:2:3:4 with yerrorlines lt " << i + 1 << " title '" << result.modes[i]
+               << "'";
     }
     if (sweep) {
         script << "\nset title 'RDMA WRITE bandwidth against message size'\nset xlabel "
@@ -940,7 +998,30 @@ void plot(const CompareResult& result, const std::string& png_path) {
         }
     }
     script << "\nunset multiplot\n";
-    script.close();
+    return script.str();
+}
+
+void plot(const CompareResult& result, const std::string& png_path) {
+    char pattern[] = "/tmp/odp-perf-plot.XXXXXX";
+    const char* dir_name = mkdtemp(pattern);
+    if (dir_name == nullptr) {
+        odp::throw_errno("mkdtemp for the plot data");
+    }
+    const std::filesystem::path dir(dir_name);
+    struct Cleanup {
+        std::filesystem::path dir;
+        ~Cleanup() {
+            std::error_code ignored;
+            std::filesystem::remove_all(dir, ignored);
+        }
+    } cleanup{dir};
+    {
+        std::ofstream script(dir / "plot.gp");
+        script << plot_script(result, dir, png_path);
+        if (!script.flush()) {
+            odp::throw_errno("writing the gnuplot script in " + dir.string());
+        }
+    }
 
     const pid_t child = fork();
     if (child < 0) {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <odp/mirror.hpp>
 #include <optional>
@@ -26,8 +27,9 @@ struct CompareConfig {
     std::optional<std::string> plot_path;
     std::uint64_t bw_iterations = 2000;
     std::uint64_t lat_iterations = 2000;
-    // Each test and size runs in this many rounds, the modes taking turns.
-    std::uint32_t rounds = 4;
+    // Each test and size runs in this many rounds, the modes taking turns;
+    // 6 is the fewest whose ratios give a 95% interval (spread.hpp).
+    std::uint32_t rounds = 6;
     std::uint32_t depth = 32;
     std::vector<std::uint64_t> sizes{8, 65536};  // message sizes for every traffic test
     bool sweep = false;                          // sizes: 2 B .. 8 MiB (sweep_sizes)
@@ -41,6 +43,9 @@ struct CompareConfig {
     // (mode_variants). Empty: the module and userfaultfd when /dev/odp_mirror
     // exists, else whatever Auto picks.
     std::vector<odp::MonitorKind> sources;
+    // Emulated buffers of the traffic and budget tests (both sides) register
+    // this many chunks ahead of a sequential use (RegionOptions::fault_ahead).
+    std::size_t fault_ahead = 0;
     std::string command_line;  // recorded in the JSON
 };
 
@@ -90,9 +95,8 @@ Row row_from_rounds(const std::vector<ClientResult>& rounds, oob::TestKind test,
 
 struct Goal {
     std::string name;
-    std::optional<double> measured;  // the ratio
-    std::optional<Interval> range;   // of its per-round ratios
-    std::string target;              // ">= 0.97", "<= 1.05", ...
+    std::optional<RatioEstimate> measured;  // the ratio and its interval (spread.hpp)
+    std::string target;                     // ">= 0.97", "<= 1.05", ...
     Verdict verdict = Verdict::NotMeasured;
     std::string note;
 };
@@ -104,7 +108,8 @@ struct CompareResult {
     std::string emulated_monitor;  // the invalidation source emulated mode used
     // Each emulated column's source: "emulated" -> "module", "emulated/userfaultfd" -> ...
     std::map<std::string, std::string> monitors;
-    std::string sizes_note;  // why a sweep left sizes out ("" if none)
+    std::string sizes_note;       // why a sweep left sizes out ("" if none)
+    std::size_t fault_ahead = 0;  // CompareConfig::fault_ahead
     // How the queue pairs were connected: "endpoint exchange" or "RDMA CM".
     std::string connection;
     // Modes the run left out, and why: "native" -> "siw0 has no native ODP ...".
@@ -119,11 +124,17 @@ CompareResult run_compare(const CompareConfig& config);
 
 void print_table(const CompareResult& result, std::ostream& out);
 std::string to_json(const CompareResult& result, const std::string& command_line);
+// Writes the plot's data files into `dir` and returns the gnuplot script that
+// draws them to `png_path`: bars and points with error bars over their rounds,
+// rows whose data check failed not drawn as bars (their label says so) and
+// drawn as crosses in the sweep, sizes labelled as people write them.
+std::string plot_script(const CompareResult& result, const std::filesystem::path& dir,
+                        const std::string& png_path);
 // Draws the comparison with gnuplot; throws odp::Error if gnuplot is missing or fails.
 void plot(const CompareResult& result, const std::string& png_path);
 
-// Goals of issue 3 computed from the rows: each ratio of one run with the
-// range of its per-round ratios, judged met only when the range clears it.
+// Goals of issue 3 computed from the rows: each ratio with its confidence
+// interval (spread.hpp), judged met only when the whole interval clears it.
 std::vector<Goal> evaluate_goals(const std::vector<Row>& rows);
 
 }  // namespace odp_perf

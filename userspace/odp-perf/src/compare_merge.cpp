@@ -165,6 +165,10 @@ CompareResult parse_compare_json(const std::string& text_of_json) {
             result.absent_modes[mode] = why.get_value<std::string>();
         }
     }
+    // Older files have no "fault_ahead": they were made without it.
+    if (tree.get_child_optional("fault_ahead")) {
+        result.fault_ahead = static_cast<std::size_t>(count(tree, "fault_ahead"));
+    }
     const ptree& check = child(tree, "native_odp_data_check");
     result.native_check.ran = text(check, "ran") == "true";
     result.native_check.ok = text(check, "ok") == "true";
@@ -193,13 +197,16 @@ CompareResult merge_runs(const std::vector<CompareResult>& runs) {
     const CompareResult& first = runs.front();
     for (std::size_t run = 1; run < runs.size(); ++run) {
         const CompareResult& other = runs[run];
-        if (std::tie(other.kernel, other.device, other.modes, other.monitors, other.connection) !=
-            std::tie(first.kernel, first.device, first.modes, first.monitors, first.connection)) {
-            odp::throw_error(
-                EINVAL, "run " + std::to_string(run + 1) + " (" + other.device + ", kernel " +
-                            other.kernel + ") did not compare what run 1 did (" + first.device +
-                            ", kernel " + first.kernel +
-                            "): same device, kernel, modes, sources and connection needed");
+        if (std::tie(other.kernel, other.device, other.modes, other.monitors, other.connection,
+                     other.fault_ahead) != std::tie(first.kernel, first.device, first.modes,
+                                                    first.monitors, first.connection,
+                                                    first.fault_ahead)) {
+            odp::throw_error(EINVAL, "run " + std::to_string(run + 1) + " (" + other.device +
+                                         ", kernel " + other.kernel +
+                                         ") did not compare what run 1 did (" + first.device +
+                                         ", kernel " + first.kernel +
+                                         "): same device, kernel, modes, sources, connection and "
+                                         "--fault-ahead needed");
         }
     }
     CompareResult merged = first;

@@ -15,7 +15,8 @@ namespace odp_perf {
 // odp::Error(EINVAL) naming what is missing or malformed.
 CompareResult parse_compare_json(const std::string& text);
 
-// One result of runs of the same comparison (same kernel, device and modes,
+// One result of runs of the same comparison (same kernel, device, modes,
+// sources and fault-ahead,
 // else odp::Error(EINVAL) naming the difference). Per mode, test and size:
 // the value is the mean over the runs, the per-round and per-repeat samples
 // are every run's in run order (so the i-th samples of two modes still pair

@@ -24,15 +24,16 @@ using namespace odp_perf;
 
 constexpr const char* kUsage = R"(usage:
   odp-perf server [--port P] [--device D] [--max-buffer BYTES] [--exit-after N]
-                  [--verbose]
+                  [--fault-ahead CHUNKS] [--verbose]
   odp-perf client HOST [--port P] [--device D] [--cm] [--test write|read|send]
                   [--size BYTES | --sweep] [--iters N | --duration SECONDS]
                   [--mode pinned|native|emulated|auto] [--peer-mode MODE]
-                  [--lat] [--lat-iters N] [--depth N] [--slots N]
+                  [--lat] [--lat-iters N] [--depth N] [--slots N] [--fault-ahead CHUNKS]
   odp-perf compare [--device D] [--cm] [--json FILE] [--plot FILE.png] [--quick]
                    [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--rounds N]
                    [--reg-max BYTES]
                    [--budget BYTES] [--working-set BYTES] [--sources LIST]
+                   [--fault-ahead CHUNKS]
   odp-perf compare --merge RUN.json [--merge RUN.json]... [--json FILE] [--plot FILE.png]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
@@ -50,13 +51,19 @@ every mode the device supports, and prints one table with ratios to pinned
 address). Its message sizes: --sizes 8,4K,64K
 (default 8,64K); --sweep: 2 B to 8 MiB (client --sweep too), within half the
 pinned budget, large messages with fewer iterations and fewer in flight.
-Each test and size runs in --rounds N (default 4) parts, the modes taking
-turns, so that a passing disturbance of the machine falls on every mode.
+Each test and size runs in --rounds N (default 6) parts, the modes taking
+turns, so that a passing disturbance of the machine falls on every mode; a
+ratio is the median of the rounds' ratios with its confidence interval
+(95% from 6 rounds), and a goal is met only when all of it clears the target.
 --sources module,userfaultfd: the emulated mode once per invalidation source,
 the first as "emulated", the others as "emulated/<source>" (default: both when
 /dev/odp_mirror exists, else what auto picks; auto, module, userfaultfd).
+--fault-ahead N: emulated buffers register N chunks ahead of a sequential use
+in the background (RegionOptions::fault_ahead; default 0, off); in compare,
+the traffic tests (both sides) and the working set over the budget.
 compare --merge measures nothing: it merges the JSON of runs of the same
-comparison (other guests) into one table whose ranges span every run's rounds.
+comparison (other guests) into one table whose intervals use every run's
+rounds (each round paired with the other modes' round of the same run).
 )";
 
 [[noreturn]] void usage_error(const std::string& what) {
@@ -82,6 +89,15 @@ std::uint64_t parse_size(const std::string& text, const std::string& option) {
         usage_error(option + ": unknown suffix '" + suffix + "' (use K, M or G)");
     }
     return value * multiplier;
+}
+
+// Chunks registered ahead; more than the fault-ahead queue holds is a typo.
+std::size_t parse_fault_ahead(const std::string& text) {
+    const std::uint64_t chunks = parse_size(text, "--fault-ahead");
+    if (chunks > 1024) {
+        usage_error("--fault-ahead takes 0 to 1024 chunks, got " + text);
+    }
+    return static_cast<std::size_t>(chunks);
 }
 
 odp::Mode parse_mode(const std::string& text) {
@@ -168,6 +184,8 @@ int server_main(Arguments& args) {
             config.max_buffer_bytes = parse_size(args.value(arg), arg);
         } else if (arg == "--exit-after") {
             config.exit_after = parse_size(args.value(arg), arg);
+        } else if (arg == "--fault-ahead") {
+            config.fault_ahead = parse_fault_ahead(args.value(arg));
         } else if (arg == "--verbose" || arg == "-v") {
             config.verbose = true;
         } else {
@@ -223,6 +241,8 @@ int client_main(Arguments& args) {
             latency = true;
         } else if (arg == "--lat-iters") {
             latency_iterations = parse_size(args.value(arg), arg);
+        } else if (arg == "--fault-ahead") {
+            spec.fault_ahead = parse_fault_ahead(args.value(arg));
         } else if (arg == "--slots") {
             spec.slots = static_cast<std::uint32_t>(parse_size(args.value(arg), arg));
         } else if (arg == "--depth") {
@@ -350,6 +370,8 @@ int compare_main(Arguments& args, const std::string& command_line) {
             }
         } else if (arg == "--budget") {
             config.budget = parse_size(args.value(arg), arg);
+        } else if (arg == "--fault-ahead") {
+            config.fault_ahead = parse_fault_ahead(args.value(arg));
         } else if (arg == "--working-set") {
             config.working_set = parse_size(args.value(arg), arg);
         } else if (arg == "--sources") {
@@ -400,8 +422,8 @@ int compare_main(Arguments& args, const std::string& command_line) {
         }
         result = merge_runs(runs);
         std::cout << "odp-perf compare: " << runs.size()
-                  << " runs merged (values: the mean over the runs; ranges: every round of every "
-                     "run)\n";
+                  << " runs merged (values: the mean over the runs; ratios and intervals: every "
+                     "round of every run)\n";
     }
     print_table(result, std::cout);
     if (config.json_path) {

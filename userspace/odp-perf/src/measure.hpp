@@ -61,9 +61,11 @@ Row measure_first_touch(odp::Device& device, const Peer& peer, odp::Mode mode, s
                         bool prefetch);
 
 // 64 KiB WRITEs cycling over `working_set` bytes through a device whose pinned
-// budget is `budget` bytes.
+// budget is `budget` bytes (an emulated buffer faulting `fault_ahead` chunks
+// ahead).
 Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode mode,
-                   std::uint64_t budget, std::uint64_t working_set, std::uint64_t iterations);
+                   std::uint64_t budget, std::uint64_t working_set, std::uint64_t iterations,
+                   std::size_t fault_ahead = 0);
 
 // Rounds of WRITE + READ-back with the source and target buffers remapped
 // (munmap + mmap MAP_FIXED) between rounds; every byte read back is checked

@@ -72,7 +72,7 @@ class ServerSession {
                                          std::to_string(stride_));
         }
         const odp::Mode mode = device.resolve(to_mode(hello.server_mode), kBufferAccess);
-        const odp::RegionOptions options = region_options(mode, stride_);
+        const odp::RegionOptions options = region_options(mode, stride_, config.fault_ahead);
         const auto size = static_cast<std::size_t>(hello.buffer_size);
         memory_.buffer = MappedBuffer(size, options.chunk_size, true);
         // Read test: the client fetches the pattern. Otherwise the complement,
@@ -452,10 +452,11 @@ std::string native_absence(const odp::Device& device, odp::Access access) {
            " (Auto picks emulated)";
 }
 
-odp::RegionOptions region_options(odp::Mode mode, std::size_t stride) {
+odp::RegionOptions region_options(odp::Mode mode, std::size_t stride, std::size_t fault_ahead) {
     odp::RegionOptions options;
     options.mode = mode;
     options.chunk_size = std::max(options.chunk_size, next_power_of_two(stride));
+    options.fault_ahead = mode == odp::Mode::Emulated ? fault_ahead : 0;
     return options;
 }
 

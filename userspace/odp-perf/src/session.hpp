@@ -44,8 +44,10 @@ std::vector<odp::Mode> supported_modes(const odp::Device& device, odp::Access ac
 std::string native_absence(const odp::Device& device, odp::Access access);
 
 // Region options for test buffers: chunks at least as large as one slot so a
-// message never straddles two chunks (one remote segment = one rkey per op).
-odp::RegionOptions region_options(odp::Mode mode, std::size_t slot_stride);
+// message never straddles two chunks (one remote segment = one rkey per op);
+// emulated buffers fault `fault_ahead` chunks ahead (--fault-ahead).
+odp::RegionOptions region_options(odp::Mode mode, std::size_t slot_stride,
+                                  std::size_t fault_ahead = 0);
 
 // A test buffer and its region (the region is dropped first).
 struct TestMemory {
@@ -61,6 +63,7 @@ struct ServerConfig {
     std::chrono::milliseconds traffic_timeout = 600s;  // wait for Done while traffic runs
     bool verbose = false;
     bool quiet = false;
+    std::size_t fault_ahead = 0;  // emulated buffers: RegionOptions::fault_ahead
     std::uint64_t exit_after =
         0;  // stop after this many sessions ended (0: run until stopped)  // drop per-connection
             // failure logs (compare: its own client ends them)

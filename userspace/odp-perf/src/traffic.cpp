@@ -180,7 +180,7 @@ ClientResult run_client_test(odp::Device& device, const ClientSpec& spec) {
     const std::size_t buffer_size = stride * slots;
     result.local_choice = describe_choice(device, spec.mode, kBufferAccess);
     const odp::RegionOptions options =
-        region_options(device.resolve(spec.mode, kBufferAccess), stride);
+        region_options(device.resolve(spec.mode, kBufferAccess), stride, spec.fault_ahead);
 
     TestMemory memory;
     memory.buffer = MappedBuffer(buffer_size, options.chunk_size, true);
