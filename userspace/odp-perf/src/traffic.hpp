@@ -39,7 +39,7 @@ struct ClientSpec {
     odp::Mode mode = odp::Mode::Auto;       // the client's buffer
     odp::Mode peer_mode = odp::Mode::Auto;  // the server's buffer
     std::uint32_t pattern_seed = 0x0d9;
-    bool cm = false;  // connect through RDMA CM (iWARP devices always do)
+    bool cm = false;              // connect through RDMA CM (iWARP devices always do)
     std::size_t fault_ahead = 0;  // emulated buffer: RegionOptions::fault_ahead
 };
 
