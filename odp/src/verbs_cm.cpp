@@ -1,10 +1,13 @@
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <poll.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <future>
 #include <odp/error.hpp>
 #include <odp/verbs_cm.hpp>
 
@@ -313,6 +316,40 @@ std::string cm_resolve_device(std::string_view host, std::uint16_t port,
     return id_device(*id);
 }
 
+std::string cm_device_address(std::string_view device, std::chrono::milliseconds timeout) {
+    ifaddrs* list = nullptr;
+    if (getifaddrs(&list) != 0) {
+        throw_errno("getifaddrs (looking for the address of " + std::string(device) + ")");
+    }
+    const std::unique_ptr<ifaddrs, decltype(&freeifaddrs)> owner(list, &freeifaddrs);
+    std::string tried;
+    for (const ifaddrs* entry = list; entry != nullptr; entry = entry->ifa_next) {
+        if (entry->ifa_addr == nullptr || entry->ifa_addr->sa_family != AF_INET ||
+            (entry->ifa_flags & IFF_LOOPBACK) != 0) {
+            continue;
+        }
+        char text[INET_ADDRSTRLEN] = {};
+        inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(entry->ifa_addr)->sin_addr, text,
+                  sizeof text);
+        std::string leads_to;
+        try {
+            leads_to = cm_resolve_device(text, 1, timeout);
+        } catch (const Error&) {
+            leads_to = "no RDMA device";
+        }
+        if (leads_to == device) {
+            return text;
+        }
+        tried += (tried.empty() ? "" : ", ") + std::string(text) + " on " + entry->ifa_name +
+                 " -> " + leads_to;
+    }
+    throw_error(EADDRNOTAVAIL, "no IPv4 address of this host leads RDMA CM to " +
+                                   std::string(device) + " (" +
+                                   (tried.empty() ? "none but loopback" : tried) +
+                                   "): give the network interface under " + std::string(device) +
+                                   " an address (`rdma link show` names it)");
+}
+
 CmConnection cm_connect(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, std::string_view host,
                         std::uint16_t port, std::span<const std::uint8_t> payload,
                         const CmOptions& options) {
@@ -331,6 +368,9 @@ CmConnection cm_connect(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, std::strin
     expect_event(*channel, RDMA_CM_EVENT_ROUTE_RESOLVED, options.timeout, resolve_route);
 
     RcQueuePair qp = create_qp(*id, pd, send_cq, recv_cq, options, where);
+    if (options.before_connect) {
+        options.before_connect(qp);
+    }
     rdma_conn_param param = conn_param(qp, options, private_data);
     const std::string connect = "rdma_connect(" + where + ") on " + id_device(*id);
     if (rdma_connect(id.get(), &param) != 0) {
@@ -374,12 +414,43 @@ CmConnection CmRequest::accept(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq,
     const std::vector<std::uint8_t> private_data = encode_cm_private_data(reply);
     const std::string where = "the connection request on " + id_device(*id_);
     RcQueuePair qp = create_qp(*id_, pd, send_cq, recv_cq, options, where);
+    if (options.before_connect) {
+        options.before_connect(qp);
+    }
     move_to_rts(*id_, qp, where);
     rdma_conn_param param = conn_param(qp, options, private_data);
     const std::string accept = "rdma_accept(" + where + ")";
     check_rc(rdma_accept(id_.get(), &param), accept);
     expect_event(*channel_, RDMA_CM_EVENT_ESTABLISHED, options.timeout, accept);
     return CmConnection(std::move(channel_), std::move(id_), std::move(qp), payload_);
+}
+
+LoopbackConnection::LoopbackConnection(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq,
+                                       const CmOptions& options) {
+    if (pd.context->device->transport_type != IBV_TRANSPORT_IWARP) {
+        self_.emplace(pd, send_cq, recv_cq, options.qp);
+        self_->connect(self_->local_endpoint());
+        return;
+    }
+    const std::string address = cm_device_address(device_name(*pd.context), options.timeout);
+    CmListener listener(address, 0);
+    // The connecting end waits for the accepting one: it runs beside it.  If
+    // accepting fails, the future's destructor waits for cm_connect, which
+    // then fails within its own timeout.
+    auto connecting = std::async(std::launch::async, [&] {
+        return cm_connect(pd, send_cq, recv_cq, address, listener.port(), {}, options);
+    });
+    passive_.emplace(
+        listener.next_request(options.timeout).accept(pd, send_cq, recv_cq, {}, options));
+    active_.emplace(connecting.get());
+}
+
+RcQueuePair& LoopbackConnection::qp() noexcept {
+    return active_ ? active_->qp() : *self_;
+}
+
+RcQueuePair& LoopbackConnection::peer() noexcept {
+    return passive_ ? passive_->qp() : *self_;
 }
 
 CmListener::CmListener(std::string_view address, std::uint16_t port, int backlog)

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <odp/verbs.hpp>
 #include <optional>
@@ -65,6 +66,11 @@ inline constexpr std::size_t cm_payload_max = cm_private_data_max - cm_private_d
 struct CmOptions {
     std::chrono::milliseconds timeout{5000};  // each step: resolve, connect, accept
     RcQueuePair::Options qp;                  // port and GID come from the CM
+    // Called with the new queue pair before the connection is set up: post
+    // the first receives here.  iWARP has no receiver-not-ready retry: a SEND
+    // that finds no receive posted breaks the connection, and the peer may
+    // send as soon as it sees the connection established.
+    std::function<void(RcQueuePair&)> before_connect;
 };
 
 // A queue pair connected through RDMA CM, with the CM id that connected it
@@ -98,6 +104,14 @@ class ODP_API CmConnection {
 [[nodiscard]] ODP_API std::string cm_resolve_device(std::string_view host, std::uint16_t port,
                                                     std::chrono::milliseconds timeout);
 
+// The IPv4 address of this host that RDMA CM resolves to `device`: the
+// address of its network interface, for connections from the device to
+// itself.  Addresses of loopback interfaces are not considered (RDMA CM binds
+// 127.0.0.1 to whichever device comes first).  Throws odp::Error(EADDRNOTAVAIL)
+// naming the device and the addresses tried when none leads to it.
+[[nodiscard]] ODP_API std::string cm_device_address(std::string_view device,
+                                                    std::chrono::milliseconds timeout);
+
 // Client: resolves host:port, checks `pd` is on the device it resolved to,
 // creates the RC QP there and connects with `payload` as private data.
 [[nodiscard]] ODP_API CmConnection cm_connect(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq,
@@ -127,6 +141,30 @@ class ODP_API CmRequest {
     EventChannelPtr channel_;  // the request's own, after the listener's
     CmIdPtr id_;
     std::vector<std::uint8_t> payload_;
+};
+
+// An RC connection from one device to itself (loopback), for programs and
+// tests that have one device.  InfiniBand and RoCE connect one queue pair to
+// itself.  iWARP cannot (the kernel drives the connection over TCP, which
+// needs two ends): there a second queue pair on the same PD is connected
+// through RDMA CM at the device's own address (cm_device_address()).
+// Either way qp()'s RDMA targets may be any memory registered on `pd`.
+class ODP_API LoopbackConnection {
+  public:
+    LoopbackConnection(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, const CmOptions& options = {});
+
+    // Post work requests here.
+    [[nodiscard]] RcQueuePair& qp() noexcept;
+    // The other end, where qp()'s SENDs arrive (qp() itself when it is
+    // connected to itself): post their receives here.
+    [[nodiscard]] RcQueuePair& peer() noexcept;
+    // True when the two ends are connected through RDMA CM (iWARP).
+    [[nodiscard]] bool through_cm() const noexcept { return active_.has_value(); }
+
+  private:
+    std::optional<RcQueuePair> self_;      // InfiniBand, RoCE
+    std::optional<CmConnection> active_;   // iWARP: the end that posts ...
+    std::optional<CmConnection> passive_;  // ... and the one it connected to
 };
 
 // Server: listens on address:port ("0.0.0.0" for every address, port 0 for

@@ -91,6 +91,34 @@ TEST(CompareMerge, JsonReadsBackWhatItWrote) {
     }
 }
 
+// A siw run: queue pairs through RDMA CM, native left out with the reason;
+// both are in the JSON, the table and a merge of such runs.
+TEST(CompareMerge, ConnectionAndAbsentModesReadBack) {
+    CompareResult written = run_of({100, 90}, {95, 85});
+    written.device = "siw0";
+    written.connection = "RDMA CM";
+    written.absent_modes = {{"native", "siw0 has no native ODP (Auto picks emulated)"}};
+    const CompareResult read = parse_compare_json(to_json(written, "odp-perf compare --quick"));
+    EXPECT_EQ(read.connection, "RDMA CM");
+    EXPECT_EQ(read.absent_modes, written.absent_modes);
+    const CompareResult merged = merge_runs({read, read});
+    EXPECT_EQ(merged.absent_modes, written.absent_modes);
+    std::ostringstream table;
+    print_table(merged, table);
+    EXPECT_NE(table.str().find("native: not measured: siw0 has no native ODP (Auto picks "
+                               "emulated)\nqueue pairs connected by RDMA CM\n"),
+              std::string::npos)
+        << table.str();
+    // A file written before either existed: endpoint exchange assumed, nothing absent.
+    std::string old = to_json(run_of({1, 1}, {1, 1}), "odp-perf compare");
+    const std::size_t at = old.find("  \"connection\"");
+    ASSERT_NE(at, std::string::npos);
+    old.erase(at, old.find("\"modes\"") - at);
+    const CompareResult old_read = parse_compare_json(old);
+    EXPECT_EQ(old_read.connection, "");
+    EXPECT_TRUE(old_read.absent_modes.empty());
+}
+
 TEST(CompareMerge, MalformedJsonSaysWhatIsWrong) {
     try {
         (void)parse_compare_json("{\"schema\": \"odp-perf-compare/1\", \"kernel\": \"x\"}");
@@ -211,6 +239,10 @@ TEST(CompareMerge, RunsOfDifferentComparisonsAreRefused) {
             << error.what();
     }
     EXPECT_THROW((void)merge_runs({}), odp::Error);
+    other = run_of({1, 1}, {1, 1});
+    other.connection = "RDMA CM";
+    EXPECT_THROW((void)merge_runs({run_of({1, 1}, {1, 1}), other}), odp::Error)
+        << "runs connected differently were merged";
 }
 
 }  // namespace

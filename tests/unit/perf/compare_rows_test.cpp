@@ -414,6 +414,47 @@ TEST(CompareVariants, NoSourcesGiveOneEmulatedColumnWithAuto) {
     EXPECT_EQ(variants[1].source, odp::MonitorKind::Auto);
 }
 
+constexpr odp::Access kTestAccess =
+    odp::Access::LocalWrite | odp::Access::RemoteWrite | odp::Access::RemoteRead;
+
+std::shared_ptr<odp::Device> fake_device(const odp::DeviceCaps& caps, const std::string& name) {
+    return odp::Device::open(std::make_unique<odp::FakeNic>(caps, name));
+}
+
+// siw has no ODP: compare measures pinned and emulated and says why native
+// is not there; native appears only where ODP covers every RC operation.
+TEST(CompareModes, NativeIsLeftOutWithItsReason) {
+    const auto siw = fake_device({}, "siw0");
+    EXPECT_EQ(supported_modes(*siw, kTestAccess),
+              (std::vector<odp::Mode>{odp::Mode::Pinned, odp::Mode::Emulated}));
+    EXPECT_EQ(native_absence(*siw, kTestAccess), "siw0 has no native ODP (Auto picks emulated)");
+
+    odp::DeviceCaps partial;
+    partial.odp = true;
+    partial.rc.send = partial.rc.recv = partial.rc.write = true;  // no RDMA READ
+    const auto no_read = fake_device(partial, "odp0");
+    EXPECT_EQ(supported_modes(*no_read, kTestAccess).size(), 2U);
+    EXPECT_NE(native_absence(*no_read, kTestAccess).find("odp0's native ODP does not cover RC"),
+              std::string::npos)
+        << native_absence(*no_read, kTestAccess);
+
+    odp::DeviceCaps full = partial;
+    full.rc.read = true;
+    const auto odp_device = fake_device(full, "mlx5_0");
+    EXPECT_EQ(supported_modes(*odp_device, kTestAccess),
+              (std::vector<odp::Mode>{odp::Mode::Pinned, odp::Mode::Native, odp::Mode::Emulated}));
+    EXPECT_EQ(native_absence(*odp_device, kTestAccess), "");
+}
+
+// --cm asks for RDMA CM; an iWARP device gets it whether asked or not.
+TEST(CompareConnection, RdmaCmWhenAskedAndAlwaysOnIwarp) {
+    EXPECT_EQ(choose_connection(false, false), oob::Connection::Endpoints);
+    EXPECT_EQ(choose_connection(true, false), oob::Connection::RdmaCm);
+    EXPECT_EQ(choose_connection(false, true), oob::Connection::RdmaCm);
+    EXPECT_EQ(choose_connection(true, true), oob::Connection::RdmaCm);
+    EXPECT_FALSE(is_iwarp(*fake_device({}, "fake0"))) << "a fake NIC has no transport";
+}
+
 // Emulated regions registered after use(S) get S; a switch waits for the old
 // source's last region and names it when it outlives the wait.
 TEST(CompareSources, KeeperSwitchesTheProcesssSource) {

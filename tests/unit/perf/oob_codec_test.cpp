@@ -15,6 +15,13 @@ constexpr std::size_t kHelloMtu = kHeaderSize + 49;
 constexpr std::size_t kHelloMode = kHeaderSize + 50;
 constexpr std::size_t kHelloRangeCount = kHeaderSize + 51;
 constexpr std::size_t kHelloFirstRangeLength = kHeaderSize + 63;
+// With the two ranges of sample_hello(): the fields after them.
+constexpr std::size_t kHelloConnection = kHeaderSize + 95;
+constexpr std::size_t kHelloCmPort = kHeaderSize + 96;
+// A Welcome's endpoint starts its payload: its connection follows its ranges.
+constexpr std::size_t welcome_connection(std::size_t ranges) {
+    return kHeaderSize + 33 + 20 * ranges;
+}
 
 Endpoint sample_endpoint(std::size_t ranges) {
     Endpoint endpoint;
@@ -74,7 +81,7 @@ void expect_rejected(const std::vector<std::byte>& bytes, const std::string& nee
 TEST(OobCodec, HelloRoundTrip) {
     const Hello hello = sample_hello();
     const auto bytes = encode(hello);
-    EXPECT_EQ(bytes.size(), kHeaderSize + 55 + 2 * 20 + 4);
+    EXPECT_EQ(bytes.size(), kHeaderSize + 58 + 2 * 20 + 4 + 12);
     EXPECT_EQ(std::get<Hello>(decode(bytes)), hello);
 }
 
@@ -116,8 +123,11 @@ TEST(OobCodec, RejectsBadMagic) {
 
 TEST(OobCodec, RejectsOtherVersion) {
     auto bytes = encode(Done{});
-    bytes[4] = std::byte{2};
-    expect_rejected(bytes, "unsupported protocol version 2", std::errc::protocol_error);
+    bytes[4] = std::byte{3};
+    expect_rejected(bytes, "unsupported protocol version 3", std::errc::protocol_error);
+    // Version 1 had no connection field: an older odp-perf on the other side.
+    bytes[4] = std::byte{1};
+    expect_rejected(bytes, "unsupported protocol version 1", std::errc::protocol_error);
 }
 
 TEST(OobCodec, RejectsUnknownTypes) {
@@ -219,7 +229,7 @@ TEST(OobCodec, HostileRangeCountIsRejectedBeforeAllocating) {
     put_u32(bytes, kHelloRangeCount, 0xffffffffU);
     expect_rejected(bytes, "4294967295 ranges exceed the limit of 1024", std::errc::message_size);
     put_u32(bytes, kHelloRangeCount, 5);  // only 2 are present
-    expect_rejected(bytes, "range_count 5 needs 100 bytes, 44 left", std::errc::bad_message);
+    expect_rejected(bytes, "range_count 5 needs 100 bytes, 59 left", std::errc::bad_message);
 }
 
 TEST(OobCodec, RejectsEmptyAndWrappingRanges) {
@@ -263,6 +273,76 @@ TEST(OobCodec, ErrorTextIsBoundedAndSanitised) {
     EXPECT_EQ(std::get<ErrorMessage>(escaped).text, "a?[2Jb?");
 }
 
+// RDMA CM connects the queue pairs: the endpoints carry no QP values, the
+// server's Welcome carries its listener's port.
+Endpoint cm_endpoint(std::size_t ranges, std::uint16_t cm_port) {
+    Endpoint endpoint;
+    endpoint.mode = WireMode::Emulated;
+    endpoint.connection = Connection::RdmaCm;
+    endpoint.cm_port = cm_port;
+    for (std::size_t i = 0; i < ranges; ++i) {
+        endpoint.ranges.push_back(RemoteRange{0x7f0000000000ULL + i * 0x200000ULL, 0x200000ULL,
+                                              0x2000U + static_cast<std::uint32_t>(i)});
+    }
+    return endpoint;
+}
+
+TEST(OobCodec, RdmaCmHelloAndWelcomeRoundTrip) {
+    Hello hello = sample_hello();
+    hello.client = cm_endpoint(0, 0);
+    const Message hello_message = hello;
+    EXPECT_EQ(decode(encode(hello_message)), hello_message);
+    const Message welcome = Welcome{cm_endpoint(3, 40001)};
+    const Message decoded = decode(encode(welcome));
+    EXPECT_EQ(decoded, welcome);
+    EXPECT_EQ(std::get<Welcome>(decoded).server.cm_port, 40001);
+    EXPECT_EQ(std::get<Welcome>(decoded).server.connection, Connection::RdmaCm);
+}
+
+// A send test on iWARP: where the server counts its posted receives.
+TEST(OobCodec, ReceiveCreditsRoundTripForTheSendTestOnly) {
+    Hello hello = sample_hello();  // a send test
+    hello.credit_address = 0x7f0000001000ULL;
+    hello.credit_rkey = 0x4242;
+    const Message message = hello;
+    EXPECT_EQ(decode(encode(message)), message);
+    hello.test = TestKind::Write;
+    EXPECT_THROW(encode(hello), ProtocolError);
+    auto bytes = encode(sample_hello());
+    bytes[kHeaderSize] = std::byte{0};    // test: write
+    put_u32(bytes, bytes.size() - 4, 9);  // credit_rkey
+    expect_rejected(bytes, "a receive count (credit_rkey 9) is for the send test only",
+                    std::errc::protocol_error);
+}
+
+TEST(OobCodec, RejectsConnectionFieldsThatDoNotFit) {
+    // An unknown way to connect.
+    auto bytes = encode(sample_hello());
+    bytes[kHelloConnection] = std::byte{2};
+    expect_rejected(bytes, "unknown connection 2", std::errc::protocol_error);
+    // QP values exchanged by hand, yet a listener port.
+    bytes = encode(sample_hello());
+    bytes[kHelloCmPort] = std::byte{1};
+    expect_rejected(bytes, "cm_port 1 in an endpoint that does not connect through RDMA CM",
+                    std::errc::protocol_error);
+    // RDMA CM, yet QP values (sample_hello's qp_num).
+    bytes = encode(sample_hello());
+    bytes[kHelloConnection] = std::byte{1};
+    expect_rejected(bytes, "an RDMA CM endpoint carries QP values (qp_num 1193046)",
+                    std::errc::protocol_error);
+    // Only the server listens.
+    Hello hello = sample_hello();
+    hello.client = cm_endpoint(0, 0);
+    bytes = encode(hello);
+    bytes[bytes.size() - 18] = std::byte{7};  // cm_port, before the seed and the credits
+    expect_rejected(bytes, "the client's cm_port is 7", std::errc::protocol_error);
+    // An RDMA CM Welcome must say where to connect.
+    bytes = encode(Welcome{cm_endpoint(2, 40001)});
+    bytes[welcome_connection(2) + 1] = std::byte{0};
+    bytes[welcome_connection(2) + 2] = std::byte{0};
+    expect_rejected(bytes, "without the port of the server's listener", std::errc::protocol_error);
+}
+
 TEST(OobCodec, EncodeRefusesInvalidMessages) {
     Hello hello = sample_hello();
     hello.client.qp_num = 0;
@@ -273,6 +353,10 @@ TEST(OobCodec, EncodeRefusesInvalidMessages) {
     Welcome welcome{sample_endpoint(1)};
     welcome.server.mode = WireMode::Auto;
     EXPECT_THROW(encode(welcome), ProtocolError);
+    EXPECT_THROW(encode(Welcome{cm_endpoint(1, 0)}), ProtocolError);
+    Endpoint with_qp = cm_endpoint(1, 40001);
+    with_qp.qp_num = 5;
+    EXPECT_THROW(encode(Welcome{with_qp}), ProtocolError);
 }
 
 }  // namespace

@@ -164,6 +164,72 @@ TEST_F(CmLoopback, ReadIntoSeveralSgesLandsInEach) {
     EXPECT_TRUE(poll(*client.cq, 1, 200ms).empty());
 }
 
+// Receives posted in before_connect are there before the peer can send: the
+// client sends the moment cm_connect returns (iWARP would break the
+// connection on a SEND without a receive; RoCE would retry it).
+TEST_F(CmLoopback, ReceivesPostedBeforeConnectCatchTheFirstSend) {
+    CmListener listener(address_, 0);
+    Side server(device_);
+    Side client(device_);
+    auto connecting = std::async(std::launch::async, [&] {
+        CmConnection connection =
+            cm_connect(*client.pd, *client.cq, *client.cq, address_, listener.port(), {});
+        std::memcpy(client.buffer.data(), "first", 6);
+        const ibv_sge sge{client.address(0), 6, client.mr->lkey};
+        connection.qp().post_send({&sge, 1}, 1);
+        EXPECT_EQ(wait_completion(*client.cq, 10s).opcode, IBV_WC_SEND);
+        return connection;
+    });
+    CmOptions options;
+    ibv_qp_state state_when_called = IBV_QPS_ERR;
+    options.before_connect = [&](RcQueuePair& qp) {
+        ibv_qp_attr attr{};
+        ibv_qp_init_attr init{};
+        ASSERT_EQ(ibv_query_qp(&qp.qp(), &attr, IBV_QP_STATE, &init), 0);
+        state_when_called = attr.qp_state;
+        const ibv_sge sge{server.address(4096), 64, server.mr->lkey};
+        qp.post_recv({&sge, 1}, 7);
+    };
+    CmConnection server_side =
+        listener.next_request(10s).accept(*server.pd, *server.cq, *server.cq, {}, options);
+    CmConnection client_side = connecting.get();
+    EXPECT_EQ(state_when_called, IBV_QPS_INIT) << "before_connect ran after the connection";
+    const ibv_wc received = wait_completion(*server.cq, 10s);
+    EXPECT_EQ(received.wr_id, 7U);
+    EXPECT_EQ(received.opcode, IBV_WC_RECV);
+    EXPECT_STREQ(reinterpret_cast<const char*>(server.buffer.data() + 4096), "first");
+}
+
+// The device's own address, and a connection from the device to itself on it:
+// RDMA WRITE and READ from qp() into the same PD's memory, SEND from qp()
+// into receives on peer() (one QP on rxe0, two through RDMA CM on siw0).
+TEST_F(CmLoopback, LoopbackConnectionMovesDataOnOneDevice) {
+    EXPECT_EQ(cm_device_address(device_, 5s), address_);
+    Side side(device_);
+    LoopbackConnection loopback(*side.pd, *side.cq, *side.cq);
+    const bool iwarp = side.context->device->transport_type == IBV_TRANSPORT_IWARP;
+    EXPECT_EQ(loopback.through_cm(), iwarp);
+    EXPECT_EQ(&loopback.qp() == &loopback.peer(), !iwarp);
+    for (std::size_t i = 0; i < 4096; ++i) {
+        side.buffer[i] = static_cast<std::uint8_t>(i * 31 + 1);
+    }
+    const ibv_sge write_sge{side.address(0), 4096, side.mr->lkey};
+    loopback.qp().post_write({&write_sge, 1}, side.address(8192), side.mr->rkey, 1);
+    EXPECT_EQ(wait_completion(*side.cq, 10s).opcode, IBV_WC_RDMA_WRITE);
+    EXPECT_EQ(0, std::memcmp(side.buffer.data() + 8192, side.buffer.data(), 4096));
+    const ibv_sge read_sge{side.address(16384), 4096, side.mr->lkey};
+    loopback.qp().post_read({&read_sge, 1}, side.address(0), side.mr->rkey, 2);
+    EXPECT_EQ(wait_completion(*side.cq, 10s).opcode, IBV_WC_RDMA_READ);
+    EXPECT_EQ(0, std::memcmp(side.buffer.data() + 16384, side.buffer.data(), 4096));
+    const ibv_sge recv_sge{side.address(32768), 64, side.mr->lkey};
+    loopback.peer().post_recv({&recv_sge, 1}, 3);
+    const ibv_sge send_sge{side.address(0), 64, side.mr->lkey};
+    loopback.qp().post_send({&send_sge, 1}, 4);
+    const std::vector<ibv_wc> done = poll(*side.cq, 2, 10s);
+    ASSERT_EQ(done.size(), 2U);
+    EXPECT_EQ(0, std::memcmp(side.buffer.data() + 32768, side.buffer.data(), 64));
+}
+
 TEST_F(CmLoopback, NoListenerIsRefusedAtConnect) {
     Side client(device_);
     // A port nobody listens on: the listener's, once it is gone.

@@ -4,8 +4,8 @@
 # Wherever odp_mirror.ko is built for the guest's kernel (5.10, 6.1, 6.12 and
 # 7.3 once scripts/setup has their headers) loads it so that the
 # emulated+module mode runs (and must work), runs every coherence case in
-# this one guest, unloads the module and fails on a BUG/WARNING/Oops in the
-# kernel log. Also runs the host unit tests of the mappings reader here, where
+# this one guest on every RDMA device of it ($ODP_VM_DEVICES: rxe0, siw0),
+# unloads the module and fails on a BUG/WARNING/Oops in the kernel log. Also runs the host unit tests of the mappings reader here, where
 # the kernel decides its path (6.1: the text of /proc/self/maps; 6.12 and
 # 7.3: the PROCMAP_QUERY ioctl).
 set -u
@@ -47,8 +47,21 @@ if [ "${ODP_COHERENCE_MTU:-jumbo}" = jumbo ]; then
         fail "rxe0 did not take a 4 KiB path MTU"
 fi
 
-"$tests" "$@"
-status=$?
+# The whole binary on the first device; on every other one (siw0) the cases
+# that move data over it (the source cases do not touch a device).
+status=0
+first=1
+for device in ${ODP_VM_DEVICES:-rxe0}; do
+    echo "== coherence on $device"
+    if [ "$first" = 1 ]; then
+        ODP_COHERENCE_DEVICE=$device "$tests" "$@" || status=1
+    else
+        ODP_COHERENCE_DEVICE=$device "$tests" \
+            --gtest_filter='Modes/Coherence.*:NativeOdpDevice.*:Emulated/ExposureChange.*' "$@" ||
+            status=1
+    fi
+    first=0
+done
 [ -x "$unit_tests" ] || fail "$unit_tests is missing: build target odp_unit_tests"
 "$unit_tests" --gtest_filter='*MemoryMap*' --gtest_brief=1 || status=1
 
@@ -58,5 +71,5 @@ fi
 if dmesg | tail -n +"$((log_start + 1))" | grep -E 'BUG|WARNING|Oops|general protection|refcount_t' >&2; then
     fail "the kernel log shows the problems above"
 fi
-[ "$status" -eq 0 ] || fail "the tests failed (exit $status)"
+[ "$status" -eq 0 ] || fail "the tests failed (output above)"
 echo "run-coherence: kernel $ODP_VM_KERNEL: all cases passed, kernel log clean"

@@ -1,7 +1,7 @@
 // The complete example of docs/guide.md (kept identical by the unit test
 // GuideExample.MatchesTheGuide): register a buffer, translate, post an RDMA
 // WRITE, poll, release; then let the peer write into an exposed range.
-// It connects an RC queue pair to itself, so one device is enough.
+// It connects the device to itself (loopback), so one device is enough.
 //
 //   odp-guide-example [device [mode]]   (defaults: the first device, auto)
 #include <sys/mman.h>
@@ -13,12 +13,14 @@
 #include <odp/error.hpp>
 #include <odp/region.hpp>
 #include <odp/verbs.hpp>
+#include <odp/verbs_cm.hpp>
 
 int main(int argc, char** argv) try {
     using namespace std::chrono_literals;
     constexpr std::size_t size = 3 << 20;  // pinned mode pins both: 6 MiB
 
-    // The device, and a queue pair connected to itself (loopback).
+    // The device, and a loopback connection: a queue pair connected to itself
+    // (InfiniBand, RoCE) or, on iWARP, to a second one through RDMA CM.
     odp::DeviceOptions device_options;
     device_options.name = argc > 1 ? argv[1] : "";
     const auto device = odp::Device::open(device_options);
@@ -27,8 +29,8 @@ int main(int argc, char** argv) try {
               << device->budget_source() << "\n"
               << odp::to_string(device->caps());
     const odp::verbs::CqPtr cq = odp::verbs::create_cq(*device->context(), 16);
-    odp::verbs::RcQueuePair qp(*device->pd(), *cq, *cq);
-    qp.connect(qp.local_endpoint());
+    odp::verbs::LoopbackConnection loopback(*device->pd(), *cq, *cq);
+    odp::verbs::RcQueuePair& qp = loopback.qp();
 
     // Two buffers, registered on demand: nothing is pinned yet.
     auto* source = static_cast<char*>(

@@ -1,17 +1,20 @@
 #!/usr/bin/python3
 """Checks the JSON of `odp-perf compare` (schema: docs/compare.md).
 
-usage: check_compare.py FILE KERNEL MONITOR
-  KERNEL: 6.1, 6.12 or 7.3; MONITOR: the emulated mode's expected invalidation
-  source (module when odp_mirror.ko is loaded, else userfaultfd); with the
-  module the emulated mode runs a second time watched by userfaultfd, as the
-  column "emulated/userfaultfd"
+usage: check_compare.py FILE KERNEL MONITOR [DEVICE]
+  KERNEL: 5.10, 6.1, 6.12 or 7.3; MONITOR: the emulated mode's expected
+  invalidation source (module when odp_mirror.ko is loaded, else userfaultfd);
+  with the module the emulated mode runs a second time watched by userfaultfd,
+  as the column "emulated/userfaultfd"; DEVICE: rxe0 (default) or siw0, which
+  has no native ODP on any kernel and connects through RDMA CM
 Prints one line per failed check and exits 1 if any failed.
 """
 import json
 import sys
 
 path, kernel, monitor = sys.argv[1], sys.argv[2], sys.argv[3]
+device = sys.argv[4] if len(sys.argv) > 4 else "rxe0"
+native = kernel == "7.3" and device == "rxe0"
 with open(path) as f:
     doc = json.load(f)
 
@@ -25,14 +28,21 @@ def check(condition, what):
 
 
 rows = doc["results"]
-expected_modes = ["pinned", "native", "emulated"] if kernel == "7.3" else ["pinned", "emulated"]
+expected_modes = ["pinned", "native", "emulated"] if native else ["pinned", "emulated"]
 expected_monitors = {"emulated": monitor}
 if monitor == "module":
     expected_modes.append("emulated/userfaultfd")
     expected_monitors["emulated/userfaultfd"] = "userfaultfd"
 emulated_modes = [m for m in expected_modes if m.startswith("emulated")]
 check(doc["modes"] == expected_modes,
-      f"modes {doc['modes']}, expected {expected_modes} on {kernel}")
+      f"modes {doc['modes']}, expected {expected_modes} on {device}, {kernel}")
+check(doc["device"] == device, f"device {doc['device']}, expected {device}")
+if not native:
+    check(doc.get("absent_modes", {}).get("native", "") != "",
+          f"native is left out without a reason: absent_modes {doc.get('absent_modes')}")
+expected_connection = "RDMA CM" if device == "siw0" else "endpoint exchange"
+check(doc.get("connection") == expected_connection,
+      f"queue pairs connected by {doc.get('connection')!r}, expected {expected_connection!r}")
 check(doc["emulated_monitor"].split(";")[0] == monitor,
       f"emulated mode watched memory with {doc['emulated_monitor']!r}, expected {monitor}")
 check({k: v.split(";")[0] for k, v in doc["monitors"].items()} == expected_monitors,

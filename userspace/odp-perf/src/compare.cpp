@@ -136,6 +136,16 @@ std::string json_array(const std::vector<double>& values) {
     return out + "]";
 }
 
+// {"key": "value", ...}
+std::string json_object(const std::map<std::string, std::string>& entries) {
+    std::string out = "{";
+    for (const auto& [key, value] : entries) {
+        out += (out.size() > 1 ? ", \"" : "\"") + json_escape(key) + "\": \"" + json_escape(value) +
+               "\"";
+    }
+    return out + "}";
+}
+
 // "87.5% of 4": how sure an interval is, and of how many samples.
 std::string confidence_text(const Interval& interval) {
     const double percent = interval.confidence * 100;
@@ -384,12 +394,23 @@ CompareResult run_compare(const CompareConfig& config) {
     }
     const std::vector<ModeVariant> variants =
         mode_variants(supported_modes(*device, kBufferAccess), sources);
+    if (const std::string why = native_absence(*device, kBufferAccess); !why.empty()) {
+        result.absent_modes["native"] = why;
+    }
     for (const ModeVariant& variant : variants) {
         result.modes.push_back(variant.label);
     }
 
     // The server runs in this process on its own thread (and its own Device),
     // reached over TCP loopback; RDMA goes through the device's own loopback.
+    // Through RDMA CM both go to the device's own address: the server's
+    // listener waits at the address the client reached it at.
+    const oob::Connection connection = choose_connection(config.cm, is_iwarp(*device));
+    result.connection = to_string(connection);
+    const bool cm = connection == oob::Connection::RdmaCm;
+    const std::string host =
+        cm ? odp::verbs::cm_device_address(result.device, std::chrono::seconds(5))
+           : std::string("127.0.0.1");
     std::atomic<bool> stop{false};
     std::promise<std::uint16_t> listening;
     std::thread server([&] {
@@ -421,7 +442,7 @@ CompareResult run_compare(const CompareConfig& config) {
             thread.join();
         }
     } stopper{stop, server};
-    const Peer peer{"127.0.0.1", listening.get_future().get()};
+    const Peer peer{host, listening.get_future().get(), cm};
 
     result.native_check = check_native_odp_data(*device);
     const std::vector<oob::TestKind> tests{oob::TestKind::Write, oob::TestKind::Read,
@@ -494,6 +515,7 @@ CompareResult run_compare(const CompareConfig& config) {
                     spec.device = config.device;
                     spec.host = peer.host;
                     spec.port = peer.port;
+                    spec.cm = peer.cm;
                     spec.test = test;
                     spec.size = size;
                     spec.iterations = (iterations + rounds - 1) / rounds;
@@ -569,6 +591,12 @@ void print_table(const CompareResult& result, std::ostream& out) {
         out << "native ODP data check (plain verbs, no odp-layer): "
             << (result.native_check.ok ? "ok" : "FAILED") << ": " << result.native_check.detail
             << "\n";
+    }
+    for (const auto& [mode, why] : result.absent_modes) {
+        out << mode << ": not measured: " << why << "\n";
+    }
+    if (!result.connection.empty()) {
+        out << "queue pairs connected by " << result.connection << "\n";
     }
     if (!result.emulated_monitor.empty()) {
         out << "emulated mode's invalidation source: " << result.emulated_monitor << "\n";
@@ -755,13 +783,10 @@ std::string to_json(const CompareResult& result, const std::string& command_line
         << ", \"ok\": " << (result.native_check.ok ? "true" : "false") << ", \"detail\": \""
         << json_escape(result.native_check.detail) << "\"},\n";
     out << "  \"emulated_monitor\": \"" << json_escape(result.emulated_monitor) << "\",\n";
-    out << "  \"monitors\": {";
-    for (auto monitor = result.monitors.begin(); monitor != result.monitors.end(); ++monitor) {
-        out << (monitor == result.monitors.begin() ? "" : ", ") << "\""
-            << json_escape(monitor->first) << "\": \"" << json_escape(monitor->second) << "\"";
-    }
-    out << "},\n";
+    out << "  \"monitors\": " << json_object(result.monitors) << ",\n";
     out << "  \"sizes_note\": \"" << json_escape(result.sizes_note) << "\",\n";
+    out << "  \"connection\": \"" << json_escape(result.connection) << "\",\n";
+    out << "  \"absent_modes\": " << json_object(result.absent_modes) << ",\n";
     out << "  \"fault_ahead\": " << result.fault_ahead << ",\n";
     out << "  \"modes\": [";
     for (std::size_t i = 0; i < result.modes.size(); ++i) {

@@ -22,6 +22,7 @@ namespace odp_perf {
 
 struct CompareConfig {
     std::string device;  // "" = first
+    bool cm = false;     // connect through RDMA CM (iWARP devices always do)
     std::optional<std::string> json_path;
     std::optional<std::string> plot_path;
     std::uint64_t bw_iterations = 2000;
@@ -109,6 +110,10 @@ struct CompareResult {
     std::map<std::string, std::string> monitors;
     std::string sizes_note;       // why a sweep left sizes out ("" if none)
     std::size_t fault_ahead = 0;  // CompareConfig::fault_ahead
+    // How the queue pairs were connected: "endpoint exchange" or "RDMA CM".
+    std::string connection;
+    // Modes the run left out, and why: "native" -> "siw0 has no native ODP ...".
+    std::map<std::string, std::string> absent_modes;
     std::vector<Row> rows;
     std::vector<Goal> goals;
     NativeCheck native_check;

@@ -158,6 +158,13 @@ CompareResult parse_compare_json(const std::string& text_of_json) {
     result.device = text(tree, "device");
     result.emulated_monitor = text(tree, "emulated_monitor");
     result.sizes_note = text(tree, "sizes_note");
+    // Files before RDMA CM have neither: endpoint exchange, every mode the device had.
+    result.connection = tree.get<std::string>("connection", "");
+    if (const auto absent = tree.get_child_optional("absent_modes")) {
+        for (const auto& [mode, why] : *absent) {
+            result.absent_modes[mode] = why.get_value<std::string>();
+        }
+    }
     // Older files have no "fault_ahead": they were made without it.
     if (tree.get_child_optional("fault_ahead")) {
         result.fault_ahead = static_cast<std::size_t>(count(tree, "fault_ahead"));
@@ -190,13 +197,15 @@ CompareResult merge_runs(const std::vector<CompareResult>& runs) {
     const CompareResult& first = runs.front();
     for (std::size_t run = 1; run < runs.size(); ++run) {
         const CompareResult& other = runs[run];
-        if (std::tie(other.kernel, other.device, other.modes, other.monitors, other.fault_ahead) !=
-            std::tie(first.kernel, first.device, first.modes, first.monitors, first.fault_ahead)) {
+        if (std::tie(other.kernel, other.device, other.modes, other.monitors, other.connection,
+                     other.fault_ahead) != std::tie(first.kernel, first.device, first.modes,
+                                                    first.monitors, first.connection,
+                                                    first.fault_ahead)) {
             odp::throw_error(EINVAL, "run " + std::to_string(run + 1) + " (" + other.device +
                                          ", kernel " + other.kernel +
                                          ") did not compare what run 1 did (" + first.device +
                                          ", kernel " + first.kernel +
-                                         "): same device, kernel, modes, sources and "
+                                         "): same device, kernel, modes, sources, connection and "
                                          "--fault-ahead needed");
         }
     }

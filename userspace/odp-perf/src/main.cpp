@@ -25,11 +25,11 @@ using namespace odp_perf;
 constexpr const char* kUsage = R"(usage:
   odp-perf server [--port P] [--device D] [--max-buffer BYTES] [--exit-after N]
                   [--fault-ahead CHUNKS] [--verbose]
-  odp-perf client HOST [--port P] [--device D] [--test write|read|send]
+  odp-perf client HOST [--port P] [--device D] [--cm] [--test write|read|send]
                   [--size BYTES | --sweep] [--iters N | --duration SECONDS]
                   [--mode pinned|native|emulated|auto] [--peer-mode MODE]
                   [--lat] [--lat-iters N] [--depth N] [--slots N] [--fault-ahead CHUNKS]
-  odp-perf compare [--device D] [--json FILE] [--plot FILE.png] [--quick]
+  odp-perf compare [--device D] [--cm] [--json FILE] [--plot FILE.png] [--quick]
                    [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--rounds N]
                    [--reg-max BYTES]
                    [--budget BYTES] [--working-set BYTES] [--sources LIST]
@@ -38,12 +38,17 @@ constexpr const char* kUsage = R"(usage:
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
 verbs device, test write, size 64K, 1000 iterations, mode and peer mode auto.
+--cm connects the queue pairs through RDMA CM (librdmacm) instead of exchanging
+their values over the TCP connection; on an iWARP device (siw) odp-perf always
+does, as iWARP connects no other way. The server follows its client. client --cm
+without --device uses the device RDMA CM reaches HOST through.
 client --lat adds a latency phase (p50/p99 of post-to-completion, one in flight);
 --depth: work requests in flight (64); --slots: distinct buffers cycled through
 (default: depth; fewer reuse buffers like perftest, WRITE/READ only).
 compare runs server and client in this process over the device's loopback, for
 every mode the device supports, and prints one table with ratios to pinned
-(schema of --json: docs/compare.md). Its message sizes: --sizes 8,4K,64K
+(schema of --json: docs/compare.md; through RDMA CM at the device's own IP
+address). Its message sizes: --sizes 8,4K,64K
 (default 8,64K); --sweep: 2 B to 8 MiB (client --sweep too), within half the
 pinned budget, large messages with fewer iterations and fewer in flight.
 Each test and size runs in --rounds N (default 6) parts, the modes taking
@@ -201,7 +206,8 @@ void print_client_header(const ClientSpec& spec, const ClientResult& first) {
     std::cout << "odp-perf client: " << to_string(spec.test) << " to " << spec.host << ":"
               << spec.port << ", local mode " << first.local_choice << ", server mode "
               << odp::to_string(first.server_mode) << " (asked " << odp::to_string(spec.peer_mode)
-              << "), " << spec.depth << " in flight\n";
+              << "), " << spec.depth << " in flight, queue pairs connected by "
+              << to_string(first.connection) << "\n";
 }
 
 int client_main(Arguments& args) {
@@ -215,6 +221,8 @@ int client_main(Arguments& args) {
             spec.port = parse_port(args.value(arg));
         } else if (arg == "--device") {
             spec.device = args.value(arg);
+        } else if (arg == "--cm") {
+            spec.cm = true;
         } else if (arg == "--test") {
             spec.test = parse_test(args.value(arg));
         } else if (arg == "--size") {
@@ -252,6 +260,9 @@ int client_main(Arguments& args) {
         usage_error("--size, --iters and --depth must be at least 1");
     }
     spec.latency_iterations = latency ? latency_iterations : 0;
+    if (spec.cm && spec.device.empty()) {
+        spec.device = odp::verbs::cm_resolve_device(spec.host, spec.port, std::chrono::seconds(5));
+    }
     const std::shared_ptr<odp::Device> device = odp::Device::open({spec.device, std::nullopt});
     std::vector<std::uint64_t> sizes{spec.size};
     if (sweep) {
@@ -325,6 +336,8 @@ int compare_main(Arguments& args, const std::string& command_line) {
             merge.push_back(args.value(arg));
         } else if (arg == "--device") {
             config.device = args.value(arg);
+        } else if (arg == "--cm") {
+            config.cm = true;
         } else if (arg == "--json") {
             config.json_path = args.value(arg);
         } else if (arg == "--plot") {

@@ -49,6 +49,7 @@ LinkSpec write_link(const Peer& peer, std::uint64_t size, std::uint32_t depth) {
     spec.buffer_size = next_power_of_two(static_cast<std::size_t>(size)) * depth;
     spec.depth = depth;
     spec.pattern_seed = kSeed;
+    spec.cm = peer.cm;
     return spec;
 }
 

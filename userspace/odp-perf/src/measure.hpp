@@ -48,6 +48,7 @@ struct Row {
 struct Peer {
     std::string host = "127.0.0.1";
     std::uint16_t port = 0;
+    bool cm = false;  // connect the queue pairs through RDMA CM, at `host`
 };
 
 // Registration time of a populated buffer of each size in `sizes`.

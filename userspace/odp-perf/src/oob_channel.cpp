@@ -28,6 +28,7 @@ Channel::Channel(tcp::socket socket, std::chrono::milliseconds step_timeout)
       generation_(std::make_shared<std::uint64_t>(0)),
       peer_(describe(socket_)) {
     boost::system::error_code ignored;
+    local_address_ = socket_.local_endpoint(ignored).address().to_string();
     socket_.set_option(tcp::no_delay(true), ignored);  // small messages, latency matters
 }
 

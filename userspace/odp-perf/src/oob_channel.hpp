@@ -61,6 +61,8 @@ class Channel {
     }
 
     const std::string& peer() const { return peer_; }
+    // This side's IP address of the connection ("192.0.2.1").
+    const std::string& local_address() const { return local_address_; }
     std::chrono::milliseconds step_timeout() const { return timeout_; }
     void close();
 
@@ -79,6 +81,7 @@ class Channel {
     std::shared_ptr<std::uint64_t> generation_;
     bool timed_out_ = false;
     std::string peer_;
+    std::string local_address_;
 };
 
 struct ServerOptions {

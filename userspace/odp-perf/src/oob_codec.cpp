@@ -101,7 +101,19 @@ void check_range(const RemoteRange& range, std::size_t index, const auto& fail) 
     }
 }
 
-void check_endpoint(const Endpoint& endpoint, const auto& fail) {
+void check_queue_pair_values(const Endpoint& endpoint, const auto& fail) {
+    if (endpoint.connection == Connection::RdmaCm) {
+        const bool gid_zero = std::all_of(endpoint.gid.begin(), endpoint.gid.end(),
+                                          [](std::uint8_t b) { return b == 0; });
+        if (endpoint.qp_num != 0 || endpoint.psn != 0 || endpoint.lid != 0 ||
+            endpoint.gid_index != 0 || endpoint.mtu != 0 || !gid_zero) {
+            fail("an RDMA CM endpoint carries QP values (qp_num " +
+                 std::to_string(endpoint.qp_num) +
+                 "): RDMA CM connects the queue pairs, they "
+                 "must be 0");
+        }
+        return;
+    }
     if (endpoint.qp_num == 0 || endpoint.qp_num > kMaxQpNum) {
         fail("qp_num " + std::to_string(endpoint.qp_num) + " is not a valid 24-bit QP number");
     }
@@ -111,6 +123,14 @@ void check_endpoint(const Endpoint& endpoint, const auto& fail) {
     if (endpoint.mtu < 1 || endpoint.mtu > 5) {
         fail("mtu " + std::to_string(endpoint.mtu) + " is not an ibv_mtu value (1..5)");
     }
+    if (endpoint.cm_port != 0) {
+        fail("cm_port " + std::to_string(endpoint.cm_port) +
+             " in an endpoint that does not connect through RDMA CM");
+    }
+}
+
+void check_endpoint(const Endpoint& endpoint, const auto& fail) {
+    check_queue_pair_values(endpoint, fail);
     if (endpoint.mode == WireMode::Auto) {
         fail("an endpoint must state the mode it uses, not Auto");
     }
@@ -137,6 +157,8 @@ void put_endpoint(Writer& out, const Endpoint& endpoint) {
         out.put(range.length);
         out.put(range.rkey);
     }
+    out.put_enum(endpoint.connection);
+    out.put(endpoint.cm_port);
 }
 
 Endpoint get_endpoint(Reader& in) {
@@ -168,6 +190,12 @@ Endpoint get_endpoint(Reader& in) {
         range.rkey = in.get<std::uint32_t>("range.rkey");
         endpoint.ranges.push_back(range);
     }
+    const auto connection = in.get<std::uint8_t>("connection");
+    if (connection > static_cast<std::uint8_t>(Connection::RdmaCm)) {
+        in.fail(std::errc::protocol_error, "unknown connection " + std::to_string(connection));
+    }
+    endpoint.connection = static_cast<Connection>(connection);
+    endpoint.cm_port = in.get<std::uint16_t>("cm_port");
     check_endpoint(endpoint,
                    [&](const std::string& what) { in.fail(std::errc::protocol_error, what); });
     return endpoint;
@@ -184,6 +212,20 @@ void check_hello(const Hello& hello, const auto& fail) {
     if (hello.test == TestKind::Send && hello.receive_depth == 0) {
         fail("a send test needs receive_depth > 0");
     }
+    if (hello.credit_rkey != 0 && hello.test != TestKind::Send) {
+        fail("a receive count (credit_rkey " + std::to_string(hello.credit_rkey) +
+             ") is for the send test only");
+    }
+    if (hello.client.cm_port != 0) {
+        fail("the client's cm_port is " + std::to_string(hello.client.cm_port) +
+             ": only the server listens");
+    }
+}
+
+void check_welcome(const Welcome& welcome, const auto& fail) {
+    if (welcome.server.connection == Connection::RdmaCm && welcome.server.cm_port == 0) {
+        fail("an RDMA CM Welcome without the port of the server's listener (cm_port 0)");
+    }
 }
 
 void put_payload(Writer& out, const Hello& hello) {
@@ -199,12 +241,16 @@ void put_payload(Writer& out, const Hello& hello) {
     out.put(hello.receive_depth);
     put_endpoint(out, hello.client);
     out.put(hello.pattern_seed);
+    out.put(hello.credit_address);
+    out.put(hello.credit_rkey);
 }
 
 void put_payload(Writer& out, const Welcome& welcome) {
-    check_endpoint(welcome.server, [](const std::string& what) {
+    const auto fail = [](const std::string& what) {
         throw ProtocolError(std::errc::invalid_argument, "refusing to send Welcome: " + what);
-    });
+    };
+    check_endpoint(welcome.server, fail);
+    check_welcome(welcome, fail);
     put_endpoint(out, welcome.server);
 }
 
@@ -247,8 +293,17 @@ Hello get_hello(Reader& in) {
     hello.receive_depth = in.get<std::uint32_t>("receive_depth");
     hello.client = get_endpoint(in);
     hello.pattern_seed = in.get<std::uint32_t>("pattern_seed");
+    hello.credit_address = in.get<std::uint64_t>("credit_address");
+    hello.credit_rkey = in.get<std::uint32_t>("credit_rkey");
     check_hello(hello, [&](const std::string& what) { in.fail(std::errc::protocol_error, what); });
     return hello;
+}
+
+Welcome get_welcome(Reader& in) {
+    Welcome welcome{get_endpoint(in)};
+    check_welcome(welcome,
+                  [&](const std::string& what) { in.fail(std::errc::protocol_error, what); });
+    return welcome;
 }
 
 Done get_done(Reader& in) {
@@ -344,6 +399,16 @@ const char* to_string(TestKind test) {
     return "unknown";
 }
 
+const char* to_string(Connection connection) {
+    switch (connection) {
+        case Connection::Endpoints:
+            return "endpoint exchange";
+        case Connection::RdmaCm:
+            return "RDMA CM";
+    }
+    return "unknown";
+}
+
 std::vector<std::byte> encode(const Message& message) {
     Writer out;
     out.put(kMagic);
@@ -416,7 +481,7 @@ Message decode_payload(const Header& header, std::span<const std::byte> payload)
             case MessageType::Hello:
                 return get_hello(in);
             case MessageType::Welcome:
-                return Welcome{get_endpoint(in)};
+                return get_welcome(in);
             case MessageType::Done:
                 return get_done(in);
             case MessageType::Report:

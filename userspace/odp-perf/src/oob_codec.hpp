@@ -22,7 +22,7 @@
 namespace odp_perf::oob {
 
 inline constexpr std::uint32_t kMagic = 0x5050444fU;  // "ODPP" read as little-endian
-inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::uint16_t kVersion = 2;          // 2: connection, cm_port, receive credits
 inline constexpr std::size_t kHeaderSize = 12;
 inline constexpr std::uint32_t kMaxPayload = 64U * 1024U;
 inline constexpr std::size_t kMaxRanges = 1024;
@@ -57,6 +57,17 @@ struct RemoteRange {
     friend bool operator==(const RemoteRange&, const RemoteRange&) = default;
 };
 
+// How the two RC queue pairs of a test get connected.
+enum class Connection : std::uint8_t {
+    // Each side's QP values (qp_num, psn, gid, lid, mtu) travel in its
+    // Endpoint and each side moves its QP to RTS itself.
+    Endpoints = 0,
+    // Through RDMA CM (iWARP devices connect no other way): the Endpoints
+    // carry no QP values (all 0), the server's Welcome names the port where
+    // its RDMA CM listener waits, at the address the client reached it at.
+    RdmaCm = 1,
+};
+
 // What the peer needs to connect an RC QP to us and to access our memory.
 struct Endpoint {
     std::uint32_t qp_num = 0;
@@ -67,6 +78,8 @@ struct Endpoint {
     std::uint8_t mtu = 0;              // enum ibv_mtu value (1..5)
     WireMode mode = WireMode::Pinned;  // the mode this side actually uses (never Auto)
     std::vector<RemoteRange> ranges;
+    Connection connection = Connection::Endpoints;  // the same on both sides
+    std::uint16_t cm_port = 0;                      // the server's, with RdmaCm; 0 otherwise
     friend bool operator==(const Endpoint&, const Endpoint&) = default;
 };
 
@@ -78,6 +91,12 @@ struct Hello {
     std::uint32_t receive_depth = 0;  // receives the server keeps posted (send test)
     Endpoint client;
     std::uint32_t pattern_seed = 0;  // read test: the server fills its buffer with this pattern
+    // Send test on iWARP, which has no receiver-not-ready retry: where the
+    // server RDMA-WRITEs how many receives it has posted so far (a u64), so
+    // that the client never sends a message no receive waits for. rkey 0:
+    // no such count (RoCE and InfiniBand retry instead).
+    std::uint64_t credit_address = 0;
+    std::uint32_t credit_rkey = 0;
     friend bool operator==(const Hello&, const Hello&) = default;
 };
 
@@ -136,5 +155,6 @@ MessageType type_of(const Message& message);
 const char* to_string(MessageType type);
 const char* to_string(WireMode mode);
 const char* to_string(TestKind test);
+const char* to_string(Connection connection);
 
 }  // namespace odp_perf::oob

@@ -52,8 +52,14 @@ odp::verbs::RcQueuePair::Options qp_options(std::uint32_t depth) {
 // QP, CQ, exposure, region and buffer go.
 class ServerSession {
   public:
-    ServerSession(odp::Device& device, const ServerConfig& config, const oob::Hello& hello)
-        : device_(device), hello_(hello), stride_(slot_stride(hello.message_size)) {
+    // `local_address`: where the client reached this server, where an RDMA
+    // CM client connects too.
+    ServerSession(odp::Device& device, const ServerConfig& config, const oob::Hello& hello,
+                  const std::string& local_address)
+        : device_(device),
+          hello_(hello),
+          stride_(slot_stride(hello.message_size)),
+          depth_(std::max<std::uint32_t>(hello.receive_depth, 16)) {
         if (hello.buffer_size > config.max_buffer_bytes) {
             odp::throw_error(EMSGSIZE, "client asks for a " + odp::format_bytes(hello.buffer_size) +
                                            " buffer; this server allows " +
@@ -80,12 +86,31 @@ class ServerSession {
         memory_.region =
             device.register_region(memory_.buffer.data(), size, kBufferAccess, options);
         exposure_ = memory_.region.expose(memory_.buffer.data(), size);
-        const std::uint32_t depth = std::max<std::uint32_t>(hello.receive_depth, 16);
-        cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(depth * 2 + 16));
-        qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(depth));
+        cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(depth_ * 2 + 16));
+        if (hello.credit_rkey != 0) {
+            credit_source_.assign(1, 0);
+            credit_source_mr_ = odp::verbs::reg_mr(*device.pd(), credit_source_.data(),
+                                                   sizeof(std::uint64_t), IBV_ACCESS_LOCAL_WRITE);
+        }
+        if (hello.client.connection == oob::Connection::RdmaCm) {
+            // A listener of this session's own, on a free port (Welcome
+            // names it): on iWARP it is a TCP port beside this server's.
+            listener_.emplace(local_address, 0);
+            return;
+        }
+        if (is_iwarp(device)) {
+            odp::throw_error(EPROTONOSUPPORT,
+                             std::string(device.name()) +
+                                 " is an iWARP device, which connects only through RDMA CM: "
+                                 "connect the client with --cm (odp-perf does by itself when its "
+                                 "own device is iWARP)");
+        }
+        qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(depth_));
         qp_->connect(from_wire(hello.client));
         if (hello.test == oob::TestKind::Send) {
-            start_receiving();
+            post_receives(*qp_);
+            report_receives(*qp_);
+            start_polling();
         }
     }
 
@@ -93,8 +118,36 @@ class ServerSession {
     ServerSession(const ServerSession&) = delete;
     ServerSession& operator=(const ServerSession&) = delete;
 
+    // With RDMA CM: waits for the client's connection request (it comes
+    // once Welcome is out) and accepts it.
+    void accept_connection(std::chrono::milliseconds timeout) {
+        if (!listener_) {
+            return;
+        }
+        odp::verbs::CmOptions options;
+        options.timeout = timeout;
+        options.qp = qp_options(depth_);
+        if (hello_.test == oob::TestKind::Send) {
+            options.before_connect = [this](odp::verbs::RcQueuePair& qp) { post_receives(qp); };
+        }
+        cm_.emplace(
+            listener_->next_request(timeout).accept(*device_.pd(), *cq_, *cq_, {}, options));
+        listener_.reset();
+        if (hello_.test == oob::TestKind::Send) {
+            report_receives(cm_->qp());
+            start_polling();
+        }
+    }
+
     oob::Welcome welcome() const {
-        oob::Welcome welcome{to_wire(qp_->local_endpoint(), memory_.region.mode())};
+        oob::Welcome welcome;
+        if (listener_) {
+            welcome.server.mode = to_wire(memory_.region.mode());
+            welcome.server.connection = oob::Connection::RdmaCm;
+            welcome.server.cm_port = listener_->port();
+        } else {
+            welcome.server = to_wire(qp_->local_endpoint(), memory_.region.mode());
+        }
         for (const odp::RemoteSegment& segment : exposure_.segments()) {
             welcome.server.ranges.push_back(
                 oob::RemoteRange{segment.address, segment.length, segment.rkey});
@@ -159,20 +212,49 @@ class ServerSession {
         return {size, mismatched};
     }
 
-    void post_receive(std::uint32_t slot) {
+    odp::verbs::RcQueuePair& queue_pair() { return cm_ ? cm_->qp() : *qp_; }
+
+    void post_receive(odp::verbs::RcQueuePair& qp, std::uint32_t slot) {
         const std::uintptr_t address = memory_.buffer.address() + std::uintptr_t{slot} * stride_;
         odp::Lease lease = memory_.region.translate(address, hello_.message_size, 4);
-        qp_->post_recv(lease.sges(), slot);
+        qp.post_recv(lease.sges(), slot);
         leases_[slot] = std::move(lease);
+        ++receives_posted_;
     }
 
-    void start_receiving() {
-        const std::uint32_t slots = std::min<std::uint32_t>(
-            hello_.receive_depth, static_cast<std::uint32_t>(hello_.buffer_size / stride_));
-        leases_.resize(slots);
-        for (std::uint32_t slot = 0; slot < slots; ++slot) {
-            post_receive(slot);
+    // Send test on iWARP: tells the client how many receives are posted in
+    // all (an RDMA WRITE into its credit word), a few writes in flight at most.
+    void report_receives(odp::verbs::RcQueuePair& qp) {
+        credit_pending_ = credit_source_mr_ != nullptr;
+        if (!credit_pending_ || credit_writes_in_flight_ >= kMaxCreditWrites) {
+            return;
         }
+        // A write still in flight may read the word now: any value it reads
+        // was true when it was stored (the count only grows).
+        std::atomic_ref<std::uint64_t>(credit_source_.front())
+            .store(receives_posted_, std::memory_order_release);
+        const ibv_sge sge{reinterpret_cast<std::uintptr_t>(credit_source_.data()),
+                          sizeof(std::uint64_t), credit_source_mr_->lkey};
+        qp.post_write({&sge, 1}, hello_.credit_address, hello_.credit_rkey, kCreditWrite);
+        ++credit_writes_in_flight_;
+        credit_pending_ = false;
+    }
+
+    std::uint32_t receive_slots() const {
+        return std::min<std::uint32_t>(hello_.receive_depth,
+                                       static_cast<std::uint32_t>(hello_.buffer_size / stride_));
+    }
+
+    // A receive for every slot, before the client may send.
+    void post_receives(odp::verbs::RcQueuePair& qp) {
+        leases_.resize(receive_slots());
+        for (std::uint32_t slot = 0; slot < leases_.size(); ++slot) {
+            post_receive(qp, slot);
+        }
+    }
+
+    void start_polling() {
+        const std::uint32_t slots = receive_slots();
         const std::uint64_t client_slots = hello_.buffer_size / stride_;
         poller_ = std::jthread([this, slots, client_slots](std::stop_token stop) {
             try {
@@ -186,8 +268,14 @@ class ServerSession {
                     for (int i = 0; i < n; ++i) {
                         const ibv_wc& wc = completions[static_cast<std::size_t>(i)];
                         if (wc.status != IBV_WC_SUCCESS) {
-                            odp::throw_error(EIO, std::string("receive completion failed: ") +
-                                                      ibv_wc_status_str(wc.status));
+                            odp::throw_error(
+                                EIO, std::string(wc.wr_id == kCreditWrite ? "receive count write"
+                                                                          : "receive completion") +
+                                         " failed: " + ibv_wc_status_str(wc.status));
+                        }
+                        if (wc.wr_id == kCreditWrite) {
+                            --credit_writes_in_flight_;
+                            continue;
                         }
                         const auto slot = static_cast<std::uint32_t>(wc.wr_id);
                         // RC delivers in order: message n came from client slot n % client_slots.
@@ -198,7 +286,11 @@ class ServerSession {
                         mismatched_bytes_ += mismatched;
                         leases_[slot].release();
                         received_.store(n_th + 1);
-                        post_receive(slot % slots);
+                        post_receive(queue_pair(), slot % slots);
+                        credit_pending_ = credit_source_mr_ != nullptr;
+                    }
+                    if (credit_pending_) {
+                        report_receives(queue_pair());
                     }
                 }
             } catch (...) {
@@ -217,11 +309,22 @@ class ServerSession {
     odp::Device& device_;
     oob::Hello hello_;
     std::size_t stride_;
+    std::uint32_t depth_;  // receives and work requests per queue
     TestMemory memory_;
     MappedBuffer expected_;
     odp::Exposure exposure_;
     odp::verbs::CqPtr cq_;
-    std::optional<odp::verbs::RcQueuePair> qp_;
+    std::optional<odp::verbs::RcQueuePair> qp_;       // Endpoints
+    std::optional<odp::verbs::CmListener> listener_;  // RdmaCm, until accepted
+    std::optional<odp::verbs::CmConnection> cm_;      // RdmaCm
+    // Send test on iWARP: the count of posted receives, written to the client.
+    static constexpr std::uint64_t kCreditWrite = UINT64_MAX;  // its wr_id
+    static constexpr std::uint32_t kMaxCreditWrites = 4;
+    std::vector<std::uint64_t> credit_source_;
+    odp::verbs::MrPtr credit_source_mr_;
+    std::uint64_t receives_posted_ = 0;
+    std::uint32_t credit_writes_in_flight_ = 0;
+    bool credit_pending_ = false;
     std::vector<odp::Lease> leases_;
     std::atomic<std::uint64_t> received_{0};
     std::uint64_t verified_bytes_ = 0;
@@ -238,9 +341,12 @@ asio::awaitable<void> serve(std::shared_ptr<odp::Device> device, ServerConfig co
                   << " " << hello.message_size << " B, server mode " << to_string(hello.server_mode)
                   << "\n";
     }
-    ServerSession session(*device, config, hello);
+    ServerSession session(*device, config, hello, channel.local_address());
     const oob::Message welcome = session.welcome();
     co_await channel.send(welcome);
+    // Blocks this server's other sessions until the client connected (it
+    // does so at once) or the step timeout passed.
+    session.accept_connection(config.step_timeout);
     const oob::Done done = co_await channel.receive_as<oob::Done>(config.traffic_timeout);
     const oob::Message report = session.finish(done);
     co_await channel.send(report);
@@ -299,6 +405,15 @@ odp::verbs::Endpoint from_wire(const oob::Endpoint& wire) {
     return endpoint;
 }
 
+oob::Connection choose_connection(bool cm_asked, bool iwarp_device) {
+    return cm_asked || iwarp_device ? oob::Connection::RdmaCm : oob::Connection::Endpoints;
+}
+
+bool is_iwarp(const odp::Device& device) {
+    return device.context() != nullptr &&
+           device.context()->device->transport_type == IBV_TRANSPORT_IWARP;
+}
+
 std::string describe_choice(const odp::Device& device, odp::Mode requested, odp::Access access) {
     const odp::Mode chosen = device.resolve(requested, access);
     if (requested != odp::Mode::Auto) {
@@ -323,6 +438,18 @@ std::vector<odp::Mode> supported_modes(const odp::Device& device, odp::Access ac
     }
     modes.push_back(odp::Mode::Emulated);
     return modes;
+}
+
+std::string native_absence(const odp::Device& device, odp::Access access) {
+    if (device.native_covers(access)) {
+        return {};
+    }
+    const std::string name(device.name());
+    if (!device.caps().odp) {
+        return name + " has no native ODP (Auto picks emulated)";
+    }
+    return name + "'s native ODP does not cover RC " + odp::to_string(access) +
+           " (Auto picks emulated)";
 }
 
 odp::RegionOptions region_options(odp::Mode mode, std::size_t stride, std::size_t fault_ahead) {
@@ -374,7 +501,7 @@ bool run_server(const ServerConfig& config, const std::atomic<bool>& stop,
 PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mode) {
     channel_ = run_sync(io_, connect_owned(spec.host, spec.port, spec.step_timeout));
     cq_ = odp::verbs::create_cq(*device.context(), static_cast<int>(spec.depth * 2 + 16));
-    qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(spec.depth));
+    connection_ = choose_connection(spec.cm, is_iwarp(device));
 
     oob::Hello hello;
     hello.test = spec.test;
@@ -383,7 +510,20 @@ PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mo
     hello.buffer_size = spec.buffer_size;
     hello.receive_depth = spec.depth;
     hello.pattern_seed = spec.pattern_seed;
-    hello.client = to_wire(qp_->local_endpoint(), local_mode);
+    if (spec.test == oob::TestKind::Send && is_iwarp(device)) {
+        credit_.assign(1, 0);
+        credit_mr_ = odp::verbs::reg_mr(*device.pd(), credit_.data(), sizeof(std::uint64_t),
+                                        IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+        hello.credit_address = reinterpret_cast<std::uintptr_t>(credit_.data());
+        hello.credit_rkey = credit_mr_->rkey;
+    }
+    if (connection_ == oob::Connection::Endpoints) {
+        qp_.emplace(*device.pd(), *cq_, *cq_, qp_options(spec.depth));
+        hello.client = to_wire(qp_->local_endpoint(), local_mode);
+    } else {
+        hello.client.mode = to_wire(local_mode);
+        hello.client.connection = connection_;
+    }
     const oob::Message hello_message = hello;
     run_sync(io_, channel_->send(hello_message));
     const oob::Welcome welcome = run_sync(io_, channel_->receive_as<oob::Welcome>());
@@ -404,7 +544,40 @@ PeerLink::PeerLink(odp::Device& device, const LinkSpec& spec, odp::Mode local_mo
                                      ", asked for " + odp::format_bytes(spec.buffer_size));
     }
     server_mode_ = to_mode(welcome.server.mode);
-    qp_->connect(from_wire(welcome.server));
+    if (welcome.server.connection != connection_) {
+        odp::throw_error(EPROTO, "server " + channel_->peer() + " answered a connection through " +
+                                     to_string(connection_) + " with one through " +
+                                     to_string(welcome.server.connection));
+    }
+    if (connection_ == oob::Connection::Endpoints) {
+        qp_->connect(from_wire(welcome.server));
+        return;
+    }
+    odp::verbs::CmOptions options;
+    options.timeout = spec.step_timeout;
+    options.qp = qp_options(spec.depth);
+    cm_.emplace(odp::verbs::cm_connect(*device.pd(), *cq_, *cq_, spec.host, welcome.server.cm_port,
+                                       {}, options));
+}
+
+void PeerLink::await_receive(std::chrono::milliseconds timeout) {
+    if (!credit_mr_) {
+        return;
+    }
+    ++sends_;
+    const std::atomic_ref<std::uint64_t> posted(credit_.front());  // the server's NIC writes it
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (std::uint64_t spins = 1; posted.load(std::memory_order_acquire) < sends_; ++spins) {
+        if (spins % 1024 == 0 && std::chrono::steady_clock::now() >= deadline) {
+            odp::throw_error(ETIMEDOUT,
+                             "SEND #" + std::to_string(sends_) + ": server " + channel_->peer() +
+                                 " posted " + std::to_string(posted.load()) +
+                                 " receives in all and no more within " +
+                                 std::to_string(timeout.count()) +
+                                 " ms (iWARP has no receiver-not-ready retry: odp-perf sends only "
+                                 "into posted receives)");
+        }
+    }
 }
 
 PeerLink::~PeerLink() {

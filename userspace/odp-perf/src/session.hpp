@@ -11,6 +11,7 @@
 #include <odp/device.hpp>
 #include <odp/region.hpp>
 #include <odp/verbs.hpp>
+#include <odp/verbs_cm.hpp>
 #include <optional>
 #include <string>
 #include <thread>
@@ -26,12 +27,21 @@ odp::Mode to_mode(oob::WireMode mode);
 oob::WireMode to_wire(odp::Mode mode);
 oob::Endpoint to_wire(const odp::verbs::Endpoint& endpoint, odp::Mode mode);
 odp::verbs::Endpoint from_wire(const oob::Endpoint& endpoint);
+// How a client connects its queue pair: through RDMA CM when asked (--cm),
+// and always on an iWARP device, which connects no other way.
+oob::Connection choose_connection(bool cm_asked, bool iwarp_device);
+// True for an iWARP device (siw); false for a fake NIC.
+bool is_iwarp(const odp::Device& device);
+
 // "auto -> emulated (rxe0 has no native ODP for RC write)" or "pinned".
 std::string describe_choice(const odp::Device& device, odp::Mode requested, odp::Access access);
 
 // Registration modes the device can do for `access` (pinned and emulated
 // always, native when its ODP caps cover it).
 std::vector<odp::Mode> supported_modes(const odp::Device& device, odp::Access access);
+// Why native mode is not among supported_modes() ("" when it is): "siw0 has
+// no native ODP (Auto picks emulated)".
+std::string native_absence(const odp::Device& device, odp::Access access);
 
 // Region options for test buffers: chunks at least as large as one slot so a
 // message never straddles two chunks (one remote segment = one rkey per op);
@@ -79,6 +89,7 @@ struct LinkSpec {
     std::uint32_t depth = 64;  // outstanding work requests (and server receives)
     std::uint32_t pattern_seed = 1;
     std::chrono::milliseconds step_timeout = 10s;
+    bool cm = false;  // connect through RDMA CM (iWARP devices always do), at `host`
 };
 
 // Where a remote op lands: address and the rkey covering it.
@@ -97,13 +108,19 @@ class PeerLink {
     PeerLink& operator=(const PeerLink&) = delete;
     ~PeerLink();
 
-    odp::verbs::RcQueuePair& qp() { return *qp_; }
+    odp::verbs::RcQueuePair& qp() { return cm_ ? cm_->qp() : *qp_; }
+    oob::Connection connection() const { return connection_; }
     ibv_cq& cq() { return *cq_; }
     odp::Mode server_mode() const { return server_mode_; }
     std::uint64_t remote_size() const { return remote_size_; }
     // The remote address and rkey for [offset, offset + length) of the
     // server's buffer; throws odp::Error(ERANGE) if it straddles two segments.
     RemoteTarget remote(std::uint64_t offset, std::uint64_t length) const;
+    // Before each SEND: on iWARP (no receiver-not-ready retry) waits until
+    // the server has posted a receive for it (the count of receives it
+    // RDMA-writes into this link's credit word); throws odp::Error(ETIMEDOUT)
+    // when none comes in time. Does nothing on other transports.
+    void await_receive(std::chrono::milliseconds timeout = 10s);
     // Sends Done, waits for the server's Report.
     oob::Report finish(const oob::Done& done, std::chrono::milliseconds timeout = 600s);
 
@@ -111,7 +128,12 @@ class PeerLink {
     oob::asio::io_context io_;
     std::unique_ptr<oob::Channel> channel_;
     odp::verbs::CqPtr cq_;
-    std::optional<odp::verbs::RcQueuePair> qp_;
+    std::vector<std::uint64_t> credit_;  // send test on iWARP: receives the server posted
+    odp::verbs::MrPtr credit_mr_;
+    std::uint64_t sends_ = 0;
+    oob::Connection connection_ = oob::Connection::Endpoints;
+    std::optional<odp::verbs::RcQueuePair> qp_;   // Endpoints
+    std::optional<odp::verbs::CmConnection> cm_;  // RdmaCm (goes before the CQ)
     std::vector<oob::RemoteRange> ranges_;
     std::uint64_t remote_base_ = 0;
     std::uint64_t remote_size_ = 0;

@@ -153,6 +153,7 @@ void post_operation(PeerLink& link, oob::TestKind test, const odp::Lease& lease,
             link.qp().post_read(lease.sges(), target.address, target.rkey, wr_id, signaled);
             return;
         case oob::TestKind::Send:
+            link.await_receive();
             link.qp().post_send(lease.sges(), wr_id, signaled);
             return;
     }
@@ -198,8 +199,10 @@ ClientResult run_client_test(odp::Device& device, const ClientSpec& spec) {
     link_spec.buffer_size = buffer_size;
     link_spec.depth = spec.depth;
     link_spec.pattern_seed = spec.pattern_seed;
+    link_spec.cm = spec.cm;
     PeerLink link(device, link_spec, result.local_mode);
     result.server_mode = link.server_mode();
+    result.connection = link.connection();
 
     // Warm-up: one pass over every slot, so "warm" numbers do not include
     // first-touch registration (measured separately).

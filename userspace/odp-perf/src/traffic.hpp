@@ -39,6 +39,7 @@ struct ClientSpec {
     odp::Mode mode = odp::Mode::Auto;       // the client's buffer
     odp::Mode peer_mode = odp::Mode::Auto;  // the server's buffer
     std::uint32_t pattern_seed = 0x0d9;
+    bool cm = false;              // connect through RDMA CM (iWARP devices always do)
     std::size_t fault_ahead = 0;  // emulated buffer: RegionOptions::fault_ahead
 };
 
@@ -46,6 +47,7 @@ struct ClientResult {
     odp::Mode local_mode = odp::Mode::Pinned;
     odp::Mode server_mode = odp::Mode::Pinned;
     std::string local_choice;  // "auto -> emulated (...)"
+    oob::Connection connection = oob::Connection::Endpoints;
     std::uint64_t operations = 0;
     std::uint64_t bytes = 0;
     double seconds = 0;
