@@ -17,6 +17,9 @@ enum class HookPoint {
     FaultPublished,
     // expose: translate() returned, the exposure's chunks are leased.
     ExposeTranslated,
+    // The userfaultfd reader: a read() returned events (the kernel has let
+    // the threads that sent them go), before they are in the ring.
+    UserfaultfdEventsRead,
 };
 
 using TestHook = void (*)(HookPoint point);

@@ -43,6 +43,7 @@
 
 #include "../creator_process.hpp"
 #include "../memory_map.hpp"
+#include "../test_hooks.hpp"
 #include "source.hpp"
 
 namespace odp::detail {
@@ -534,16 +535,30 @@ class UserfaultfdSource final : public Source {
     }
 
     // Unregisters each whole mapping overlapping `removed` that no remaining
-    // watch overlaps (a part would split the mapping). Caller holds mutex_.
+    // watch overlaps (a part would split the mapping) and that is this
+    // source's. UFFDIO_UNREGISTER does not ask who registered a mapping: on a
+    // mapping of another userfaultfd of the process (the application's own, a
+    // libfabric provider's) it would end that one's registration, and its
+    // owner would never hear of that memory again. UFFDIO_REGISTER does ask:
+    // it succeeds only on a mapping registered with this descriptor (a no-op)
+    // or with none, and answers EBUSY on another's, so only what it accepts is
+    // unregistered. Caller holds mutex_.
     void unregister_unwatched_mappings(Range removed) const {
         for (const Mapping& mapping : read_mappings(removed)) {
             const bool still_watched = std::any_of(
                 watches_.begin(), watches_.end(),
                 [&](const auto& watch) { return watch.second.overlaps(mapping.range); });
-            if (!still_watched) {
-                uffdio_range request{mapping.range.begin, mapping.range.length()};
-                ::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &request);  // refused ones were never ours
+            if (still_watched || mapping.range.overlaps(reader_.stack_range())) {
+                continue;  // the reader's stack is never registered
             }
+            uffdio_register claim{};
+            claim.range = uffdio_range{mapping.range.begin, mapping.range.length()};
+            claim.mode = UFFDIO_REGISTER_MODE_WP;
+            if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &claim) != 0) {
+                continue;  // another userfaultfd's, or memory userfaultfd cannot watch
+            }
+            uffdio_range request{mapping.range.begin, mapping.range.length()};
+            ::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &request);
         }
     }
 
@@ -617,6 +632,7 @@ class UserfaultfdSource final : public Source {
                     }
                     break;
                 }
+                run_test_hook(HookPoint::UserfaultfdEventsRead);
                 const auto count = static_cast<std::size_t>(got) / sizeof(uffd_msg);
                 for (std::size_t i = 0; i < count; ++i) {
                     handle(messages[i]);
