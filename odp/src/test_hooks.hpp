@@ -20,6 +20,9 @@ enum class HookPoint {
     // The userfaultfd reader: a read() returned events (the kernel has let
     // the threads that sent them go), before they are in the ring.
     UserfaultfdEventsRead,
+    // The userfaultfd source read the mappings of a range it is about to
+    // register, before the UFFDIO_REGISTER calls.
+    UserfaultfdMappingsRead,
 };
 
 using TestHook = void (*)(HookPoint point);

@@ -257,6 +257,38 @@ ThreadCall thread_call(const char* tid) {
                                                                  : ThreadCall::Outside;
 }
 
+// The mappings overlapping `within` that are registered with a userfaultfd
+// in write-protect mode now ("uw" in /proc/self/smaps VmFlags), whole, in
+// address order. The only way to see a registration: UFFDIO_REGISTER says
+// nothing of the holes it skipped. Throws odp::Error.
+std::vector<Range> registered_mappings(Range within) {
+    std::ifstream smaps("/proc/self/smaps");
+    if (!smaps) {
+        throw Error(errno, "cannot read /proc/self/smaps: " + errno_text(errno));
+    }
+    std::vector<Range> registered;
+    Range current{};
+    for (std::string line; std::getline(smaps, line);) {
+        if (line.starts_with("VmFlags:")) {
+            if (current.overlaps(within) && (line + " ").find(" uw ") != std::string::npos) {
+                registered.push_back(current);
+            }
+            continue;
+        }
+        // A mapping's first line: "begin-end perms offset dev inode [path]".
+        char* end_of_begin = nullptr;
+        const std::uintptr_t begin = std::strtoull(line.c_str(), &end_of_begin, 16);
+        if (end_of_begin != nullptr && *end_of_begin == '-') {
+            char* end_of_end = nullptr;
+            const std::uintptr_t end = std::strtoull(end_of_begin + 1, &end_of_end, 16);
+            if (end_of_end != nullptr && *end_of_end == ' ') {
+                current = Range{begin, end};
+            }
+        }
+    }
+    return registered;
+}
+
 // How long a fault waits for madvise calls that sent a REMOVE to return.
 constexpr std::chrono::seconds removal_wait_limit{1};
 
@@ -469,7 +501,10 @@ class UserfaultfdSource final : public Source {
     // remembered in armed_. Caller holds mutex_.
     Registration register_range(Range range) {
         Registration registration;
-        for (const Mapping& mapping : read_mappings(range)) {
+        std::vector<Range> accepted;  // whole mappings UFFDIO_REGISTER accepted
+        const std::vector<Mapping> mappings = read_mappings(range);
+        run_test_hook(HookPoint::UserfaultfdMappingsRead);
+        for (const Mapping& mapping : mappings) {
             const Range piece = mapping.range.intersect(range);
             const std::string name =
                 (mapping.path.empty() ? std::string("anonymous") : mapping.path) + " " +
@@ -493,13 +528,34 @@ class UserfaultfdSource final : public Source {
             request.range.len = mapping.range.length();
             request.mode = UFFDIO_REGISTER_MODE_WP;
             if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &request) == 0) {
-                remember_armed(mapping.range);
-                append_merged(registration.watched, piece);
+                accepted.push_back(mapping.range);
                 continue;
             }
             const int error = errno;
             registration.refusals.push_back(
                 Refusal{piece, error, name + ": " + why_refused(error, mapping), name});
+        }
+        if (accepted.empty()) {
+            return registration;
+        }
+        // UFFDIO_REGISTER registers what is mapped in its range when it runs
+        // and skips holes without an error. A mapping the application
+        // unmapped after the mappings were read (no event if it was not
+        // registered yet) and maps again later is not registered, yet it
+        // lies in a range the call accepted: only what is registered now is
+        // watched (and remembered). Pages pinned outside it make the fault
+        // arm again.
+        for (const Range registered : registered_mappings(range)) {
+            for (const Range& mapping : accepted) {
+                const Range both = registered.intersect(mapping);
+                if (!both.empty()) {
+                    remember_armed(both);
+                    const Range piece = both.intersect(range);
+                    if (!piece.empty()) {
+                        append_merged(registration.watched, piece);
+                    }
+                }
+            }
         }
         return registration;
     }

@@ -434,6 +434,44 @@ TEST_F(UserfaultfdRegion, EndingAWatchLeavesAnotherUserfaultfdsRegistration) {
     EXPECT_TRUE(heard) << "the other userfaultfd no longer hears of its own memory";
 }
 
+// vm.stress.6.1's silent error (issue 13): UFFDIO_REGISTER of a mapping the
+// source read a moment earlier registers what is mapped there *now* and skips
+// a hole without an error. Pages mapped in the chunk after the region was
+// watched are not registered until a fault registers them; if the application
+// unmaps some of them between the source's reading of the mappings and its
+// UFFDIO_REGISTER (no event: not registered) and maps them again before the
+// NIC pins the chunk, they are pinned but never registered: a madvise there
+// later sends no REMOVE, and the lease over them reports no change.
+TEST_F(UserfaultfdRegion, MemoryUnmappedAndMappedAgainWhileAFaultRegistersIsWatched) {
+    const GuardedMapping memory(2 * MiB);
+    Region region = register_emulated(memory.data(), memory.size());
+    constexpr std::size_t fresh = 64 * 1024;
+    memory.replace(MiB, fresh);  // new pages: their UNMAP went to the old ones
+    mirror_->synchronize();
+    const Range refilled = Range::from_length(memory.range().begin + MiB + fresh / 2, fresh / 2);
+    bool unmapped = false;
+    const test::ScopedTestHook hook([&](detail::HookPoint point) {
+        if (point == detail::HookPoint::UserfaultfdMappingsRead && !std::exchange(unmapped, true)) {
+            EXPECT_EQ(::munmap(reinterpret_cast<void*>(refilled.begin), refilled.length()), 0);
+        }
+    });
+    bool remapped = false;
+    dev_.fake->set_before_register([&](Range) {
+        if (unmapped && !std::exchange(remapped, true)) {
+            memory.replace(MiB + fresh / 2, fresh / 2);
+        }
+    });
+    Lease lease = region.translate(memory.data(), page);
+    dev_.fake->set_before_register({});
+    ASSERT_TRUE(unmapped);
+    ASSERT_TRUE(remapped);
+    EXPECT_EQ(userfaultfd_flags_missing(refilled, "uw"), "")
+        << "pages of the leased chunk are not registered";
+    ASSERT_EQ(::madvise(reinterpret_cast<void*>(refilled.begin), page, MADV_DONTNEED), 0);
+    mirror_->synchronize();
+    EXPECT_TRUE(lease.release()) << "the madvise of leased pages went unheard";
+}
+
 // Issue 13, item 7: a child forked with regions alive runs their destructors
 // (it leaves the scope) without touching the parent's userfaultfd
 // registrations, its threads or its MRs, and without hanging.
