@@ -539,13 +539,22 @@ class UserfaultfdSource final : public Source {
             return registration;
         }
         // UFFDIO_REGISTER registers what is mapped in its range when it runs
-        // and skips holes without an error. A mapping the application
-        // unmapped after the mappings were read (no event if it was not
-        // registered yet) and maps again later is not registered, yet it
-        // lies in a range the call accepted: only what is registered now is
-        // watched (and remembered). Pages pinned outside it make the fault
-        // arm again.
-        for (const Range registered : registered_mappings(range)) {
+        // and skips holes without an error. A part of a mapping that the
+        // application unmapped after the mappings were read (no event: it was
+        // not registered yet) and maps again later is not registered, yet it
+        // lies in a range the call accepted. Such a part shows in the
+        // mappings read now: as a hole, or as a mapping of its own (an
+        // unregistered mapping never merges with a registered one). Each
+        // accepted mapping still within one mapping cannot have had one. If
+        // not, only what smaps says is registered now is watched (and
+        // remembered); pages pinned outside it make the fault arm again.
+        const std::vector<Mapping> now = read_mappings(range);
+        const bool intact = std::all_of(accepted.begin(), accepted.end(), [&](Range mapping) {
+            return std::any_of(now.begin(), now.end(), [&](const Mapping& current) {
+                return current.range.begin <= mapping.begin && mapping.end <= current.range.end;
+            });
+        });
+        for (const Range registered : intact ? accepted : registered_mappings(range)) {
             for (const Range& mapping : accepted) {
                 const Range both = registered.intersect(mapping);
                 if (!both.empty()) {
