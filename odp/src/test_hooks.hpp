@@ -1,7 +1,8 @@
 // Test-only hooks: points in the library where a host test runs code of its
 // own, to open a race window on purpose so that the race fails every time
 // instead of by luck. Production never sets the hook; each point costs one
-// relaxed load of a null pointer, and no point is on the hit path.
+// load of a null pointer (a plain load on x86), and no point is on the hit
+// path.
 #pragma once
 
 #include <atomic>
@@ -17,13 +18,21 @@ enum class HookPoint {
     FaultPublished,
     // expose: translate() returned, the exposure's chunks are leased.
     ExposeTranslated,
+    // The userfaultfd reader: a read() returned events (the kernel has let
+    // the threads that sent them go), before they are in the ring.
+    UserfaultfdEventsRead,
+    // The userfaultfd source read the mappings of a range it is about to
+    // register, before the UFFDIO_REGISTER calls.
+    UserfaultfdMappingsRead,
 };
 
 using TestHook = void (*)(HookPoint point);
 extern std::atomic<TestHook> test_hook;
 
 inline void run_test_hook(HookPoint point) noexcept {
-    if (const TestHook hook = test_hook.load(std::memory_order_relaxed); hook != nullptr)
+    // Acquire: a point on a library thread (the userfaultfd reader) sees
+    // what the test set up before installing the hook.
+    if (const TestHook hook = test_hook.load(std::memory_order_acquire); hook != nullptr)
         [[unlikely]] {
         hook(point);
     }

@@ -43,6 +43,7 @@
 
 #include "../creator_process.hpp"
 #include "../memory_map.hpp"
+#include "../test_hooks.hpp"
 #include "source.hpp"
 
 namespace odp::detail {
@@ -254,6 +255,38 @@ ThreadCall thread_call(const char* tid) {
     // can run an madvise inside io_uring_enter.
     return number == SYS_madvise || number == SYS_io_uring_enter ? ThreadCall::Zapping
                                                                  : ThreadCall::Outside;
+}
+
+// The mappings overlapping `within` that are registered with a userfaultfd
+// in write-protect mode now ("uw" in /proc/self/smaps VmFlags), whole, in
+// address order. The only way to see a registration: UFFDIO_REGISTER says
+// nothing of the holes it skipped. Throws odp::Error.
+std::vector<Range> registered_mappings(Range within) {
+    std::ifstream smaps("/proc/self/smaps");
+    if (!smaps) {
+        throw Error(errno, "cannot read /proc/self/smaps: " + errno_text(errno));
+    }
+    std::vector<Range> registered;
+    Range current{};
+    for (std::string line; std::getline(smaps, line);) {
+        if (line.starts_with("VmFlags:")) {
+            if (current.overlaps(within) && (line + " ").find(" uw ") != std::string::npos) {
+                registered.push_back(current);
+            }
+            continue;
+        }
+        // A mapping's first line: "begin-end perms offset dev inode [path]".
+        char* end_of_begin = nullptr;
+        const std::uintptr_t begin = std::strtoull(line.c_str(), &end_of_begin, 16);
+        if (end_of_begin != nullptr && *end_of_begin == '-') {
+            char* end_of_end = nullptr;
+            const std::uintptr_t end = std::strtoull(end_of_begin + 1, &end_of_end, 16);
+            if (end_of_end != nullptr && *end_of_end == ' ') {
+                current = Range{begin, end};
+            }
+        }
+    }
+    return registered;
 }
 
 // How long a fault waits for madvise calls that sent a REMOVE to return.
@@ -468,7 +501,10 @@ class UserfaultfdSource final : public Source {
     // remembered in armed_. Caller holds mutex_.
     Registration register_range(Range range) {
         Registration registration;
-        for (const Mapping& mapping : read_mappings(range)) {
+        std::vector<Range> accepted;  // whole mappings UFFDIO_REGISTER accepted
+        const std::vector<Mapping> mappings = read_mappings(range);
+        run_test_hook(HookPoint::UserfaultfdMappingsRead);
+        for (const Mapping& mapping : mappings) {
             const Range piece = mapping.range.intersect(range);
             const std::string name =
                 (mapping.path.empty() ? std::string("anonymous") : mapping.path) + " " +
@@ -492,13 +528,43 @@ class UserfaultfdSource final : public Source {
             request.range.len = mapping.range.length();
             request.mode = UFFDIO_REGISTER_MODE_WP;
             if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &request) == 0) {
-                remember_armed(mapping.range);
-                append_merged(registration.watched, piece);
+                accepted.push_back(mapping.range);
                 continue;
             }
             const int error = errno;
             registration.refusals.push_back(
                 Refusal{piece, error, name + ": " + why_refused(error, mapping), name});
+        }
+        if (accepted.empty()) {
+            return registration;
+        }
+        // UFFDIO_REGISTER registers what is mapped in its range when it runs
+        // and skips holes without an error. A part of a mapping that the
+        // application unmapped after the mappings were read (no event: it was
+        // not registered yet) and maps again later is not registered, yet it
+        // lies in a range the call accepted. Such a part shows in the
+        // mappings read now: as a hole, or as a mapping of its own (an
+        // unregistered mapping never merges with a registered one). Each
+        // accepted mapping still within one mapping cannot have had one. If
+        // not, only what smaps says is registered now is watched (and
+        // remembered); pages pinned outside it make the fault arm again.
+        const std::vector<Mapping> now = read_mappings(range);
+        const bool intact = std::all_of(accepted.begin(), accepted.end(), [&](Range mapping) {
+            return std::any_of(now.begin(), now.end(), [&](const Mapping& current) {
+                return current.range.begin <= mapping.begin && mapping.end <= current.range.end;
+            });
+        });
+        for (const Range registered : intact ? accepted : registered_mappings(range)) {
+            for (const Range& mapping : accepted) {
+                const Range both = registered.intersect(mapping);
+                if (!both.empty()) {
+                    remember_armed(both);
+                    const Range piece = both.intersect(range);
+                    if (!piece.empty()) {
+                        append_merged(registration.watched, piece);
+                    }
+                }
+            }
         }
         return registration;
     }
@@ -534,16 +600,30 @@ class UserfaultfdSource final : public Source {
     }
 
     // Unregisters each whole mapping overlapping `removed` that no remaining
-    // watch overlaps (a part would split the mapping). Caller holds mutex_.
+    // watch overlaps (a part would split the mapping) and that is this
+    // source's. UFFDIO_UNREGISTER does not ask who registered a mapping: on a
+    // mapping of another userfaultfd of the process (the application's own, a
+    // libfabric provider's) it would end that one's registration, and its
+    // owner would never hear of that memory again. UFFDIO_REGISTER does ask:
+    // it succeeds only on a mapping registered with this descriptor (a no-op)
+    // or with none, and answers EBUSY on another's, so only what it accepts is
+    // unregistered. Caller holds mutex_.
     void unregister_unwatched_mappings(Range removed) const {
         for (const Mapping& mapping : read_mappings(removed)) {
             const bool still_watched = std::any_of(
                 watches_.begin(), watches_.end(),
                 [&](const auto& watch) { return watch.second.overlaps(mapping.range); });
-            if (!still_watched) {
-                uffdio_range request{mapping.range.begin, mapping.range.length()};
-                ::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &request);  // refused ones were never ours
+            if (still_watched || mapping.range.overlaps(reader_.stack_range())) {
+                continue;  // the reader's stack is never registered
             }
+            uffdio_register claim{};
+            claim.range = uffdio_range{mapping.range.begin, mapping.range.length()};
+            claim.mode = UFFDIO_REGISTER_MODE_WP;
+            if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &claim) != 0) {
+                continue;  // another userfaultfd's, or memory userfaultfd cannot watch
+            }
+            uffdio_range request{mapping.range.begin, mapping.range.length()};
+            ::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &request);
         }
     }
 
@@ -617,6 +697,7 @@ class UserfaultfdSource final : public Source {
                     }
                     break;
                 }
+                run_test_hook(HookPoint::UserfaultfdEventsRead);
                 const auto count = static_cast<std::size_t>(got) / sizeof(uffd_msg);
                 for (std::size_t i = 0; i < count; ++i) {
                     handle(messages[i]);
