@@ -83,6 +83,11 @@ fi
 rmmod odp_mirror || fail "rmmod odp_mirror"
 if dmesg | tail -n +"$((log_start + 1))" |
     grep -E 'BUG|WARNING|Oops|leak|general protection|refcount_t|odp_mirror.*error|possible .*(deadlock|recursive locking)|lockdep|KASAN|kmemleak|UBSAN|hung_task|soft lockup|rcu.*stall' >&2; then
+    # The lines alone name no culprit: the log after the first one carries
+    # the report's stack and registers.
+    echo "run-mirror-tests: the kernel log from the first problem on:" >&2
+    dmesg | tail -n +"$((log_start + 1))" |
+        grep -E -A 60 -m 1 'BUG|WARNING|Oops|general protection|refcount_t|lockdep|KASAN|UBSAN|hung_task|soft lockup|rcu.*stall' >&2
     fail "the kernel log shows the problems above"
 fi
 [ "$status" -eq 0 ] || fail "the tests failed (exit $status)"
