@@ -157,6 +157,30 @@ CmEvent expect_event(rdma_event_channel& channel, rdma_cm_event_type expected,
     return event;
 }
 
+// RDMA CM gives "port 0" a port from its own port space, which knows nothing
+// of TCP.  iWARP then binds a kernel TCP socket to that port (a listener's,
+// and a connecting end's local port), and a TCP socket RDMA CM does not know
+// of (another program's, one in TIME_WAIT) may hold it: EADDRINUSE, or for a
+// connecting end EADDRNOTAVAIL when the four-tuple is still in use.  Both
+// fail at once, before anything reached the peer, so another CM id (another
+// port) is tried.  The ids that failed are held until the end: RDMA CM then
+// does not hand out their ports again, and every attempt is a new port.
+constexpr int kPortAttempts = 32;
+
+bool is_port_taken(int err) {
+    return err == EADDRINUSE || err == EADDRNOTAVAIL;
+}
+
+std::string taken_ports_advice(const std::string& ports) {
+    return "RDMA CM picked local ports " + ports +
+           " (one fresh CM id each), and TCP sockets it does not know of held every one: "
+           "fewer TCP sockets in net.ipv4.ip_local_port_range (`ss -tan`), or a wider range";
+}
+
+std::uint16_t local_port(rdma_cm_id& id) {
+    return ntohs(rdma_get_src_port(&id));
+}
+
 int timeout_ms(std::chrono::milliseconds timeout) {
     return static_cast<int>(std::clamp<std::int64_t>(timeout.count(), 1, 1'000'000));
 }
@@ -356,41 +380,58 @@ CmConnection cm_connect(ibv_pd& pd, ibv_cq& send_cq, ibv_cq& recv_cq, std::strin
     const std::vector<std::uint8_t> private_data = encode_cm_private_data(payload);
     const std::string where = address_text(host, port);
     EventChannelPtr channel = create_channel(where);
-    CmIdPtr id = create_id(*channel, where);
-    sockaddr_storage address = resolve_ip(host, port, false);
-    const std::string resolve_addr = "rdma_resolve_addr(" + where + ")";
-    check_rc(rdma_resolve_addr(id.get(), nullptr, reinterpret_cast<sockaddr*>(&address),
-                               timeout_ms(options.timeout)),
-             resolve_addr);
-    expect_event(*channel, RDMA_CM_EVENT_ADDR_RESOLVED, options.timeout, resolve_addr);
-    const std::string resolve_route = "rdma_resolve_route(" + where + ")";
-    check_rc(rdma_resolve_route(id.get(), timeout_ms(options.timeout)), resolve_route);
-    expect_event(*channel, RDMA_CM_EVENT_ROUTE_RESOLVED, options.timeout, resolve_route);
+    std::vector<CmIdPtr> taken;  // ids whose local port was taken (see kPortAttempts)
+    std::string taken_ports;
+    const sockaddr_storage peer_address = resolve_ip(host, port, false);
+    for (int attempt = 1;; ++attempt) {
+        CmIdPtr id = create_id(*channel, where);
+        sockaddr_storage address = peer_address;
+        const std::string resolve_addr = "rdma_resolve_addr(" + where + ")";
+        check_rc(rdma_resolve_addr(id.get(), nullptr, reinterpret_cast<sockaddr*>(&address),
+                                   timeout_ms(options.timeout)),
+                 resolve_addr);
+        expect_event(*channel, RDMA_CM_EVENT_ADDR_RESOLVED, options.timeout, resolve_addr);
+        const std::string resolve_route = "rdma_resolve_route(" + where + ")";
+        check_rc(rdma_resolve_route(id.get(), timeout_ms(options.timeout)), resolve_route);
+        expect_event(*channel, RDMA_CM_EVENT_ROUTE_RESOLVED, options.timeout, resolve_route);
 
-    RcQueuePair qp = create_qp(*id, pd, send_cq, recv_cq, options, where);
-    if (options.before_connect) {
-        options.before_connect(qp);
+        RcQueuePair qp = create_qp(*id, pd, send_cq, recv_cq, options, where);
+        if (options.before_connect) {
+            options.before_connect(qp);
+        }
+        rdma_conn_param param = conn_param(qp, options, private_data);
+        const std::string connect = "rdma_connect(" + where + ") on " + id_device(*id);
+        if (rdma_connect(id.get(), &param) != 0) {
+            // iWARP opens its TCP connection right here: no listener fails
+            // now, and so does a local port held outside RDMA CM.
+            const int err = errno != 0 ? errno : EIO;
+            if (is_port_taken(err)) {
+                taken_ports += (taken_ports.empty() ? "" : ", ") + std::to_string(local_port(*id));
+                if (attempt < kPortAttempts) {
+                    taken.push_back(std::move(id));
+                    continue;
+                }
+                throw_error(err, connect + ": " + taken_ports_advice(taken_ports));
+            }
+            throw_error(err,
+                        connect + (err == ECONNREFUSED
+                                       ? " (" + std::string(hint_for(RDMA_CM_EVENT_REJECTED)) + ")"
+                                       : std::string()));
+        }
+        // iWARP connects in the kernel; InfiniBand and RoCE hand the reply
+        // to the owner of the QP, which takes it to RTS and confirms.
+        const rdma_cm_event_type expected =
+            is_iwarp(*id) ? RDMA_CM_EVENT_ESTABLISHED : RDMA_CM_EVENT_CONNECT_RESPONSE;
+        CmEvent reply = expect_event(*channel, expected, options.timeout, connect);
+        std::vector<std::uint8_t> peer_payload = decode_cm_private_data(reply.private_data);
+        if (!is_iwarp(*id)) {
+            move_to_rts(*id, qp, where);
+            check_rc(rdma_establish(id.get()), "rdma_establish(" + where + ")");
+        }
+        taken.clear();  // before the channel they are on moves away
+        return CmConnection(std::move(channel), std::move(id), std::move(qp),
+                            std::move(peer_payload));
     }
-    rdma_conn_param param = conn_param(qp, options, private_data);
-    const std::string connect = "rdma_connect(" + where + ") on " + id_device(*id);
-    if (rdma_connect(id.get(), &param) != 0) {
-        // iWARP opens its TCP connection right here: no listener fails now.
-        const int err = errno != 0 ? errno : EIO;
-        throw_error(err, connect + (err == ECONNREFUSED
-                                        ? " (" + std::string(hint_for(RDMA_CM_EVENT_REJECTED)) + ")"
-                                        : std::string()));
-    }
-    // iWARP connects in the kernel; InfiniBand and RoCE hand the reply to
-    // the owner of the QP, which takes it to RTS and confirms.
-    const rdma_cm_event_type expected =
-        is_iwarp(*id) ? RDMA_CM_EVENT_ESTABLISHED : RDMA_CM_EVENT_CONNECT_RESPONSE;
-    CmEvent reply = expect_event(*channel, expected, options.timeout, connect);
-    std::vector<std::uint8_t> peer_payload = decode_cm_private_data(reply.private_data);
-    if (!is_iwarp(*id)) {
-        move_to_rts(*id, qp, where);
-        check_rc(rdma_establish(id.get()), "rdma_establish(" + where + ")");
-    }
-    return CmConnection(std::move(channel), std::move(id), std::move(qp), std::move(peer_payload));
 }
 
 CmRequest::CmRequest(EventChannelPtr channel, CmIdPtr id, std::vector<std::uint8_t> payload)
@@ -456,11 +497,31 @@ RcQueuePair& LoopbackConnection::peer() noexcept {
 CmListener::CmListener(std::string_view address, std::uint16_t port, int backlog)
     : address_(address_text(address, port)) {
     channel_ = create_channel("listening on " + address_);
-    id_ = create_id(*channel_, "listening on " + address_);
     sockaddr_storage bind_address = resolve_ip(address, port, true);
-    check_rc(rdma_bind_addr(id_.get(), reinterpret_cast<sockaddr*>(&bind_address)),
-             "rdma_bind_addr(" + address_ + ") (EADDRINUSE: another server has that port)");
-    check_rc(rdma_listen(id_.get(), backlog), "rdma_listen(" + address_ + ")");
+    std::vector<CmIdPtr> taken;  // ids whose port was taken (see kPortAttempts)
+    std::string taken_ports;
+    for (int attempt = 1;; ++attempt) {
+        CmIdPtr id = create_id(*channel_, "listening on " + address_);
+        check_rc(rdma_bind_addr(id.get(), reinterpret_cast<sockaddr*>(&bind_address)),
+                 "rdma_bind_addr(" + address_ + ") (EADDRINUSE: another server has that port)");
+        if (rdma_listen(id.get(), backlog) == 0) {
+            id_ = std::move(id);
+            return;
+        }
+        const int err = errno != 0 ? errno : EIO;
+        const std::string listen = "rdma_listen(" + address_ + ")";
+        if (port != 0 || !is_port_taken(err)) {
+            throw_error(err, listen + (err == EADDRINUSE
+                                           ? " (another server has that port; on iWARP also any "
+                                             "TCP socket on it)"
+                                           : std::string()));
+        }
+        taken_ports += (taken_ports.empty() ? "" : ", ") + std::to_string(local_port(*id));
+        if (attempt == kPortAttempts) {
+            throw_error(err, listen + ": " + taken_ports_advice(taken_ports));
+        }
+        taken.push_back(std::move(id));
+    }
 }
 
 std::uint16_t CmListener::port() const {

@@ -2,14 +2,22 @@
 // ODP_CM_DEVICE (rxe0 or siw0) at its address ODP_CM_ADDR, loopback (server
 // and client in one process, the client in a thread).  ODP_CM_OTHER_DEVICE,
 // when set, is another device of the guest (the PD-on-the-wrong-device case).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <future>
+#include <memory>
 #include <odp/error.hpp>
 #include <odp/verbs.hpp>
 #include <odp/verbs_cm.hpp>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -228,6 +236,132 @@ TEST_F(CmLoopback, LoopbackConnectionMovesDataOnOneDevice) {
     const std::vector<ibv_wc> done = poll(*side.cq, 2, 10s);
     ASSERT_EQ(done.size(), 2U);
     EXPECT_EQ(0, std::memcmp(side.buffer.data() + 32768, side.buffer.data(), 64));
+}
+
+// /proc/sys/net/ipv4/ip_local_port_range narrowed to [first, first + count)
+// for the test's lifetime (restored after).  RDMA CM draws "port 0" ports
+// from this range, like TCP.
+class LocalPortRange {
+  public:
+    LocalPortRange(int first, int count) {
+        std::ifstream(kPath) >> saved_low_ >> saved_high_;
+        write(first, first + count - 1);
+    }
+    LocalPortRange(const LocalPortRange&) = delete;
+    LocalPortRange& operator=(const LocalPortRange&) = delete;
+    ~LocalPortRange() { write(saved_low_, saved_high_); }
+
+  private:
+    static constexpr const char* kPath = "/proc/sys/net/ipv4/ip_local_port_range";
+    static void write(int low, int high) {
+        std::ofstream out(kPath);
+        out << low << ' ' << high << '\n';
+        out.flush();
+        if (!out) {
+            throw_errno(std::string("writing ") + kPath + " (the guest test runs as root)");
+        }
+    }
+    int saved_low_ = 0;
+    int saved_high_ = 0;
+};
+
+// A plain TCP socket listening on address:port: a port RDMA CM does not know
+// is taken.
+struct TcpListener {
+    TcpListener(const std::string& address, std::uint16_t port)
+        : fd(socket(AF_INET, SOCK_STREAM, 0)) {
+        if (fd < 0) {
+            throw_errno("socket");
+        }
+        sockaddr_in where{};
+        where.sin_family = AF_INET;
+        where.sin_port = htons(port);
+        inet_pton(AF_INET, address.c_str(), &where.sin_addr);
+        if (bind(fd, reinterpret_cast<const sockaddr*>(&where), sizeof where) != 0 ||
+            listen(fd, 1) != 0) {
+            const int err = errno;
+            close(fd);
+            throw_error(err, "bind/listen " + address + ":" + std::to_string(port));
+        }
+    }
+    TcpListener(const TcpListener&) = delete;
+    TcpListener& operator=(const TcpListener&) = delete;
+    ~TcpListener() { close(fd); }
+    int fd;
+};
+
+// RDMA CM picks "port 0" ports from its own port space only; on iWARP the
+// kernel then binds a TCP socket to that port (the listener's, and the
+// connecting end's local one), which fails when a TCP socket RDMA CM knows
+// nothing of has it.  These tests narrow the port range to kCount ports and
+// take every other one with a plain TCP listener: every listen on port 0 and
+// every connection must still succeed (odp retries with a fresh CM id).  On
+// InfiniBand and RoCE the CM's ports are its own and nothing collides.  The
+// port range is the guest's own (its tests run one at a time).
+class CmTakenPorts : public CmLoopback {
+  protected:
+    static constexpr int kFirst = 41000;
+    static constexpr int kCount = 24;
+    void SetUp() override {
+        CmLoopback::SetUp();
+        if (IsSkipped()) {
+            return;
+        }
+        range_.emplace(kFirst, kCount);
+        for (int port = kFirst; port < kFirst + kCount; port += 2) {
+            taken_.push_back(
+                std::make_unique<TcpListener>(address_, static_cast<std::uint16_t>(port)));
+            taken_ports_.insert(static_cast<std::uint16_t>(port));
+        }
+    }
+    void TearDown() override {
+        taken_.clear();
+        range_.reset();
+    }
+    std::optional<LocalPortRange> range_;
+    std::vector<std::unique_ptr<TcpListener>> taken_;
+    std::set<std::uint16_t> taken_ports_;
+};
+
+TEST_F(CmTakenPorts, ListensOnPortZeroSkipPortsTakenOutsideRdmaCm) {
+    const Side side(device_);
+    // Only iWARP's ports are TCP's: InfiniBand and RoCE may share them.
+    const bool iwarp = side.context->device->transport_type == IBV_TRANSPORT_IWARP;
+    for (int i = 0; i < 20; ++i) {
+        const CmListener listener(address_, 0);
+        EXPECT_GE(listener.port(), kFirst);
+        EXPECT_LT(listener.port(), kFirst + kCount);
+        if (iwarp) {
+            EXPECT_EQ(taken_ports_.count(listener.port()), 0U) << listener.port();
+        }
+    }
+}
+
+// The listener is outside the range: only the connecting end's local port
+// (port 0, from the range) can be taken.
+TEST_F(CmTakenPorts, ConnectionsSkipLocalPortsTakenOutsideRdmaCm) {
+    CmListener listener(address_, kFirst + 2 * kCount);
+    Side server(device_);
+    Side client(device_);
+    for (int i = 0; i < 20; ++i) {
+        SCOPED_TRACE("connection " + std::to_string(i));
+        const std::string hello = "connection " + std::to_string(i);
+        // The connecting end runs here, so that its error is the one reported.
+        auto accepting = std::async(std::launch::async, [&] {
+            CmRequest request = listener.next_request(10s);
+            EXPECT_EQ(std::vector<std::uint8_t>(request.payload().begin(), request.payload().end()),
+                      text_bytes(hello));
+            return request.accept(*server.pd, *server.cq, *server.cq,
+                                  text_bytes("accepted " + hello));
+        });
+        const CmConnection client_side =
+            cm_connect(*client.pd, *client.cq, *client.cq, address_, listener.port(),
+                       text_bytes(hello), with_timeout(10s));
+        const CmConnection server_side = accepting.get();
+        EXPECT_EQ(std::vector<std::uint8_t>(client_side.peer_payload().begin(),
+                                            client_side.peer_payload().end()),
+                  text_bytes("accepted " + hello));
+    }
 }
 
 TEST_F(CmLoopback, NoListenerIsRefusedAtConnect) {
