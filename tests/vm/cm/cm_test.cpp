@@ -30,6 +30,10 @@ using odp::test::expect_error;
 
 using namespace std::chrono_literals;
 
+// A bound for a hang, not a timing: the guests are emulated, and a loaded host
+// slows them (a SEND's completion once took over 10 s on siw0).
+constexpr auto kHang = 60s;
+
 std::string env(const char* name) {
     const char* value = std::getenv(name);
     return value != nullptr ? value : "";
@@ -82,7 +86,7 @@ CmOptions with_timeout(std::chrono::milliseconds timeout) {
 }
 
 TEST_F(CmLoopback, ConnectsWithPrivateDataAndMovesData) {
-    EXPECT_EQ(cm_resolve_device(address_, 1, 5s), device_);
+    EXPECT_EQ(cm_resolve_device(address_, 1, kHang), device_);
     CmListener listener(address_, 0);
     ASSERT_NE(listener.port(), 0);
     Side server(device_);
@@ -92,7 +96,7 @@ TEST_F(CmLoopback, ConnectsWithPrivateDataAndMovesData) {
         return cm_connect(*client.pd, *client.cq, *client.cq, address_, listener.port(),
                           text_bytes("hello from the client"));
     });
-    CmRequest request = listener.next_request(10s);
+    CmRequest request = listener.next_request(kHang);
     EXPECT_EQ(request.device(), device_);
     EXPECT_EQ(std::vector<std::uint8_t>(request.payload().begin(), request.payload().end()),
               text_bytes("hello from the client"));
@@ -120,12 +124,12 @@ TEST_F(CmLoopback, ConnectsWithPrivateDataAndMovesData) {
     }
     const ibv_sge write_sge{client.address(0), kLength, client.mr->lkey};
     client_side.qp().post_write({&write_sge, 1}, got.address, got.rkey, 1);
-    EXPECT_EQ(wait_completion(*client.cq, 10s).opcode, IBV_WC_RDMA_WRITE);
+    EXPECT_EQ(wait_completion(*client.cq, kHang).opcode, IBV_WC_RDMA_WRITE);
     EXPECT_EQ(0, std::memcmp(server.buffer.data(), client.buffer.data(), kLength));
 
     const ibv_sge read_sge{client.address(kLength), kLength, client.mr->lkey};
     client_side.qp().post_read({&read_sge, 1}, got.address, got.rkey, 2);
-    EXPECT_EQ(wait_completion(*client.cq, 10s).opcode, IBV_WC_RDMA_READ);
+    EXPECT_EQ(wait_completion(*client.cq, kHang).opcode, IBV_WC_RDMA_READ);
     EXPECT_EQ(0, std::memcmp(client.buffer.data() + kLength, server.buffer.data(), kLength));
 
     const ibv_sge recv_sge{server.address(32768), 64, server.mr->lkey};
@@ -133,8 +137,8 @@ TEST_F(CmLoopback, ConnectsWithPrivateDataAndMovesData) {
     std::memcpy(client.buffer.data() + 32768, "sent through RDMA CM", 21);
     const ibv_sge send_sge{client.address(32768), 21, client.mr->lkey};
     client_side.qp().post_send({&send_sge, 1}, 4);
-    EXPECT_EQ(wait_completion(*client.cq, 10s).opcode, IBV_WC_SEND);
-    const ibv_wc received = wait_completion(*server.cq, 10s);
+    EXPECT_EQ(wait_completion(*client.cq, kHang).opcode, IBV_WC_SEND);
+    const ibv_wc received = wait_completion(*server.cq, kHang);
     EXPECT_EQ(received.opcode, IBV_WC_RECV);
     EXPECT_EQ(received.byte_len, 21U);
     EXPECT_STREQ(reinterpret_cast<const char*>(server.buffer.data() + 32768),
@@ -154,7 +158,7 @@ TEST_F(CmLoopback, ReadIntoSeveralSgesLandsInEach) {
         return cm_connect(*client.pd, *client.cq, *client.cq, address_, listener.port(), {});
     });
     CmConnection server_side =
-        listener.next_request(10s).accept(*server.pd, *server.cq, *server.cq, {});
+        listener.next_request(kHang).accept(*server.pd, *server.cq, *server.cq, {});
     CmConnection client_side = connecting.get();
     // Three pieces of 3000 bytes, scattered in the client's buffer.
     const std::uint64_t base = client.address(0);
@@ -162,7 +166,7 @@ TEST_F(CmLoopback, ReadIntoSeveralSgesLandsInEach) {
                              {base + 10000, 3000, client.mr->lkey},
                              {base + 20000, 3000, client.mr->lkey}};
     client_side.qp().post_read(sges, server.address(100), server.mr->rkey, 9);
-    const ibv_wc done = wait_completion(*client.cq, 10s);
+    const ibv_wc done = wait_completion(*client.cq, kHang);
     EXPECT_EQ(done.wr_id, 9U);
     EXPECT_EQ(done.opcode, IBV_WC_RDMA_READ);
     EXPECT_EQ(0, std::memcmp(client.buffer.data() + 40000, server.buffer.data() + 100, 3000));
@@ -185,7 +189,7 @@ TEST_F(CmLoopback, ReceivesPostedBeforeConnectCatchTheFirstSend) {
         std::memcpy(client.buffer.data(), "first", 6);
         const ibv_sge sge{client.address(0), 6, client.mr->lkey};
         connection.qp().post_send({&sge, 1}, 1);
-        EXPECT_EQ(wait_completion(*client.cq, 10s).opcode, IBV_WC_SEND);
+        EXPECT_EQ(wait_completion(*client.cq, kHang).opcode, IBV_WC_SEND);
         return connection;
     });
     CmOptions options;
@@ -199,10 +203,10 @@ TEST_F(CmLoopback, ReceivesPostedBeforeConnectCatchTheFirstSend) {
         qp.post_recv({&sge, 1}, 7);
     };
     CmConnection server_side =
-        listener.next_request(10s).accept(*server.pd, *server.cq, *server.cq, {}, options);
+        listener.next_request(kHang).accept(*server.pd, *server.cq, *server.cq, {}, options);
     CmConnection client_side = connecting.get();
     EXPECT_EQ(state_when_called, IBV_QPS_INIT) << "before_connect ran after the connection";
-    const ibv_wc received = wait_completion(*server.cq, 10s);
+    const ibv_wc received = wait_completion(*server.cq, kHang);
     EXPECT_EQ(received.wr_id, 7U);
     EXPECT_EQ(received.opcode, IBV_WC_RECV);
     EXPECT_STREQ(reinterpret_cast<const char*>(server.buffer.data() + 4096), "first");
@@ -212,7 +216,7 @@ TEST_F(CmLoopback, ReceivesPostedBeforeConnectCatchTheFirstSend) {
 // RDMA WRITE and READ from qp() into the same PD's memory, SEND from qp()
 // into receives on peer() (one QP on rxe0, two through RDMA CM on siw0).
 TEST_F(CmLoopback, LoopbackConnectionMovesDataOnOneDevice) {
-    EXPECT_EQ(cm_device_address(device_, 5s), address_);
+    EXPECT_EQ(cm_device_address(device_, kHang), address_);
     Side side(device_);
     LoopbackConnection loopback(*side.pd, *side.cq, *side.cq);
     const bool iwarp = side.context->device->transport_type == IBV_TRANSPORT_IWARP;
@@ -223,17 +227,17 @@ TEST_F(CmLoopback, LoopbackConnectionMovesDataOnOneDevice) {
     }
     const ibv_sge write_sge{side.address(0), 4096, side.mr->lkey};
     loopback.qp().post_write({&write_sge, 1}, side.address(8192), side.mr->rkey, 1);
-    EXPECT_EQ(wait_completion(*side.cq, 10s).opcode, IBV_WC_RDMA_WRITE);
+    EXPECT_EQ(wait_completion(*side.cq, kHang).opcode, IBV_WC_RDMA_WRITE);
     EXPECT_EQ(0, std::memcmp(side.buffer.data() + 8192, side.buffer.data(), 4096));
     const ibv_sge read_sge{side.address(16384), 4096, side.mr->lkey};
     loopback.qp().post_read({&read_sge, 1}, side.address(0), side.mr->rkey, 2);
-    EXPECT_EQ(wait_completion(*side.cq, 10s).opcode, IBV_WC_RDMA_READ);
+    EXPECT_EQ(wait_completion(*side.cq, kHang).opcode, IBV_WC_RDMA_READ);
     EXPECT_EQ(0, std::memcmp(side.buffer.data() + 16384, side.buffer.data(), 4096));
     const ibv_sge recv_sge{side.address(32768), 64, side.mr->lkey};
     loopback.peer().post_recv({&recv_sge, 1}, 3);
     const ibv_sge send_sge{side.address(0), 64, side.mr->lkey};
     loopback.qp().post_send({&send_sge, 1}, 4);
-    const std::vector<ibv_wc> done = poll(*side.cq, 2, 10s);
+    const std::vector<ibv_wc> done = poll(*side.cq, 2, kHang);
     ASSERT_EQ(done.size(), 2U);
     EXPECT_EQ(0, std::memcmp(side.buffer.data() + 32768, side.buffer.data(), 64));
 }
@@ -348,7 +352,7 @@ TEST_F(CmTakenPorts, ConnectionsSkipLocalPortsTakenOutsideRdmaCm) {
         const std::string hello = "connection " + std::to_string(i);
         // The connecting end runs here, so that its error is the one reported.
         auto accepting = std::async(std::launch::async, [&] {
-            CmRequest request = listener.next_request(10s);
+            CmRequest request = listener.next_request(kHang);
             EXPECT_EQ(std::vector<std::uint8_t>(request.payload().begin(), request.payload().end()),
                       text_bytes(hello));
             return request.accept(*server.pd, *server.cq, *server.cq,
@@ -356,7 +360,7 @@ TEST_F(CmTakenPorts, ConnectionsSkipLocalPortsTakenOutsideRdmaCm) {
         });
         const CmConnection client_side =
             cm_connect(*client.pd, *client.cq, *client.cq, address_, listener.port(),
-                       text_bytes(hello), with_timeout(10s));
+                       text_bytes(hello), with_timeout(kHang));
         const CmConnection server_side = accepting.get();
         EXPECT_EQ(std::vector<std::uint8_t>(client_side.peer_payload().begin(),
                                             client_side.peer_payload().end()),
@@ -369,7 +373,8 @@ TEST_F(CmLoopback, NoListenerIsRefusedAtConnect) {
     // A port nobody listens on: the listener's, once it is gone.
     const std::uint16_t port = CmListener(address_, 0).port();
     const std::string error = expect_error(ECONNREFUSED, [&] {
-        (void)cm_connect(*client.pd, *client.cq, *client.cq, address_, port, {}, with_timeout(10s));
+        (void)cm_connect(*client.pd, *client.cq, *client.cq, address_, port, {},
+                         with_timeout(kHang));
     });
     EXPECT_NE(error.find("rdma_connect(" + address_ + ":"), std::string::npos) << error;
     EXPECT_NE(error.find("is an RDMA CM server listening"), std::string::npos) << error;
@@ -381,11 +386,11 @@ TEST_F(CmLoopback, UnacceptedRequestIsRejected) {
     auto connecting = std::async(std::launch::async, [&] {
         return expect_error(ECONNREFUSED, [&] {
             (void)cm_connect(*client.pd, *client.cq, *client.cq, address_, listener.port(),
-                             text_bytes("refuse me"), with_timeout(10s));
+                             text_bytes("refuse me"), with_timeout(kHang));
         });
     });
     {
-        const CmRequest request = listener.next_request(10s);
+        const CmRequest request = listener.next_request(kHang);
         EXPECT_EQ(std::vector<std::uint8_t>(request.payload().begin(), request.payload().end()),
                   text_bytes("refuse me"));
     }  // not accepted: the destructor rejects it
