@@ -10,6 +10,7 @@
 
 #include "region_core.hpp"
 #include "sources/source.hpp"
+#include "test_hooks.hpp"
 
 namespace odp {
 
@@ -111,6 +112,7 @@ void DeviceState::request_fault_ahead_locked(RegionCore& region, std::size_t chu
 void DeviceState::forget_fault_ahead_locked(RegionCore& region,
                                             std::unique_lock<std::mutex>& lock) {
     std::erase_if(ahead_requests_, [&](const AheadRequest& r) { return r.region == &region; });
+    run_test_hook(HookPoint::FaultAheadForgotten);
     fault_done.wait(lock, [&] { return fault_ahead_running_ != &region; });
 }
 

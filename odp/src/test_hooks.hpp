@@ -16,6 +16,9 @@ enum class HookPoint {
     // acquire_slow: a new pin is in its slot, before the fault re-checks the
     // chunk's sequence (another thread may try to lease it here).
     FaultPublished,
+    // close(): the region's queued fault-ahead requests are dropped, and it
+    // is about to wait for the one running (the device mutex is held).
+    FaultAheadForgotten,
     // expose: translate() returned, the exposure's chunks are leased.
     ExposeTranslated,
     // The userfaultfd reader: a read() returned events (the kernel has let

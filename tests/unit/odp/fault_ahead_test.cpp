@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <functional>
+#include <future>
 #include <odp/device.hpp>
 #include <odp/region.hpp>
 #include <thread>
@@ -145,10 +146,21 @@ TEST(FaultAhead, RegionAndDeviceDestroyedWithAFaultAheadInFlight) {
     touch(region, buffer, 0);
     touch(region, buffer, 1);  // requests chunks 2, 3 and 4; chunk 2 is held
     ASSERT_TRUE(gate.wait_held());
+    std::promise<void> forgotten;
+    const test::ScopedTestHook hook([&](detail::HookPoint point) {
+        if (point == detail::HookPoint::FaultAheadForgotten) {
+            forgotten.set_value();
+        }
+    });
     auto closing = test::in_background([&] { region = Region{}; });
-    // close() waits for the fault in flight (it never deletes the region
-    // under the background thread) and drops the queued requests.
-    EXPECT_NE(closing.wait_for(std::chrono::milliseconds(50)), std::future_status::ready);
+    // close() drops the queued requests, then waits for the fault in flight
+    // (it never deletes the region under the background thread). The gate
+    // opens only once the requests are dropped: opened earlier, the
+    // background thread would rightly run them before close() began.
+    auto dropped = forgotten.get_future();
+    ASSERT_EQ(dropped.wait_for(test::patience), std::future_status::ready);
+    EXPECT_NE(closing.wait_for(std::chrono::seconds(0)), std::future_status::ready)
+        << "close() did not wait for the fault in flight";
     gate.open();
     ASSERT_TRUE(test::finished(closing));
     device.reset();  // joins the background thread
