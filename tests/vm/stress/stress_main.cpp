@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "mapping_changes.hpp"
+#include "mr_journal.hpp"
 #include "transfers.hpp"
 
 namespace odp::stress {
@@ -395,6 +396,10 @@ class Stress {
                              std::mt19937_64& random);
     void note_change(ChangeKind kind, Side side, std::size_t offset, std::size_t length,
                      const ChangeResult& result, bool late);
+    [[nodiscard]] std::string describe_failed(std::uint64_t id, Operation operation,
+                                              std::size_t offset, std::size_t length,
+                                              std::uint64_t first_change, double started_ms,
+                                              const FailedCompletion& failure);
     void report_silent(std::uint64_t id, Operation operation, unsigned worker, std::size_t offset,
                        std::size_t length, std::uint64_t first_change);
     [[nodiscard]] bool stopping() const {
@@ -421,6 +426,7 @@ class Stress {
     std::vector<ChangeKind> late_kinds_;  // of those, the ones a worker makes in its own range
     std::vector<std::string> skipped_;
     std::shared_ptr<Device> device_;
+    RecordingNic* nic_ = nullptr;  // the device's, for the MRs' history
     std::unique_ptr<Buffer> source_;
     std::unique_ptr<Buffer> target_;
     Region source_region_;
@@ -508,7 +514,9 @@ void Stress::setup() {
     DeviceOptions device_options;
     device_options.name = options_.device;
     device_options.max_pinned_bytes = options_.budget_bytes;
-    device_ = Device::open(device_options);
+    auto nic = std::make_unique<RecordingNic>(open_verbs_nic(options_.device));
+    nic_ = nic.get();
+    device_ = Device::open(std::move(nic), device_options);
 
     source_ = std::make_unique<Buffer>("source", options_.buffer_bytes);
     target_ = std::make_unique<Buffer>("target", options_.buffer_bytes);
@@ -631,9 +639,14 @@ void Stress::transfer(unsigned index, Loopback& loopback, std::mt19937_64& rando
         first_change = journal_.next_sequence();
     }
     Held held;
+    const double started_ms = nic_->now_ms();
     try {
         loopback.run(operation, source_region_, source, target_region_, target, length, held);
     } catch (const Error& error) {
+        if (error.errno_value() == EIO && loopback.failure()) {
+            throw_error(EIO, describe_failed(id, operation, offset, length, first_change,
+                                             started_ms, *loopback.failure()));
+        }
         // The memory was unmapped or write-protected by a change at that
         // moment, or kept changing: the application would retry.
         if (error.errno_value() == EFAULT || error.errno_value() == EAGAIN) {
@@ -681,6 +694,54 @@ ChangeResult Stress::late_change(std::size_t offset, std::size_t length, std::si
         apply_change(kind, buffer(side), begin, pages * page, random, false);
     note_change(kind, side, begin, pages * page, result, true);
     return result;
+}
+
+// A transfer whose work request failed: what it posted, what happened to
+// the MRs behind its keys (a key deregistered before the failure means the
+// library dropped an MR that a lease or exposure still held) and the
+// changes under its range meanwhile.
+std::string Stress::describe_failed(std::uint64_t id, Operation operation, std::size_t offset,
+                                    std::size_t length, std::uint64_t first_change,
+                                    double started_ms, const FailedCompletion& failure) {
+    std::ostringstream text;
+    text << "transfer #" << id << " (" << name_of(operation) << ", " << length
+         << " bytes at buffer offset 0x" << std::hex << offset << std::dec << ", chunks "
+         << offset / options_.chunk_bytes << " to " << (offset + length - 1) / options_.chunk_bytes
+         << ", started at " << started_ms << " ms, failed by " << nic_->now_ms()
+         << " ms): " << failure.describe() << "\n    the MRs behind its keys:";
+    std::vector<std::uint32_t> keys;
+    for (const PostedRequest& request : failure.posted) {
+        for (const ibv_sge& sge : request.local) {
+            keys.push_back(sge.lkey);
+        }
+        if (request.rkey != 0) {
+            keys.push_back(request.rkey);
+        }
+    }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    for (const std::uint32_t key : keys) {
+        text << "\n      key 0x" << std::hex << key << std::dec << ":" << nic_->history_of(key);
+    }
+    bool complete = true;
+    const std::vector<ChangeRecord> changes = journal_.overlapping(
+        first_change, journal_.next_sequence(), offset, offset + length, complete);
+    text << "\n    changes overlapping it meanwhile" << (complete ? "" : " (older ones forgotten)")
+         << ": " << changes.size();
+    for (const ChangeRecord& record : changes) {
+        text << "\n      #" << record.sequence << " " << name_of(record.kind) << " of the "
+             << name_of(record.side) << " ";
+        if (record.whole_process) {
+            text << "(every page of the process)";
+        } else {
+            text << "[0x" << std::hex << record.begin << ", 0x" << record.end << std::dec << ")";
+        }
+    }
+    const Stats stats = device_->stats();
+    text << "\n    library so far: " << stats.chunk_faults << " chunk faults, "
+         << stats.chunks_invalidated << " chunks invalidated (" << stats.stale_while_leased
+         << " while leased), " << stats.evictions << " evictions";
+    return text.str();
 }
 
 void Stress::report_silent(std::uint64_t id, Operation operation, unsigned worker,
