@@ -75,26 +75,16 @@ ulimit -c unlimited
 cores=${ODP_VM_SCRATCH:-/tmp}/stress-cores
 mkdir -p "$cores" && echo "$cores/core.%e.%p" >/proc/sys/kernel/core_pattern ||
     echo "run-stress: could not send cores to $cores: a crash will have no backtrace"
-# rxe's own error messages (dynamic debug): on a loopback QP a responder-side
-# failure shows in the completions only as flushes, its cause only there.
-mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-echo 'module rdma_rxe +p' >/sys/kernel/debug/dynamic_debug/control 2>/dev/null ||
-    echo "run-stress: no dynamic debug for rdma_rxe: its error messages stay off"
-
 status=0
 zap_window=$(dirname "$stress")/odp-zap-window
 [ -x "$zap_window" ] || fail "$zap_window is missing: build target odp-zap-window"
 run() {
     echo "== $(basename "$1") ${*:2}"
-    local log_before
-    log_before=$(dmesg | wc -l)
     "$@"
     local rc=$?
     [ "$rc" -eq 0 ] || {
         echo "run-stress: $(basename "$1") ${*:2} exited $rc" >&2
         status=1
-        echo "run-stress: rxe's kernel messages during that run (the last 40):" >&2
-        dmesg | tail -n +"$((log_before + 1))" | grep -i rxe | tail -40 >&2
         local core
         for core in "$cores"/core.*; do
             [ -e "$core" ] || continue

@@ -35,7 +35,10 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <odp/device.hpp>
 #include <odp/error.hpp>
@@ -266,6 +269,23 @@ std::string thousands(std::uint64_t value) {
     return digits;
 }
 
+// The device's port counters (rxe: duplicate_request, retransmissions and
+// errors), empty where the driver has none.
+std::map<std::string, std::uint64_t> read_port_counters(const std::string& device) {
+    std::map<std::string, std::uint64_t> counters;
+    std::error_code error;
+    const std::filesystem::path directory =
+        "/sys/class/infiniband/" + device + "/ports/1/hw_counters";
+    for (const auto& entry : std::filesystem::directory_iterator(directory, error)) {
+        std::ifstream file(entry.path());
+        std::uint64_t value = 0;
+        if (file >> value) {
+            counters[entry.path().filename().string()] = value;
+        }
+    }
+    return counters;
+}
+
 // ------------------------------------------------------------------ journal
 
 enum class Side : std::uint8_t { Source, Target };
@@ -426,7 +446,8 @@ class Stress {
     std::vector<ChangeKind> late_kinds_;  // of those, the ones a worker makes in its own range
     std::vector<std::string> skipped_;
     std::shared_ptr<Device> device_;
-    RecordingNic* nic_ = nullptr;  // the device's, for the MRs' history
+    RecordingNic* nic_ = nullptr;                         // the device's, for the MRs' history
+    std::map<std::string, std::uint64_t> port_counters_;  // at the start
     std::unique_ptr<Buffer> source_;
     std::unique_ptr<Buffer> target_;
     Region source_region_;
@@ -517,6 +538,7 @@ void Stress::setup() {
     auto nic = std::make_unique<RecordingNic>(open_verbs_nic(options_.device));
     nic_ = nic.get();
     device_ = Device::open(std::move(nic), device_options);
+    port_counters_ = read_port_counters(options_.device);
 
     source_ = std::make_unique<Buffer>("source", options_.buffer_bytes);
     target_ = std::make_unique<Buffer>("target", options_.buffer_bytes);
@@ -710,12 +732,14 @@ std::string Stress::describe_failed(std::uint64_t id, Operation operation, std::
          << ", started at " << started_ms << " ms, failed by " << nic_->now_ms()
          << " ms): " << failure.describe() << "\n    the MRs behind its keys:";
     std::vector<std::uint32_t> keys;
-    for (const PostedRequest& request : failure.posted) {
-        for (const ibv_sge& sge : request.local) {
-            keys.push_back(sge.lkey);
-        }
-        if (request.rkey != 0) {
-            keys.push_back(request.rkey);
+    for (const auto* requests : {&failure.posted, &failure.earlier}) {
+        for (const PostedRequest& request : *requests) {
+            for (const ibv_sge& sge : request.local) {
+                keys.push_back(sge.lkey);
+            }
+            if (request.rkey != 0) {
+                keys.push_back(request.rkey);
+            }
         }
     }
     std::sort(keys.begin(), keys.end());
@@ -740,7 +764,20 @@ std::string Stress::describe_failed(std::uint64_t id, Operation operation, std::
     const Stats stats = device_->stats();
     text << "\n    library so far: " << stats.chunk_faults << " chunk faults, "
          << stats.chunks_invalidated << " chunks invalidated (" << stats.stale_while_leased
-         << " while leased), " << stats.evictions << " evictions";
+         << " while leased), " << stats.evictions << " evictions\n    " << options_.device
+         << "'s counters that changed during the run:";
+    const std::map<std::string, std::uint64_t> counters = read_port_counters(options_.device);
+    for (const auto& [name, value] : counters) {
+        const auto before = port_counters_.find(name);
+        const std::uint64_t start = before == port_counters_.end() ? 0 : before->second;
+        if (value != start) {
+            text << " " << name << " +" << value - start;
+        }
+    }
+    if (counters.empty()) {
+        text << " none readable (/sys/class/infiniband/" << options_.device
+             << "/ports/1/hw_counters)";
+    }
     return text.str();
 }
 

@@ -16,6 +16,9 @@ using namespace std::chrono_literals;
 // minute without its completion means the QP is stuck.
 constexpr auto completion_timeout = 60s;
 
+// Requests of earlier transfers a failure report lists.
+constexpr std::size_t remembered_requests = 8;
+
 constexpr std::array<std::string_view, operation_count> operation_names = {"write", "read", "send"};
 
 }  // namespace
@@ -56,22 +59,11 @@ bool Held::release() noexcept {
     return source_changed || target_changed;
 }
 
-std::string FailedCompletion::describe() const {
-    std::string text = "work request " + std::to_string(wr_id) + " completed with " +
-                       ibv_wc_status_str(status) + " (vendor error " + std::to_string(vendor_err) +
-                       "), the transfer's first failed completion (" +
-                       std::to_string(completed_before) + " of its completions succeeded before)";
-    if (status == IBV_WC_WR_FLUSH_ERR) {
-        // rxe's responder moves a loopback QP (requester and responder are
-        // one QP) to the error state before its NAK reaches the requester's
-        // completer, which then flushes instead of reporting the NAK.
-        text +=
-            "; a flush first on a loopback QP: the responder side failed (an rkey or "
-            "access violation, a RECV it could not use), see rxe's kernel messages";
-    }
-    text += "; QP state " + qp_state + "; the transfer posted:";
+namespace {
+
+void append_requests(std::string& text, const auto& requests) {
     char line[160];
-    for (const PostedRequest& request : posted) {
+    for (const PostedRequest& request : requests) {
         std::snprintf(line, sizeof line, "\n      wr %llu %s",
                       static_cast<unsigned long long>(request.wr_id), request.opcode);
         text += line;
@@ -86,6 +78,28 @@ std::string FailedCompletion::describe() const {
             text += line;
         }
     }
+}
+
+}  // namespace
+
+std::string FailedCompletion::describe() const {
+    std::string text = "work request " + std::to_string(wr_id) + " completed with " +
+                       ibv_wc_status_str(status) + " (vendor error " + std::to_string(vendor_err) +
+                       "), the transfer's first failed completion (" +
+                       std::to_string(completed_before) + " of its completions succeeded before)";
+    if (status == IBV_WC_WR_FLUSH_ERR) {
+        // rxe's responder moves a loopback QP (requester and responder are
+        // one QP) to the error state before its NAK reaches the requester's
+        // completer, which then flushes instead of reporting the NAK.
+        text +=
+            "; a flush first on a loopback QP: its responder side failed (an rkey or access "
+            "violation, e.g. on a late duplicate of an earlier READ whose MR is gone, or a RECV "
+            "it could not use)";
+    }
+    text += "; QP state " + qp_state + "; the transfer posted:";
+    append_requests(text, posted);
+    text += "\n    the QP's requests before it (completed):";
+    append_requests(text, earlier);
     return text;
 }
 
@@ -121,11 +135,22 @@ void Loopback::wait_for(std::size_t completions) {
             continue;
         }
         if (wc.status != IBV_WC_SUCCESS) {
-            failure_ =
-                FailedCompletion{wc.wr_id, wc.status, wc.vendor_err, done, posted_, qp_state()};
+            failure_ = FailedCompletion{wc.wr_id,
+                                        wc.status,
+                                        wc.vendor_err,
+                                        done,
+                                        posted_,
+                                        qp_state(),
+                                        {completed_.begin(), completed_.end()}};
             throw_error(EIO, failure_->describe());
         }
         ++done;
+    }
+    for (const PostedRequest& request : posted_) {
+        if (completed_.size() == remembered_requests) {
+            completed_.pop_front();
+        }
+        completed_.push_back(request);
     }
 }
 

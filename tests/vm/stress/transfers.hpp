@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <odp/device.hpp>
 #include <odp/region.hpp>
@@ -63,6 +64,9 @@ struct FailedCompletion {
     std::size_t completed_before = 0;  // successful completions of the transfer before it
     std::vector<PostedRequest> posted;
     std::string qp_state;
+    // The requests of the QP's transfers before, which completed: a late
+    // duplicate of one of them (a retransmission) still reaches the responder.
+    std::vector<PostedRequest> earlier;
 
     [[nodiscard]] std::string describe() const;
 };
@@ -97,7 +101,8 @@ class Loopback {
     verbs::CqPtr cq_;
     std::optional<verbs::RcQueuePair> qp_;
     std::uint64_t wr_id_ = 0;
-    std::vector<PostedRequest> posted_;  // the transfer in flight
+    std::vector<PostedRequest> posted_;    // the transfer in flight
+    std::deque<PostedRequest> completed_;  // the last requests that completed
     std::optional<FailedCompletion> failure_;
 };
 
