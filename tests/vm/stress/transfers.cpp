@@ -103,9 +103,11 @@ std::string FailedCompletion::describe() const {
     return text;
 }
 
-Loopback::Loopback(Device& device, std::uint32_t max_sge) : max_sge_(max_sge) {
+Loopback::Loopback(Device& device, std::uint32_t max_sge, std::uint8_t ack_timeout)
+    : max_sge_(max_sge) {
     cq_ = verbs::create_cq(*device.context(), 64);
     verbs::RcQueuePair::Options options;
+    options.timeout = ack_timeout;
     options.max_send_sge = max_sge;
     options.max_recv_sge = max_sge;
     qp_.emplace(*device.pd(), *cq_, *cq_, options);

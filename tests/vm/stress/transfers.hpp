@@ -74,8 +74,8 @@ struct FailedCompletion {
 class Loopback {
   public:
     // One CQ and one RC QP on `device`'s PD, connected to itself; `max_sge`
-    // SGEs per work request.
-    Loopback(Device& device, std::uint32_t max_sge);
+    // SGEs per work request, local ACK timeout 4.096 us * 2^`ack_timeout`.
+    Loopback(Device& device, std::uint32_t max_sge, std::uint8_t ack_timeout);
     Loopback(const Loopback&) = delete;
     Loopback& operator=(const Loopback&) = delete;
 
