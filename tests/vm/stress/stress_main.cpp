@@ -796,7 +796,10 @@ std::string Stress::port_counter_changes() const {
     for (const auto& [name, value] : counters) {
         const auto before = port_counters_.find(name);
         const std::uint64_t start = before == port_counters_.end() ? 0 : before->second;
-        if (value != start && name != "sent_pkts" && name != "rcvd_pkts") {
+        // Traffic volume is no news; retries, duplicates and errors are.
+        const bool traffic = name.ends_with("_pkts") || name.ends_with("_bytes") ||
+                             name == "rdma_sends" || name == "rdma_recvs" || name == "ack_deferred";
+        if (value != start && !traffic) {
             text += " " + name + " +" + std::to_string(value - start);
         }
     }
