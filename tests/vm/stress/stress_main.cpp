@@ -356,6 +356,18 @@ class Journal {
     std::uint64_t next_ = 0;
 };
 
+// One line of a report: "#sequence kind of the side [begin, end) late zeroed".
+void describe_change(std::ostream& text, const ChangeRecord& record) {
+    text << "\n      #" << record.sequence << " " << name_of(record.kind) << " of the "
+         << name_of(record.side) << " ";
+    if (record.whole_process) {
+        text << "(every page of the process)";
+    } else {
+        text << "[0x" << std::hex << record.begin << ", 0x" << record.end << std::dec << ")";
+    }
+    text << (record.late ? " late (before the release)" : "") << (record.zeroed ? " zeroed" : "");
+}
+
 // How often a change of each kind is picked, relative to the others. A fork
 // copies every pinned page and the page tables and write-protects the whole
 // address space (every registered chunk goes stale); a THP collapse copies
@@ -770,13 +782,7 @@ std::string Stress::describe_failed(std::uint64_t id, Operation operation, std::
     text << "\n    changes overlapping it meanwhile" << (complete ? "" : " (older ones forgotten)")
          << ": " << changes.size();
     for (const ChangeRecord& record : changes) {
-        text << "\n      #" << record.sequence << " " << name_of(record.kind) << " of the "
-             << name_of(record.side) << " ";
-        if (record.whole_process) {
-            text << "(every page of the process)";
-        } else {
-            text << "[0x" << std::hex << record.begin << ", 0x" << record.end << std::dec << ")";
-        }
+        describe_change(text, record);
     }
     const Stats stats = device_->stats();
     text << "\n    library so far: " << stats.chunk_faults << " chunk faults, "
@@ -843,19 +849,8 @@ void Stress::report_silent(std::uint64_t id, Operation operation, unsigned worke
     if (changes.empty()) {
         text << " none recorded";
     }
-    const auto describe = [&](const ChangeRecord& record) {
-        text << "\n      #" << record.sequence << " " << name_of(record.kind) << " of the "
-             << name_of(record.side) << " ";
-        if (record.whole_process) {
-            text << "(every page of the process)";
-        } else {
-            text << "[0x" << std::hex << record.begin << ", 0x" << record.end << std::dec << ")";
-        }
-        text << (record.late ? " late (before the release)" : "")
-             << (record.zeroed ? " zeroed" : "");
-    };
     for (const ChangeRecord& record : changes) {
-        describe(record);
+        describe_change(text, record);
     }
     // A registration that went wrong during an earlier change (the zap
     // window) stays cached: show the last changes of the bad bytes before.
@@ -872,7 +867,7 @@ void Stress::report_silent(std::uint64_t id, Operation operation, unsigned worke
         text << " none in the 256 changes before";
     }
     for (const ChangeRecord& record : earlier) {
-        describe(record);
+        describe_change(text, record);
     }
     const std::scoped_lock lock(report_mutex_);
     // The first ten in full as they happen; the first again in the summary.
