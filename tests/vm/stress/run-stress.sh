@@ -69,6 +69,12 @@ else
     echo "run-stress: no zram swap on kernel $ODP_VM_KERNEL (modprobe zram, mkswap or swapon failed): the pageout changes are skipped"
 fi
 
+# A crash leaves a core in the scratch directory; run() prints its
+# backtrace (gdb is in the guest's root when the host has it).
+ulimit -c unlimited
+cores=${ODP_VM_SCRATCH:-/tmp}/stress-cores
+mkdir -p "$cores" && echo "$cores/core.%e.%p" >/proc/sys/kernel/core_pattern ||
+    echo "run-stress: could not send cores to $cores: a crash will have no backtrace"
 status=0
 zap_window=$(dirname "$stress")/odp-zap-window
 [ -x "$zap_window" ] || fail "$zap_window is missing: build target odp-zap-window"
@@ -79,6 +85,18 @@ run() {
     [ "$rc" -eq 0 ] || {
         echo "run-stress: $(basename "$1") ${*:2} exited $rc" >&2
         status=1
+        local core
+        for core in "$cores"/core.*; do
+            [ -e "$core" ] || continue
+            if command -v gdb >/dev/null; then
+                echo "run-stress: backtrace of $core:" >&2
+                gdb -batch -ex 'info threads' -ex 'thread apply all bt' "$1" "$core" 2>&1 |
+                    grep -v '^\[New LWP' >&2
+            else
+                echo "run-stress: $core left, no gdb in the guest for its backtrace" >&2
+            fi
+            rm -f "$core"
+        done
     }
 }
 for source in ${sources//,/ }; do

@@ -35,7 +35,10 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <odp/device.hpp>
 #include <odp/error.hpp>
@@ -50,6 +53,7 @@
 #include <vector>
 
 #include "mapping_changes.hpp"
+#include "mr_journal.hpp"
 #include "transfers.hpp"
 
 namespace odp::stress {
@@ -77,6 +81,13 @@ struct Options {
     std::optional<std::uint64_t> budget_bytes;
     std::string device = "rxe0";
     double progress_seconds = 30;
+    // The loopback QPs' local ACK timeout, 4.096 us * 2^N: 19 is 2.1 s. At
+    // verbs' default 14 (67 ms) rxe under emulation retransmitted READ
+    // requests whose responses were merely slow; a duplicate that arrived
+    // after the READ completed and its exposure was released (its MR
+    // deregistered, as it may be) failed the responder's rkey check, which
+    // moves the loopback QP to the error state: the next transfer flushed.
+    std::uint8_t ack_timeout = 19;
 };
 
 const char* const usage_text = R"(usage: odp-stress [options]
@@ -101,6 +112,8 @@ const char* const usage_text = R"(usage: odp-stress [options]
   --budget-mib N             pinned budget of the device (default: RLIMIT_MEMLOCK)
   --device NAME              verbs device (default rxe0)
   --progress S               progress line every S seconds (default 30; 0: none)
+  --ack-timeout N            the QPs' local ACK timeout, 4.096 us * 2^N (default 19:
+                             2.1 s; verbs' usual 14 makes rxe retransmit slow READs)
 Prints a summary (transfers by operation, changes reported, silent errors,
 changes by kind) and a "ROW |...|" line for scripts/soak.
 Exit: 0 pass, 1 silent errors / a control without stale transfers, 2 usage,
@@ -204,6 +217,8 @@ Options parse_options(int argc, char** argv) {
             options.budget_bytes = parse_number<std::uint64_t>(option, value) << 20;
         } else if (option == "--device") {
             options.device = value;
+        } else if (option == "--ack-timeout") {
+            options.ack_timeout = parse_number<std::uint8_t>(option, value);
         } else if (option == "--progress") {
             options.progress_seconds = parse_number<double>(option, value);
         } else {
@@ -258,11 +273,33 @@ std::string hex_bytes(const unsigned char* bytes, std::size_t count) {
 }
 
 std::string thousands(std::uint64_t value) {
-    std::string digits = std::to_string(value);
-    for (int at = static_cast<int>(digits.size()) - 3; at > 0; at -= 3) {
-        digits.insert(static_cast<std::size_t>(at), ",");
+    // Built forwards: GCC 12's -Wrestrict misreads insert() into the digits.
+    const std::string digits = std::to_string(value);
+    std::string text;
+    for (std::size_t at = 0; at < digits.size(); ++at) {
+        if (at != 0 && (digits.size() - at) % 3 == 0) {
+            text += ',';
+        }
+        text += digits[at];
     }
-    return digits;
+    return text;
+}
+
+// The device's port counters (rxe: duplicate_request, retransmissions and
+// errors), empty where the driver has none.
+std::map<std::string, std::uint64_t> read_port_counters(const std::string& device) {
+    std::map<std::string, std::uint64_t> counters;
+    std::error_code error;
+    const std::filesystem::path directory =
+        "/sys/class/infiniband/" + device + "/ports/1/hw_counters";
+    for (const auto& entry : std::filesystem::directory_iterator(directory, error)) {
+        std::ifstream file(entry.path());
+        std::uint64_t value = 0;
+        if (file >> value) {
+            counters[entry.path().filename().string()] = value;
+        }
+    }
+    return counters;
 }
 
 // ------------------------------------------------------------------ journal
@@ -318,6 +355,18 @@ class Journal {
     std::vector<ChangeRecord> ring_ = std::vector<ChangeRecord>(std::size_t{1} << 16);
     std::uint64_t next_ = 0;
 };
+
+// One line of a report: "#sequence kind of the side [begin, end) late zeroed".
+void describe_change(std::ostream& text, const ChangeRecord& record) {
+    text << "\n      #" << record.sequence << " " << name_of(record.kind) << " of the "
+         << name_of(record.side) << " ";
+    if (record.whole_process) {
+        text << "(every page of the process)";
+    } else {
+        text << "[0x" << std::hex << record.begin << ", 0x" << record.end << std::dec << ")";
+    }
+    text << (record.late ? " late (before the release)" : "") << (record.zeroed ? " zeroed" : "");
+}
 
 // How often a change of each kind is picked, relative to the others. A fork
 // copies every pinned page and the page tables and write-protects the whole
@@ -395,6 +444,11 @@ class Stress {
                              std::mt19937_64& random);
     void note_change(ChangeKind kind, Side side, std::size_t offset, std::size_t length,
                      const ChangeResult& result, bool late);
+    [[nodiscard]] std::string describe_failed(std::uint64_t id, Operation operation,
+                                              std::size_t offset, std::size_t length,
+                                              std::uint64_t first_change, double started_ms,
+                                              const FailedCompletion& failure);
+    [[nodiscard]] std::string port_counter_changes() const;
     void report_silent(std::uint64_t id, Operation operation, unsigned worker, std::size_t offset,
                        std::size_t length, std::uint64_t first_change);
     [[nodiscard]] bool stopping() const {
@@ -421,6 +475,8 @@ class Stress {
     std::vector<ChangeKind> late_kinds_;  // of those, the ones a worker makes in its own range
     std::vector<std::string> skipped_;
     std::shared_ptr<Device> device_;
+    RecordingNic* nic_ = nullptr;                         // the device's, for the MRs' history
+    std::map<std::string, std::uint64_t> port_counters_;  // at the start
     std::unique_ptr<Buffer> source_;
     std::unique_ptr<Buffer> target_;
     Region source_region_;
@@ -508,7 +564,10 @@ void Stress::setup() {
     DeviceOptions device_options;
     device_options.name = options_.device;
     device_options.max_pinned_bytes = options_.budget_bytes;
-    device_ = Device::open(device_options);
+    auto nic = std::make_unique<RecordingNic>(open_verbs_nic(options_.device));
+    nic_ = nic.get();
+    device_ = Device::open(std::move(nic), device_options);
+    port_counters_ = read_port_counters(options_.device);
 
     source_ = std::make_unique<Buffer>("source", options_.buffer_bytes);
     target_ = std::make_unique<Buffer>("target", options_.buffer_bytes);
@@ -601,7 +660,7 @@ int Stress::run() {
 void Stress::work(unsigned index) {
     try {
         std::mt19937_64 random(mix(options_.seed) + index);
-        Loopback loopback(*device_, max_sge_);
+        Loopback loopback(*device_, max_sge_, options_.ack_timeout);
         while (!stopping()) {
             transfer(index, loopback, random);
         }
@@ -631,9 +690,14 @@ void Stress::transfer(unsigned index, Loopback& loopback, std::mt19937_64& rando
         first_change = journal_.next_sequence();
     }
     Held held;
+    const double started_ms = nic_->now_ms();
     try {
         loopback.run(operation, source_region_, source, target_region_, target, length, held);
     } catch (const Error& error) {
+        if (error.errno_value() == EIO && loopback.failure()) {
+            throw_error(EIO, describe_failed(id, operation, offset, length, first_change,
+                                             started_ms, *loopback.failure()));
+        }
         // The memory was unmapped or write-protected by a change at that
         // moment, or kept changing: the application would retry.
         if (error.errno_value() == EFAULT || error.errno_value() == EAGAIN) {
@@ -683,6 +747,71 @@ ChangeResult Stress::late_change(std::size_t offset, std::size_t length, std::si
     return result;
 }
 
+// A transfer whose work request failed: what it posted, what happened to
+// the MRs behind its keys (a key deregistered before the failure means the
+// library dropped an MR that a lease or exposure still held) and the
+// changes under its range meanwhile.
+std::string Stress::describe_failed(std::uint64_t id, Operation operation, std::size_t offset,
+                                    std::size_t length, std::uint64_t first_change,
+                                    double started_ms, const FailedCompletion& failure) {
+    std::ostringstream text;
+    text << "transfer #" << id << " (" << name_of(operation) << ", " << length
+         << " bytes at buffer offset 0x" << std::hex << offset << std::dec << ", chunks "
+         << offset / options_.chunk_bytes << " to " << (offset + length - 1) / options_.chunk_bytes
+         << ", started at " << started_ms << " ms, failed by " << nic_->now_ms()
+         << " ms): " << failure.describe() << "\n    the MRs behind its keys:";
+    std::vector<std::uint32_t> keys;
+    for (const auto* requests : {&failure.posted, &failure.earlier}) {
+        for (const PostedRequest& request : *requests) {
+            for (const ibv_sge& sge : request.local) {
+                keys.push_back(sge.lkey);
+            }
+            if (request.rkey != 0) {
+                keys.push_back(request.rkey);
+            }
+        }
+    }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    for (const std::uint32_t key : keys) {
+        text << "\n      key 0x" << std::hex << key << std::dec << ":" << nic_->history_of(key);
+    }
+    bool complete = true;
+    const std::vector<ChangeRecord> changes = journal_.overlapping(
+        first_change, journal_.next_sequence(), offset, offset + length, complete);
+    text << "\n    changes overlapping it meanwhile" << (complete ? "" : " (older ones forgotten)")
+         << ": " << changes.size();
+    for (const ChangeRecord& record : changes) {
+        describe_change(text, record);
+    }
+    const Stats stats = device_->stats();
+    text << "\n    library so far: " << stats.chunk_faults << " chunk faults, "
+         << stats.chunks_invalidated << " chunks invalidated (" << stats.stale_while_leased
+         << " while leased), " << stats.evictions << " evictions\n    " << options_.device
+         << " counters:" << port_counter_changes();
+    return text.str();
+}
+
+// The port counters that changed since the start, " name +delta" each.
+std::string Stress::port_counter_changes() const {
+    const std::map<std::string, std::uint64_t> counters = read_port_counters(options_.device);
+    if (counters.empty()) {
+        return " none readable (/sys/class/infiniband/" + options_.device + "/ports/1/hw_counters)";
+    }
+    std::string text;
+    for (const auto& [name, value] : counters) {
+        const auto before = port_counters_.find(name);
+        const std::uint64_t start = before == port_counters_.end() ? 0 : before->second;
+        // Traffic volume is no news; retries, duplicates and errors are.
+        const bool traffic = name.ends_with("_pkts") || name.ends_with("_bytes") ||
+                             name == "rdma_sends" || name == "rdma_recvs" || name == "ack_deferred";
+        if (value != start && !traffic) {
+            text += " " + name + " +" + std::to_string(value - start);
+        }
+    }
+    return text.empty() ? " no error or retransmission counted" : text;
+}
+
 void Stress::report_silent(std::uint64_t id, Operation operation, unsigned worker,
                            std::size_t offset, std::size_t length, std::uint64_t first_change) {
     const unsigned char* source = source_->data() + offset;
@@ -720,19 +849,8 @@ void Stress::report_silent(std::uint64_t id, Operation operation, unsigned worke
     if (changes.empty()) {
         text << " none recorded";
     }
-    const auto describe = [&](const ChangeRecord& record) {
-        text << "\n      #" << record.sequence << " " << name_of(record.kind) << " of the "
-             << name_of(record.side) << " ";
-        if (record.whole_process) {
-            text << "(every page of the process)";
-        } else {
-            text << "[0x" << std::hex << record.begin << ", 0x" << record.end << std::dec << ")";
-        }
-        text << (record.late ? " late (before the release)" : "")
-             << (record.zeroed ? " zeroed" : "");
-    };
     for (const ChangeRecord& record : changes) {
-        describe(record);
+        describe_change(text, record);
     }
     // A registration that went wrong during an earlier change (the zap
     // window) stays cached: show the last changes of the bad bytes before.
@@ -749,7 +867,7 @@ void Stress::report_silent(std::uint64_t id, Operation operation, unsigned worke
         text << " none in the 256 changes before";
     }
     for (const ChangeRecord& record : earlier) {
-        describe(record);
+        describe_change(text, record);
     }
     const std::scoped_lock lock(report_mutex_);
     // The first ten in full as they happen; the first again in the summary.
@@ -892,7 +1010,10 @@ int Stress::report(double seconds) {
                   << " events, " << mirror_stats.deliveries << " deliveries, "
                   << mirror_stats.overflows << " overflows";
     }
-    std::cout << "\nlate changes that zeroed part of the range: " << late_zeroing << ", of which "
+    std::cout << "\n"
+              << options_.device << " counters (ACK timeout " << int{options_.ack_timeout}
+              << "):" << port_counter_changes()
+              << "\nlate changes that zeroed part of the range: " << late_zeroing << ", of which "
               << late_caught << " left the target different from the source\n";
 
     int status = 0;

@@ -1,6 +1,7 @@
 #include "transfers.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <odp/error.hpp>
 #include <string>
 #include <thread>
@@ -14,6 +15,9 @@ using namespace std::chrono_literals;
 // Under software emulation a transfer of 512 KiB takes milliseconds; a
 // minute without its completion means the QP is stuck.
 constexpr auto completion_timeout = 60s;
+
+// Requests of earlier transfers a failure report lists.
+constexpr std::size_t remembered_requests = 8;
 
 constexpr std::array<std::string_view, operation_count> operation_names = {"write", "read", "send"};
 
@@ -55,9 +59,55 @@ bool Held::release() noexcept {
     return source_changed || target_changed;
 }
 
-Loopback::Loopback(Device& device, std::uint32_t max_sge) : max_sge_(max_sge) {
+namespace {
+
+void append_requests(std::string& text, const auto& requests) {
+    char line[160];
+    for (const PostedRequest& request : requests) {
+        std::snprintf(line, sizeof line, "\n      wr %llu %s",
+                      static_cast<unsigned long long>(request.wr_id), request.opcode);
+        text += line;
+        for (const ibv_sge& sge : request.local) {
+            std::snprintf(line, sizeof line, " [%s +%u lkey 0x%x]",
+                          format_address(sge.addr).c_str(), sge.length, sge.lkey);
+            text += line;
+        }
+        if (request.rkey != 0) {
+            std::snprintf(line, sizeof line, " remote %s rkey 0x%x",
+                          format_address(request.remote_address).c_str(), request.rkey);
+            text += line;
+        }
+    }
+}
+
+}  // namespace
+
+std::string FailedCompletion::describe() const {
+    std::string text = "work request " + std::to_string(wr_id) + " completed with " +
+                       ibv_wc_status_str(status) + " (vendor error " + std::to_string(vendor_err) +
+                       "), the transfer's first failed completion (" +
+                       std::to_string(completed_before) + " of its completions succeeded before)";
+    if (status == IBV_WC_WR_FLUSH_ERR) {
+        // rxe's responder moves a loopback QP (requester and responder are
+        // one QP) to the error state before its NAK reaches the requester's
+        // completer, which then flushes instead of reporting the NAK.
+        text +=
+            "; a flush first on a loopback QP: its responder side failed (an rkey or access "
+            "violation, e.g. on a late duplicate of an earlier READ whose MR is gone, or a RECV "
+            "it could not use)";
+    }
+    text += "; QP state " + qp_state + "; the transfer posted:";
+    append_requests(text, posted);
+    text += "\n    the QP's requests before it (completed):";
+    append_requests(text, earlier);
+    return text;
+}
+
+Loopback::Loopback(Device& device, std::uint32_t max_sge, std::uint8_t ack_timeout)
+    : max_sge_(max_sge) {
     cq_ = verbs::create_cq(*device.context(), 64);
     verbs::RcQueuePair::Options options;
+    options.timeout = ack_timeout;
     options.max_send_sge = max_sge;
     options.max_recv_sge = max_sge;
     qp_.emplace(*device.pd(), *cq_, *cq_, options);
@@ -87,16 +137,46 @@ void Loopback::wait_for(std::size_t completions) {
             continue;
         }
         if (wc.status != IBV_WC_SUCCESS) {
-            throw_error(EIO, "work request " + std::to_string(wc.wr_id) + " completed with " +
-                                 ibv_wc_status_str(wc.status) + " (vendor error " +
-                                 std::to_string(wc.vendor_err) + ")");
+            failure_ = FailedCompletion{wc.wr_id,
+                                        wc.status,
+                                        wc.vendor_err,
+                                        done,
+                                        posted_,
+                                        qp_state(),
+                                        {completed_.begin(), completed_.end()}};
+            throw_error(EIO, failure_->describe());
         }
         ++done;
+    }
+    for (const PostedRequest& request : posted_) {
+        if (completed_.size() == remembered_requests) {
+            completed_.pop_front();
+        }
+        completed_.push_back(request);
+    }
+}
+
+std::string Loopback::qp_state() const {
+    ibv_qp_attr attributes{};
+    ibv_qp_init_attr init{};
+    if (ibv_query_qp(&qp_->qp(), &attributes, IBV_QP_STATE, &init) != 0) {
+        return "unknown (ibv_query_qp failed)";
+    }
+    switch (attributes.qp_state) {
+        case IBV_QPS_RTS:
+            return "RTS";
+        case IBV_QPS_SQE:
+            return "SQE";
+        case IBV_QPS_ERR:
+            return "ERR";
+        default:
+            return std::to_string(attributes.qp_state);
     }
 }
 
 void Loopback::run(Operation operation, Region& source_region, const unsigned char* source,
                    Region& target_region, unsigned char* target, std::size_t length, Held& held) {
+    posted_.clear();
     switch (operation) {
         case Operation::Write: {
             held.source_lease = source_region.translate(source, length, max_sge_);
@@ -106,6 +186,7 @@ void Loopback::run(Operation operation, Region& source_region, const unsigned ch
                 const std::vector<ibv_sge> sges =
                     slice_sges(held.source_lease.sges(), offset, segment.length);
                 qp_->post_write(sges, segment.address, segment.rkey, ++wr_id_);
+                posted_.push_back({wr_id_, "RDMA WRITE", sges, segment.address, segment.rkey});
                 offset += segment.length;
             }
             wait_for(held.target_exposure.segments().size());
@@ -119,6 +200,7 @@ void Loopback::run(Operation operation, Region& source_region, const unsigned ch
                 const std::vector<ibv_sge> sges =
                     slice_sges(held.target_lease.sges(), offset, segment.length);
                 qp_->post_read(sges, segment.address, segment.rkey, ++wr_id_);
+                posted_.push_back({wr_id_, "RDMA READ", sges, segment.address, segment.rkey});
                 offset += segment.length;
             }
             wait_for(held.source_exposure.segments().size());
@@ -127,8 +209,12 @@ void Loopback::run(Operation operation, Region& source_region, const unsigned ch
         case Operation::Send: {
             held.source_lease = source_region.translate(source, length, max_sge_);
             held.target_lease = target_region.translate(target, length, max_sge_);
-            qp_->post_recv(held.target_lease.sges(), ++wr_id_);
-            qp_->post_send(held.source_lease.sges(), ++wr_id_);
+            const auto recv_sges = held.target_lease.sges();
+            const auto send_sges = held.source_lease.sges();
+            qp_->post_recv(recv_sges, ++wr_id_);
+            posted_.push_back({wr_id_, "RECV", {recv_sges.begin(), recv_sges.end()}, 0, 0});
+            qp_->post_send(send_sges, ++wr_id_);
+            posted_.push_back({wr_id_, "SEND", {send_sges.begin(), send_sges.end()}, 0, 0});
             wait_for(2);
             return;
         }

@@ -12,12 +12,14 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <odp/device.hpp>
 #include <odp/region.hpp>
 #include <odp/verbs.hpp>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -44,11 +46,36 @@ struct Held {
     bool release() noexcept;
 };
 
+// One work request of the transfer in flight, for the report of a failure.
+struct PostedRequest {
+    std::uint64_t wr_id = 0;
+    const char* opcode = "";     // "RDMA WRITE", "RDMA READ", "SEND", "RECV"
+    std::vector<ibv_sge> local;  // lkeys: the lease's MRs
+    std::uint64_t remote_address = 0;
+    std::uint32_t rkey = 0;  // the exposure's MR (WRITE/READ only)
+};
+
+// A completion with an error status: the first one of the transfer, the
+// requests it posted and the QP's state when it was seen.
+struct FailedCompletion {
+    std::uint64_t wr_id = 0;
+    ibv_wc_status status = IBV_WC_SUCCESS;
+    std::uint32_t vendor_err = 0;
+    std::size_t completed_before = 0;  // successful completions of the transfer before it
+    std::vector<PostedRequest> posted;
+    std::string qp_state;
+    // The requests of the QP's transfers before, which completed: a late
+    // duplicate of one of them (a retransmission) still reaches the responder.
+    std::vector<PostedRequest> earlier;
+
+    [[nodiscard]] std::string describe() const;
+};
+
 class Loopback {
   public:
     // One CQ and one RC QP on `device`'s PD, connected to itself; `max_sge`
-    // SGEs per work request.
-    Loopback(Device& device, std::uint32_t max_sge);
+    // SGEs per work request, local ACK timeout 4.096 us * 2^`ack_timeout`.
+    Loopback(Device& device, std::uint32_t max_sge, std::uint8_t ack_timeout);
     Loopback(const Loopback&) = delete;
     Loopback& operator=(const Loopback&) = delete;
 
@@ -57,17 +84,26 @@ class Loopback {
     // transfer and waits until every work request completed. Throws
     // odp::Error from the library (EFAULT: memory unmapped at that moment,
     // EAGAIN: the mapping kept changing; the caller retries) and
-    // odp::Error(EIO/ETIMEDOUT) for a failed or missing completion.
+    // odp::Error(EIO/ETIMEDOUT) for a failed or missing completion; after
+    // EIO, failure() describes the first failed completion.
     void run(Operation operation, Region& source_region, const unsigned char* source,
              Region& target_region, unsigned char* target, std::size_t length, Held& held);
 
+    [[nodiscard]] const std::optional<FailedCompletion>& failure() const noexcept {
+        return failure_;
+    }
+
   private:
     void wait_for(std::size_t completions);
+    [[nodiscard]] std::string qp_state() const;
 
     std::uint32_t max_sge_;
     verbs::CqPtr cq_;
     std::optional<verbs::RcQueuePair> qp_;
     std::uint64_t wr_id_ = 0;
+    std::vector<PostedRequest> posted_;    // the transfer in flight
+    std::deque<PostedRequest> completed_;  // the last requests that completed
+    std::optional<FailedCompletion> failure_;
 };
 
 }  // namespace odp::stress
