@@ -205,9 +205,9 @@ TEST_F(CmLoopback, ReceivesPostedBeforeConnectCatchTheFirstSend) {
     CmConnection server_side =
         listener.next_request(kHang).accept(*server.pd, *server.cq, *server.cq, {}, options);
     CmConnection client_side = connecting.get();
-    // INIT, before the connection; siw's query_qp of 5.10 and 6.1 reports
-    // no state at all (0, RESET: it fills qp_state only since 6.x, as 6.12's
-    // does), and the receive it took and filled proves the order there.
+    // INIT, before the connection. siw's query_qp of 5.10 and 6.1 fills no
+    // qp_state (it reads 0, RESET; 6.12's and 7.3's fill it): there the
+    // receive it took and filled proves the order.
     EXPECT_TRUE(state_when_called == IBV_QPS_INIT || state_when_called == IBV_QPS_RESET)
         << "before_connect ran after the connection (QP state " << state_when_called << ")";
     const ibv_wc received = wait_completion(*server.cq, kHang);
