@@ -30,6 +30,14 @@ const char* operation_name(oob::TestKind test) {
     return "operation";
 }
 
+// splitmix64's finaliser: a well-spread value for every input.
+std::uint64_t mix(std::uint64_t x) noexcept {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
 void check_completion(const ibv_wc& wc, oob::TestKind test) {
     if (wc.status != IBV_WC_SUCCESS) {
         odp::throw_error(EIO, std::string(operation_name(test)) +
@@ -70,7 +78,10 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
         while (posting && posted - completed < spec.depth && posted < spec.count) {
             const std::uint64_t op = spec.first_op + posted;
             const std::size_t local_offset =
-                static_cast<std::size_t>(op * spec.stride % local_span);
+                spec.random_seed == 0
+                    ? static_cast<std::size_t>(op * spec.stride % local_span)
+                    : static_cast<std::size_t>(mix(op ^ mix(spec.random_seed)) %
+                                               (local_span / spec.stride) * spec.stride);
             const std::size_t remote_offset = static_cast<std::size_t>(op % slots) * spec.stride;
             const bool last =
                 posted + 1 == spec.count || (spec.duration_s && Clock::now() >= stop_posting_at);
