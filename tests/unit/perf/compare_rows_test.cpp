@@ -724,8 +724,8 @@ TEST(CompareWorkingSet, RatiosToPinnedInTableJsonAndPlot) {
         for (const std::uint64_t multiple : {1, 2, 4, 8}) {
             std::vector<Row> rounds;
             for (const double bw : emulated_rounds) {
-                rounds.push_back(
-                    working_set_round("emulated", test, multiple, bw, 1.0 / static_cast<double>(multiple), 32));
+                rounds.push_back(working_set_round("emulated", test, multiple, bw,
+                                                   1.0 / static_cast<double>(multiple), 32));
             }
             result.rows.push_back(row_from_working_set_rounds(rounds));
         }
@@ -735,14 +735,13 @@ TEST(CompareWorkingSet, RatiosToPinnedInTableJsonAndPlot) {
     const std::string table = out.str();
     EXPECT_NE(table.find("Working set against the pinned budget of 8 MiB"), std::string::npos)
         << table;
-    EXPECT_NE(table.find("random      emulated     32 MiB      4x    25.00%           160"),
+    EXPECT_NE(table.find("random      emulated     32 MiB        4x    25.00%           160"),
               std::string::npos)
         << table;
     EXPECT_NE(table.find("0.500 [0.400, 0.600]\n"), std::string::npos) << table;
 
     const std::string json = to_json(result, "odp-perf compare --working-set-sweep");
-    const std::string emulated_4x =
-        "\"test\": \"working_set_sequential\", \"size\": 33554432";
+    const std::string emulated_4x = "\"test\": \"working_set_sequential\", \"size\": 33554432";
     const std::size_t at = json.find(emulated_4x);
     ASSERT_NE(at, std::string::npos) << json;
     const std::string line = json.substr(at, json.find('\n', at) - at);

@@ -687,7 +687,7 @@ void print_working_sets(const CompareResult& result, int mode_width, std::ostrea
                        "registered; ratio: bandwidth against pinned's over a set of the\n "
                        "budget's size, same pattern, rounds paired)\n"
                     << std::left << std::setw(12) << "pattern" << std::setw(mode_width) << "mode"
-                    << std::right << std::setw(10) << "set" << std::setw(8) << "x budget"
+                    << std::right << std::setw(10) << "set" << std::setw(10) << "x budget"
                     << std::setw(10) << "hit rate" << std::setw(14) << "chunk faults"
                     << std::setw(13) << "BW avg[MB/s]" << std::setw(24) << "ratio [interval]"
                     << "\n";
@@ -695,7 +695,7 @@ void print_working_sets(const CompareResult& result, int mode_width, std::ostrea
             const std::string pattern = row.test.substr(std::string("working_set_").size());
             const std::uint64_t budget = row.budget_bytes.value_or(0);
             out << std::left << std::setw(12) << pattern << std::setw(mode_width) << row.mode
-                << std::right << std::setw(10) << odp::format_bytes(row.size) << std::setw(8)
+                << std::right << std::setw(10) << odp::format_bytes(row.size) << std::setw(10)
                 << (budget != 0
                         ? fixed(static_cast<double>(row.size) / static_cast<double>(budget), 0) +
                               "x"
