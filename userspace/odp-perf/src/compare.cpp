@@ -1183,7 +1183,7 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
         script << "\nset title 'Working set against the pinned budget, 64 KiB WRITEs'\n"
                   "set xlabel 'working set / budget'\nset ylabel 'bandwidth / pinned (set "
                   "that fits)'\nset y2label 'hit rate'\nunset logscale\nset logscale x 2\n"
-                  "set xrange [0.8:10]\nset xtics (\"1x\" 1, \"2x\" 2, \"4x\" 4, \"8x\" 8)\n"
+                  "set xrange [0.8:10]\nset xtics norotate (\"1x\" 1, \"2x\" 2, \"4x\" 4, \"8x\" 8)\n"
                   "set yrange [0:*]\nset y2range [0:1.05]\nset y2tics\nset ytics nomirror\n"
                   "set key inside bottom left vertical\nplot ";
         for (std::size_t i = 0; i < working_set_lines.size(); ++i) {
