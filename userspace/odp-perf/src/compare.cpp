@@ -21,7 +21,6 @@
 #include <span>
 #include <sstream>
 #include <thread>
-#include <tuple>
 
 #include "sweep.hpp"
 #include "traffic.hpp"
@@ -635,33 +634,43 @@ CompareResult run_compare(const CompareConfig& config) {
     if (working_sets) {
         // Pinned (a set of the budget's size) and each emulated column over
         // every multiple take turns in each round, as the traffic tests do.
-        std::map<std::tuple<std::string, std::string, std::uint64_t>, std::vector<Row>> runs;
-        for (std::uint32_t round = 0; round < rounds; ++round) {
-            for (const char* test : kWorkingSetTests) {
-                for (const ModeVariant& variant : working_set_variants) {
-                    for (const std::uint64_t multiple : variant.mode == odp::Mode::Pinned
-                                                            ? std::vector<std::uint64_t>{1}
-                                                            : config.working_set_multiples) {
-                        progress.step(variant.label + " " + test + " " + std::to_string(multiple) +
-                                      "x budget, round " + std::to_string(round + 1) + "/" +
-                                      std::to_string(rounds));
-                        WorkingSetSpec spec;
-                        spec.test = test;
-                        spec.budget = config.budget;
-                        spec.working_set = multiple * config.budget;
-                        spec.random = std::string(test) == "working_set_random";
-                        spec.warm_up = 2 * spec.working_set / (64 * 1024);
-                        spec.iterations = config.working_set_iterations;
-                        spec.fault_ahead = config.fault_ahead;
-                        prepare(variant);
-                        runs[{variant.label, test, spec.working_set}].push_back(labelled(
-                            measure_budget(config.device, peer, variant.mode, spec), variant));
-                    }
+        struct Point {
+            const char* test;
+            const ModeVariant* variant;
+            std::uint64_t working_set;
+            std::vector<Row> rounds;
+        };
+        std::vector<Point> points;
+        for (const char* test : kWorkingSetTests) {
+            for (const ModeVariant& variant : working_set_variants) {
+                for (const std::uint64_t multiple : variant.mode == odp::Mode::Pinned
+                                                        ? std::vector<std::uint64_t>{1}
+                                                        : config.working_set_multiples) {
+                    points.push_back({test, &variant, multiple * config.budget, {}});
                 }
             }
         }
-        for (const auto& [key, point_rounds] : runs) {
-            result.rows.push_back(row_from_working_set_rounds(point_rounds));
+        for (std::uint32_t round = 0; round < rounds; ++round) {
+            for (Point& point : points) {
+                progress.step(point.variant->label + " " + point.test + " " +
+                              odp::format_bytes(point.working_set) + ", round " +
+                              std::to_string(round + 1) + "/" + std::to_string(rounds));
+                WorkingSetSpec spec;
+                spec.test = point.test;
+                spec.budget = config.budget;
+                spec.working_set = point.working_set;
+                spec.random = spec.test == "working_set_random";
+                spec.warm_up = 2 * spec.working_set / (64 * 1024);  // two laps
+                spec.iterations = config.working_set_iterations;
+                spec.fault_ahead = config.fault_ahead;
+                prepare(*point.variant);
+                point.rounds.push_back(
+                    labelled(measure_budget(config.device, peer, point.variant->mode, spec),
+                             *point.variant));
+            }
+        }
+        for (const Point& point : points) {
+            result.rows.push_back(row_from_working_set_rounds(point.rounds));
         }
     }
     result.goals = evaluate_goals(result.rows);
@@ -1180,12 +1189,13 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
     if (working_sets) {
         // Ratio on the left axis (lines with error bars), hit rate on the
         // right (dashed), one colour per column and pattern.
-        script << "\nset title 'Working set against the pinned budget, 64 KiB WRITEs'\n"
-                  "set xlabel 'working set / budget'\nset ylabel 'bandwidth / pinned (set "
-                  "that fits)'\nset y2label 'hit rate'\nunset logscale\nset logscale x 2\n"
-                  "set xrange [0.8:10]\nset xtics norotate (\"1x\" 1, \"2x\" 2, \"4x\" 4, \"8x\" 8)\n"
-                  "set yrange [0:*]\nset y2range [0:1.05]\nset y2tics\nset ytics nomirror\n"
-                  "set key inside bottom left vertical\nplot ";
+        script
+            << "\nset title 'Working set against the pinned budget, 64 KiB WRITEs'\n"
+               "set xlabel 'working set / budget'\nset ylabel 'bandwidth / pinned (set "
+               "that fits)'\nset y2label 'hit rate'\nunset logscale\nset logscale x 2\n"
+               "set xrange [0.8:10]\nset xtics norotate (\"1x\" 1, \"2x\" 2, \"4x\" 4, \"8x\" 8)\n"
+               "set yrange [0:*]\nset y2range [0:1.05]\nset y2tics\nset ytics nomirror\n"
+               "set key inside bottom left vertical\nplot ";
         for (std::size_t i = 0; i < working_set_lines.size(); ++i) {
             const auto& [file, title] = working_set_lines[i];
             const std::string colour = " lt " + std::to_string(i + 1);
