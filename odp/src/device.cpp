@@ -156,6 +156,7 @@ void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
                                  "pins chunks on demand), or raise max_pinned_bytes");
     }
     std::vector<EvictionCandidate> candidates;
+    std::vector<const EvictionCandidate*> victims;
     bool swept = false;
     bool scanned = false;
     std::size_t next = 0;
@@ -182,14 +183,19 @@ void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
             for (RegionCore* region : regions) {
                 region->collect_eviction_candidates_locked(candidates, speculative);
             }
-            std::sort(candidates.begin(), candidates.end(),
-                      [](const auto& a, const auto& b) { return a.last_use < b.last_use; });
+            // What chunks may hold beside pinned regions, less the probation
+            // share: an eighth, and at least two chunks (one can be leased by
+            // work in flight while the next faults).
+            const std::uint64_t room = max_pinned - held_by_regions;
+            const std::uint64_t probation =
+                std::max<std::uint64_t>(room / 8, 2 * requester.config().chunk_size);
+            victims = eviction_order(candidates, eviction, room > probation ? room - probation : 0);
         }
-        // Evict the least recently used unleased chunk of any region (one
-        // that was leased or invalidated since the scan is skipped).
+        // Evict the policy's first victim (one that was leased or
+        // invalidated since the scan is skipped).
         bool evicted = false;
-        while (next < candidates.size() && !evicted) {
-            const EvictionCandidate& candidate = candidates[next++];
+        while (next < victims.size() && !evicted) {
+            const EvictionCandidate& candidate = *victims[next++];
             evicted = candidate.region->evict_locked(*candidate.pin);
         }
         if (!evicted) {

@@ -135,7 +135,14 @@ struct Pin {
     static constexpr std::size_t whole_region = static_cast<std::size_t>(-1);
 
     alignas(64) std::atomic<std::uint64_t> state{free_bit};
-    std::atomic<std::uint64_t> last_use{0};  // device clock at the last lease (LRU)
+    std::atomic<std::uint64_t> last_use{0};  // device clock at the last lease
+    // Device clock ticks between the chunk's last two uses (its previous use
+    // may be before an eviction: the slot remembers it); 0 when not reused.
+    // Written without a lock (a heuristic: a lost update only misjudges).
+    std::atomic<std::uint64_t> reuse_interval{0};
+    // Under the device mutex: the chunk is in the protected set of
+    // EvictionPolicy::ReuseDistance (evicted after every probationary one).
+    bool protected_chunk = false;
     // Written by the slow path before the pin is published, read by lease
     // holders; stable while any lease is held.
     std::size_t chunk = whole_region;
@@ -164,11 +171,41 @@ struct ExposureState {
 
 class RegionCore;
 
+// Which registered chunk goes when the budget is full (device mutex held;
+// leased chunks are never evicted by either).
+enum class EvictionPolicy {
+    // The chunk unused for the longest. A sequential cycle over more chunks
+    // than the budget holds evicts every chunk just before its next use: no
+    // chunk of the cycle is ever found registered.
+    LeastRecentlyUsed,
+    // LIRS-like (low inter-reference recency set): a protected set of at most
+    // the budget less a probation share (an eighth, at least two chunks) holds
+    // chunks that were used again within a short interval; new chunks are
+    // probationary and evicted first, least recently used first. A chunk
+    // reused (hit, or faulted again while its slot remembers its last use)
+    // after fewer clock ticks than the protected set's least recently used
+    // chunk has gone unused joins the protected set, which then drops that
+    // one to probation. A cycle larger than the budget keeps the protected
+    // part resident; a scan passes through probation without displacing a
+    // hot set; a working set that moves ages the old protected chunks out.
+    ReuseDistance,
+};
+
 struct EvictionCandidate {
     std::uint64_t last_use = 0;
+    std::uint64_t reuse_interval = 0;
+    std::uint64_t bytes = 0;
+    bool evictable = false;  // unleased (and, for fault-ahead, not faulted ahead)
     RegionCore* region = nullptr;
     Pin* pin = nullptr;
 };
+
+// The chunks of `candidates` to evict, first victim first (only evictable
+// ones). ReuseDistance also moves chunks into and out of the protected set
+// (Pin::protected_chunk), holding at most `protected_capacity` bytes.
+[[nodiscard]] std::vector<const EvictionCandidate*> eviction_order(
+    const std::vector<EvictionCandidate>& candidates, EvictionPolicy policy,
+    std::uint64_t protected_capacity);
 
 // What the kernel lets this process pin (probed once per device).
 struct PinLimits {
@@ -201,7 +238,9 @@ struct DeviceState {
     std::atomic<std::uint64_t> pinned_regions{0};
     alignas(64) std::atomic<std::uint64_t> pinned{0};
     std::atomic<std::uint64_t> peak_pinned{0};
-    std::atomic<std::uint64_t> clock{1};  // LRU time: advances at every fault
+    std::atomic<std::uint64_t> clock{1};  // eviction time: advances at every fault
+    // Set before the first fault (benchmarks compare policies); under `mutex`.
+    EvictionPolicy eviction = EvictionPolicy::ReuseDistance;
 
     // The slow-path lock: the chunks being faulted, reservations, eviction,
     // sweeping, the region list and every region's pin pool. Never taken by
@@ -212,13 +251,12 @@ struct DeviceState {
     std::vector<RegionCore*> regions;  // open regions
     Stats retired;                     // totals of closed regions
 
-    // Reserves `bytes` of the budget, sweeping stale pins and evicting LRU
-    // chunks of any region if needed. Throws ENOBUFS when the bytes cannot
-    // fit beside the pinned regions, BackPressure (EAGAIN) when releasing
-    // leases (or the end of faults in flight, which hold their reservation)
-    // would make room. Caller holds `mutex`.
-    // A `speculative` reservation (fault-ahead) evicts no chunk that was
-    // itself faulted ahead and not used yet.
+    // Reserves `bytes` of the budget, sweeping stale pins and evicting
+    // chunks of any region (`eviction` chooses which) if needed. Throws ENOBUFS when the bytes
+    // cannot fit beside the pinned regions, BackPressure (EAGAIN) when releasing leases (or the end
+    // of faults in flight, which hold their reservation) would make room. Caller holds `mutex`. A
+    // `speculative` reservation (fault-ahead) evicts no chunk that was itself faulted ahead and not
+    // used yet.
     void reserve_locked(std::uint64_t bytes, RegionCore& requester, const std::string& what,
                         bool speculative = false);
     void unreserve(std::uint64_t bytes) noexcept {
@@ -311,7 +349,8 @@ class RegionCore final : public InvalidationListener {
 
     // Budget support (device mutex held).
     std::uint64_t sweep_stale_locked() noexcept;
-    // Unleased chunks; without those faulted ahead and unused if `skip_ahead`.
+    // Usable chunks, evictable when unleased (and, if `skip_ahead`, not
+    // faulted ahead and unused).
     void collect_eviction_candidates_locked(std::vector<EvictionCandidate>& out, bool skip_ahead);
     bool evict_locked(Pin& pin) noexcept;  // false if it was leased or stale meanwhile
     void count_back_pressure() noexcept { back_pressure_.fetch_add(1, std::memory_order_relaxed); }
@@ -323,6 +362,9 @@ class RegionCore final : public InvalidationListener {
     struct Slot {
         std::atomic<Pin*> pin{nullptr};
         std::atomic<std::uint64_t> seq{0};  // bumped by every invalidation of the chunk
+        // The device clock at the chunk's last use when its pin went: a fault
+        // of the chunk knows how long it was out (EvictionPolicy).
+        std::atomic<std::uint64_t> last_use{0};
     };
     struct Leaf {
         std::array<Slot, leaf_size> slots{};

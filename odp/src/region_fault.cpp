@@ -263,8 +263,14 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part, FaultKi
              Pin::incarnation_unit) |
             Pin::unconfirmed_bit | (ahead ? Pin::ahead_bit : 0) | 1;
         pin.state.store(published, std::memory_order_release);
-        pin.last_use.store(dev_.clock.fetch_add(1, std::memory_order_relaxed),
-                           std::memory_order_relaxed);
+        // The clock after this fault's tick: the chunk's own hits until the
+        // next fault are no reuse. Its last use before it went (if the slot
+        // remembers one) gives its reuse interval.
+        const std::uint64_t now = dev_.clock.fetch_add(1, std::memory_order_relaxed) + 1;
+        const std::uint64_t previous_use = slot.last_use.load(std::memory_order_relaxed);
+        pin.reuse_interval.store(previous_use != 0 && previous_use < now ? now - previous_use : 0,
+                                 std::memory_order_relaxed);
+        pin.last_use.store(now, std::memory_order_relaxed);
         slot.pin.store(&pin, std::memory_order_seq_cst);
         chunk_faults_.fetch_add(1, std::memory_order_relaxed);
         run_test_hook(HookPoint::FaultPublished);

@@ -18,7 +18,8 @@
 //  * stale_pending_ counts pins made stale while unleased; the next slow
 //    path (sweep_stale_locked, device mutex) claims and deregisters them.
 //  * Eviction (device mutex) claims a pin only if it is neither leased nor
-//    stale; a lease taken meanwhile makes the claim fail.
+//    stale; a lease taken meanwhile makes the claim fail. Which pins it
+//    tries, and in which order, is eviction.cpp's (EvictionPolicy).
 #include <algorithm>
 
 #include "region_core.hpp"
@@ -47,6 +48,8 @@ Pin& RegionCore::allocate_pin_locked() {
     pin->pieces.clear();
     pin->pinned_bytes = 0;
     pin->next_reclaimed = nullptr;
+    pin->reuse_interval.store(0, std::memory_order_relaxed);
+    pin->protected_chunk = false;
     return *pin;
 }
 
@@ -91,6 +94,8 @@ bool RegionCore::try_claim(Pin& pin, bool require_stale) noexcept {
 std::uint64_t RegionCore::destroy_pin(Pin& pin) noexcept {
     if (pin.chunk != Pin::whole_region) {
         if (Slot* slot = slot_if_present(pin.chunk)) {
+            slot->last_use.store(pin.last_use.load(std::memory_order_relaxed),
+                                 std::memory_order_relaxed);
             Pin* expected = &pin;
             slot->pin.compare_exchange_strong(expected, nullptr, std::memory_order_acq_rel);
         }
@@ -159,10 +164,16 @@ void RegionCore::collect_eviction_candidates_locked(std::vector<EvictionCandidat
                                                     bool skip_ahead) {
     for (const auto& pin : pool_) {
         const std::uint64_t state = pin->state.load(std::memory_order_acquire);
-        if (pin->chunk != Pin::whole_region && (state & Pin::unusable) == 0 &&
-            (state & Pin::lease_mask) == 0 && !(skip_ahead && (state & Pin::ahead_bit) != 0)) {
-            out.push_back({pin->last_use.load(std::memory_order_relaxed), this, pin.get()});
+        if (pin->chunk == Pin::whole_region || (state & Pin::unusable) != 0) {
+            continue;
         }
+        out.push_back({.last_use = pin->last_use.load(std::memory_order_relaxed),
+                       .reuse_interval = pin->reuse_interval.load(std::memory_order_relaxed),
+                       .bytes = pin->pinned_bytes,
+                       .evictable = (state & Pin::lease_mask) == 0 &&
+                                    !(skip_ahead && (state & Pin::ahead_bit) != 0),
+                       .region = this,
+                       .pin = pin.get()});
     }
 }
 

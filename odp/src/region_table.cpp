@@ -77,8 +77,11 @@ RegionCore::Hit RegionCore::try_acquire(std::size_t chunk, Range part) noexcept 
         release_pin(pin);
         return {};
     }
+    // Two stores only when a fault happened since the chunk's last use.
     const std::uint64_t now = dev_.clock.load(std::memory_order_relaxed);
-    if (pin->last_use.load(std::memory_order_relaxed) != now) {
+    const std::uint64_t last = pin->last_use.load(std::memory_order_relaxed);
+    if (last < now) [[unlikely]] {
+        pin->reuse_interval.store(now - last, std::memory_order_relaxed);
         pin->last_use.store(now, std::memory_order_relaxed);
     }
     return {pin, piece, (state & Pin::ahead_bit) != 0};

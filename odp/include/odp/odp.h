@@ -312,7 +312,7 @@ struct odp_stats {
     uint64_t prefetches;         /* prefetches that did work */
     uint64_t chunks_invalidated; /* registered chunks turned stale by events */
     uint64_t stale_while_leased; /* of those, chunks leased at the time */
-    uint64_t evictions;          /* LRU chunks deregistered to stay in the budget */
+    uint64_t evictions;          /* chunks deregistered to stay in the budget */
     uint64_t back_pressure;      /* calls refused: budget full of leased chunks */
     uint64_t pinned_bytes;       /* registered (pinned) now */
     uint64_t peak_pinned_bytes;  /* highest pinned_bytes seen */

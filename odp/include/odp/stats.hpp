@@ -24,7 +24,7 @@ struct ODP_API Stats {
     std::array<std::uint64_t, invalidation_reason_count> invalidations{};
     std::uint64_t chunks_invalidated = 0;  // registered chunks turned stale by events
     std::uint64_t stale_while_leased = 0;  // of those, chunks that were leased at the time
-    std::uint64_t evictions = 0;           // LRU chunks deregistered to stay in the budget
+    std::uint64_t evictions = 0;           // chunks deregistered to stay in the budget
     std::uint64_t back_pressure = 0;       // reservations refused: budget full or too small
     std::uint64_t pinned_bytes = 0;        // registered (pinned) now
     std::uint64_t peak_pinned_bytes = 0;   // highest pinned_bytes seen

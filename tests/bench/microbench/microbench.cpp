@@ -1,5 +1,6 @@
 // odp-microbench: LeaseHit, EventApply, RegisterEmulated, FaultParallel
-// (docs/results/microbench.md, docs/results/fault-parallel.md).
+// (docs/results/microbench.md, docs/results/fault-parallel.md); EvictionPolicy
+// is in eviction_policy.cpp.
 //
 // Everything runs against odp::FakeNic: the hit path and emulated
 // registration make no NIC call by design, and event application only marks

@@ -666,5 +666,109 @@ TEST(ComparePlot, DrawsTwoEmulatedSources) {
     std::remove(path.c_str());
 }
 
+Row working_set_round(const std::string& mode, const std::string& test, std::uint64_t multiple,
+                      double bw, double hit_rate, std::uint64_t faults) {
+    Row row;
+    row.mode = mode;
+    row.server_mode = "pinned";
+    row.test = test;
+    row.budget_bytes = 8 << 20;
+    row.size = multiple * (8 << 20);
+    row.iterations = 1024;
+    row.bw_MBps = bw;
+    row.round_bw_MBps = {bw};
+    row.hit_rate = hit_rate;
+    row.faults = faults;
+    row.pinned_bytes_peak = 8 << 20;
+    return row;
+}
+
+// A working-set point's rounds: all bytes over all time, the hit rate over
+// every lookup, faults added up, each round's bandwidth kept in order.
+TEST(CompareWorkingSet, RoundsAddUp) {
+    const Row row = row_from_working_set_rounds(
+        {working_set_round("emulated", "working_set_random", 2, 100, 0.9, 10),
+         working_set_round("emulated", "working_set_random", 2, 50, 0.8, 20)});
+    EXPECT_EQ(row.iterations, 2048U);
+    ASSERT_TRUE(row.bw_MBps);
+    EXPECT_NEAR(*row.bw_MBps, 128.0 / 1.92, 1e-9) << "128 MiB in 0.64 s + 1.28 s";
+    ASSERT_TRUE(row.hit_rate);
+    EXPECT_NEAR(*row.hit_rate, 0.85, 1e-12);
+    EXPECT_EQ(row.faults, 30U);
+    EXPECT_EQ(row.round_bw_MBps, (std::vector<double>{100, 50}));
+    EXPECT_EQ(row.size, 16U << 20);
+    Row failed = working_set_round("emulated", "working_set_random", 2, 0, 0, 0);
+    failed.error = "budget full";
+    EXPECT_EQ(row_from_working_set_rounds(
+                  {working_set_round("emulated", "working_set_random", 2, 100, 0.9, 10), failed})
+                  .error,
+              "budget full");
+    EXPECT_TRUE(is_working_set_test("working_set_sequential"));
+    EXPECT_FALSE(is_working_set_test("budget"));
+}
+
+// Emulated over 1-8x the budget against pinned over a set of the budget's
+// size: the ratio pairs each round with pinned's of the same pattern, in the
+// table, the JSON and the plot's panel (ratio with its interval, hit rate).
+TEST(CompareWorkingSet, RatiosToPinnedInTableJsonAndPlot) {
+    CompareResult result;
+    result.modes = {"pinned", "emulated"};
+    const std::vector<double> pinned_rounds{100, 100, 100, 100, 100};
+    const std::vector<double> emulated_rounds{50, 40, 60, 50, 55};  // ratios 0.4 to 0.6
+    for (const char* test : kWorkingSetTests) {
+        std::vector<Row> pinned;
+        for (const double bw : pinned_rounds) {
+            pinned.push_back(working_set_round("pinned", test, 1, bw, 1.0, 0));
+        }
+        result.rows.push_back(row_from_working_set_rounds(pinned));
+        for (const std::uint64_t multiple : {1, 2, 4, 8}) {
+            std::vector<Row> rounds;
+            for (const double bw : emulated_rounds) {
+                rounds.push_back(working_set_round("emulated", test, multiple, bw,
+                                                   1.0 / static_cast<double>(multiple), 32));
+            }
+            result.rows.push_back(row_from_working_set_rounds(rounds));
+        }
+    }
+    std::ostringstream out;
+    print_table(result, out);
+    const std::string table = out.str();
+    EXPECT_NE(table.find("Working set against the pinned budget of 8 MiB"), std::string::npos)
+        << table;
+    EXPECT_NE(table.find("random      emulated     32 MiB        4x    25.00%           160"),
+              std::string::npos)
+        << table;
+    EXPECT_NE(table.find("0.500 [0.400, 0.600]\n"), std::string::npos) << table;
+
+    const std::string json = to_json(result, "odp-perf compare --working-set-sweep");
+    const std::string emulated_4x = "\"test\": \"working_set_sequential\", \"size\": 33554432";
+    const std::size_t at = json.find(emulated_4x);
+    ASSERT_NE(at, std::string::npos) << json;
+    const std::string line = json.substr(at, json.find('\n', at) - at);
+    EXPECT_NE(line.find("\"hit_rate\": 0.25"), std::string::npos) << line;
+    EXPECT_NE(line.find("\"budget_bytes\": 8388608"), std::string::npos) << line;
+    EXPECT_NE(line.find("\"to_pinned\": {\"bw_MBps\": {\"ratio\": 0.5, \"low\": 0.4, "
+                        "\"high\": 0.6, \"confidence\": 0.9375, \"samples\": 5}"),
+              std::string::npos)
+        << line;
+
+    const std::filesystem::path dir =
+        testing::TempDir() + "compare-plot-working-set-" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir);
+    const std::string script = plot_script(result, dir, "out.png");
+    std::ifstream in(dir / "ws-sequential-1.dat");
+    std::stringstream data;
+    data << in.rdbuf();
+    EXPECT_EQ(data.str(),
+              "1 0.5000 0.4000 0.6000 1.0000\n2 0.5000 0.4000 0.6000 0.5000\n"
+              "4 0.5000 0.4000 0.6000 0.2500\n8 0.5000 0.4000 0.6000 0.1250\n");
+    EXPECT_NE(script.find("set multiplot layout 2,2"), std::string::npos) << script;
+    EXPECT_NE(script.find("ws-random-1.dat' using 1:5 axes x1y2"), std::string::npos) << script;
+    EXPECT_NE(script.find("title 'emulated sequential: bandwidth ratio'"), std::string::npos)
+        << script;
+    EXPECT_EQ(script.find("ws-sequential-0.dat"), std::string::npos) << "pinned is the reference";
+    std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace odp_perf

@@ -192,7 +192,10 @@ std::string ratio_text(const std::optional<RatioEstimate>& estimate, int precisi
 std::optional<RatioEstimate> to_pinned(const std::vector<Row>& rows, const Row& row,
                                        std::optional<double> Row::*value,
                                        const std::vector<double> Row::*samples) {
-    const Row* pinned = find(rows, "pinned", row.test, row.size);
+    // A working-set row's pinned reference is a set of the budget's size.
+    const Row* pinned =
+        find(rows, "pinned", row.test,
+             is_working_set_test(row.test) ? row.budget_bytes.value_or(0) : row.size);
     if (pinned == nullptr || &row == pinned) {
         return std::nullopt;
     }
@@ -223,6 +226,46 @@ std::pair<double, double> spread_of(double value, const std::vector<double>& sam
 }
 
 }  // namespace
+
+bool is_working_set_test(const std::string& test) {
+    return std::find_if(std::begin(kWorkingSetTests), std::end(kWorkingSetTests),
+                        [&](const char* name) { return test == name; }) !=
+           std::end(kWorkingSetTests);
+}
+
+Row row_from_working_set_rounds(const std::vector<Row>& rounds) {
+    Row row = rounds.at(0);
+    row.iterations = 0;
+    row.faults = 0;
+    row.invalidations = 0;
+    row.pinned_bytes_peak = 0;
+    row.round_bw_MBps.clear();
+    double bytes = 0;
+    double seconds = 0;
+    double hits = 0;
+    for (const Row& round : rounds) {
+        if (!round.error.empty()) {
+            row = round;  // its first error is the row
+            row.round_bw_MBps.clear();
+            return row;
+        }
+        const double round_bytes = static_cast<double>(round.iterations) * 65536.0;
+        if (round.bw_MBps && *round.bw_MBps > 0) {
+            bytes += round_bytes;
+            seconds += round_bytes / (*round.bw_MBps * 1048576.0);
+        }
+        row.round_bw_MBps.push_back(round.bw_MBps.value_or(0));
+        hits += round.hit_rate.value_or(0) * static_cast<double>(round.iterations);
+        row.iterations += round.iterations;
+        row.faults += round.faults;
+        row.invalidations += round.invalidations;
+        row.pinned_bytes_peak = std::max(row.pinned_bytes_peak, round.pinned_bytes_peak);
+    }
+    row.bw_MBps = seconds > 0 ? std::optional(bytes / 1048576.0 / seconds) : std::nullopt;
+    row.hit_rate = row.iterations > 0 ? std::optional(hits / static_cast<double>(row.iterations))
+                                      : std::nullopt;
+    return row;
+}
 
 Row row_from_rounds(const std::vector<ClientResult>& rounds, oob::TestKind test,
                     std::uint64_t size) {
@@ -460,8 +503,19 @@ CompareResult run_compare(const CompareConfig& config) {
         }
     }
     const std::uint32_t rounds = std::max<std::uint32_t>(config.rounds, 1);
+    const bool working_sets = config.working_set_sweep || config.sweep;
+    std::vector<ModeVariant> working_set_variants;
+    std::size_t working_set_points = 0;
+    for (const ModeVariant& variant : variants) {
+        if (working_sets && variant.mode != odp::Mode::Native) {
+            working_set_variants.push_back(variant);
+            working_set_points +=
+                variant.mode == odp::Mode::Pinned ? 1 : config.working_set_multiples.size();
+        }
+    }
     Progress progress(variants.size() *
-                      (tests.size() * sizes.size() * rounds + reg_sizes.size() + 4));
+                          (tests.size() * sizes.size() * rounds + reg_sizes.size() + 4) +
+                      working_set_points * std::size(kWorkingSetTests) * rounds);
 
     // Before each emulated measurement its source becomes the process's (a
     // switch takes milliseconds); the other modes use no source.
@@ -566,17 +620,108 @@ CompareResult run_compare(const CompareConfig& config) {
         result.rows.push_back(
             labelled(measure_first_touch(*device, peer, variant.mode, 2 << 20, true), variant));
         progress.step(variant.label + " working set over budget");
-        result.rows.push_back(labelled(
-            measure_budget(config.device, peer, variant.mode, config.budget, config.working_set,
-                           config.budget_iterations, config.fault_ahead),
-            variant));
+        WorkingSetSpec budget;
+        budget.budget = config.budget;
+        budget.working_set = config.working_set;
+        budget.iterations = config.budget_iterations;
+        budget.fault_ahead = config.fault_ahead;
+        result.rows.push_back(
+            labelled(measure_budget(config.device, peer, variant.mode, budget), variant));
         progress.step(variant.label + " remap under traffic");
         result.rows.push_back(
             labelled(measure_remap(*device, peer, variant.mode, config.remap_rounds), variant));
     }
+    if (working_sets) {
+        // Pinned (a set of the budget's size) and each emulated column over
+        // every multiple take turns in each round, as the traffic tests do.
+        struct Point {
+            const char* test;
+            const ModeVariant* variant;
+            std::uint64_t working_set;
+            std::vector<Row> rounds;
+        };
+        std::vector<Point> points;
+        for (const char* test : kWorkingSetTests) {
+            for (const ModeVariant& variant : working_set_variants) {
+                for (const std::uint64_t multiple : variant.mode == odp::Mode::Pinned
+                                                        ? std::vector<std::uint64_t>{1}
+                                                        : config.working_set_multiples) {
+                    points.push_back({test, &variant, multiple * config.budget, {}});
+                }
+            }
+        }
+        for (std::uint32_t round = 0; round < rounds; ++round) {
+            for (Point& point : points) {
+                progress.step(point.variant->label + " " + point.test + " " +
+                              odp::format_bytes(point.working_set) + ", round " +
+                              std::to_string(round + 1) + "/" + std::to_string(rounds));
+                WorkingSetSpec spec;
+                spec.test = point.test;
+                spec.budget = config.budget;
+                spec.working_set = point.working_set;
+                spec.random = spec.test == "working_set_random";
+                spec.warm_up = 2 * spec.working_set / (64 * 1024);  // two laps
+                spec.iterations = config.working_set_iterations;
+                spec.fault_ahead = config.fault_ahead;
+                prepare(*point.variant);
+                point.rounds.push_back(
+                    labelled(measure_budget(config.device, peer, point.variant->mode, spec),
+                             *point.variant));
+            }
+        }
+        for (const Point& point : points) {
+            result.rows.push_back(row_from_working_set_rounds(point.rounds));
+        }
+    }
     result.goals = evaluate_goals(result.rows);
     return result;
 }
+
+namespace {
+
+// The working-set section: per access pattern, pinned over a set that fits
+// and each emulated column over every multiple of the budget.
+void print_working_sets(const CompareResult& result, int mode_width, std::ostream& out) {
+    bool header = false;
+    for (const char* test : kWorkingSetTests) {
+        for (const Row& row : result.rows) {
+            if (row.test != test) {
+                continue;
+            }
+            if (!header) {
+                header = true;
+                out << "\nWorking set against the pinned budget of "
+                    << odp::format_bytes(row.budget_bytes.value_or(0))
+                    << ": 64 KiB WRITEs after two laps of the set\n (hit rate: lookups found "
+                       "registered; ratio: bandwidth against pinned's over a set of the\n "
+                       "budget's size, same pattern, rounds paired)\n"
+                    << std::left << std::setw(12) << "pattern" << std::setw(mode_width) << "mode"
+                    << std::right << std::setw(10) << "set" << std::setw(10) << "x budget"
+                    << std::setw(10) << "hit rate" << std::setw(14) << "chunk faults"
+                    << std::setw(13) << "BW avg[MB/s]" << std::setw(24) << "ratio [interval]"
+                    << "\n";
+            }
+            const std::string pattern = row.test.substr(std::string("working_set_").size());
+            const std::uint64_t budget = row.budget_bytes.value_or(0);
+            out << std::left << std::setw(12) << pattern << std::setw(mode_width) << row.mode
+                << std::right << std::setw(10) << odp::format_bytes(row.size) << std::setw(10)
+                << (budget != 0
+                        ? fixed(static_cast<double>(row.size) / static_cast<double>(budget), 0) +
+                              "x"
+                        : "-");
+            if (!row.error.empty()) {
+                out << "  failed: " << row.error << "\n";
+                continue;
+            }
+            out << std::setw(9) << fixed(row.hit_rate.value_or(0) * 100, 2) << "%" << std::setw(14)
+                << row.faults << std::setw(13) << optional_number(row.bw_MBps) << std::setw(24)
+                << ratio_text(to_pinned(result.rows, row, &Row::bw_MBps, &Row::round_bw_MBps))
+                << "\n";
+        }
+    }
+}
+
+}  // namespace
 
 void print_table(const CompareResult& result, std::ostream& out) {
     out << "odp-perf compare: device " << result.device << ", kernel " << result.kernel
@@ -737,6 +882,8 @@ void print_table(const CompareResult& result, std::ostream& out) {
             << odp::format_bytes(row.pinned_bytes_peak) << " (<= budget), " << row.faults
             << " chunk faults\n";
     }
+
+    print_working_sets(result, mode_width, out);
 
     out << "\nRemap under traffic: WRITE + READ back, buffers freed and remapped between rounds\n";
     for (const Row& row : result.rows) {
@@ -944,6 +1091,41 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
         }
         return tics + ")\n";
     };
+    // Working set against the budget: per emulated column and pattern, the
+    // bandwidth ratio to pinned (its interval as the error bar) and the hit
+    // rate, against working set / budget.
+    std::vector<std::pair<std::string, std::string>> working_set_lines;  // file, title
+    for (std::size_t i = 0; i < result.modes.size(); ++i) {
+        for (const char* test : kWorkingSetTests) {
+            std::ostringstream data;
+            for (const Row& row : result.rows) {
+                if (row.mode != result.modes[i] || row.test != test || row.mode == "pinned" ||
+                    !row.error.empty() || !row.budget_bytes || *row.budget_bytes == 0) {
+                    continue;
+                }
+                const std::optional<RatioEstimate> ratio =
+                    to_pinned(result.rows, row, &Row::bw_MBps, &Row::round_bw_MBps);
+                if (!ratio) {
+                    continue;
+                }
+                const double low = ratio->interval ? ratio->interval->low : ratio->ratio;
+                const double high = ratio->interval ? ratio->interval->high : ratio->ratio;
+                data << static_cast<double>(row.size) / static_cast<double>(*row.budget_bytes)
+                     << " " << fixed(ratio->ratio, 4) << " " << fixed(low, 4) << " "
+                     << fixed(high, 4) << " " << fixed(row.hit_rate.value_or(0), 4) << "\n";
+            }
+            if (data.str().empty()) {
+                continue;
+            }
+            const std::string pattern =
+                std::string(test).substr(std::string("working_set_").size());
+            const std::string file = data_file(("ws-" + pattern + "-").c_str(), i);
+            std::ofstream(file) << data.str();
+            working_set_lines.emplace_back(file, result.modes[i] + " " + pattern);
+        }
+    }
+    const bool working_sets = !working_set_lines.empty();
+    const int panels = 3 + (sweep ? 1 : 0) + (working_sets ? 1 : 0);
     std::string quoted_png;
     for (const char c : png_path) {
         quoted_png += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
@@ -959,9 +1141,16 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
         return plot;
     };
     std::ostringstream script;
-    script << "set terminal pngcairo size " << (sweep ? "1400,1000" : "1400,500") << " font ',10'\n"
+    script << "set terminal pngcairo size "
+           << (panels == 3   ? "1400,500"
+               : panels == 4 ? "1400,1000"
+                             : "2000,1000")
+           << " font ',10'\n"
            << "set output \"" << quoted_png << "\"\n"
-           << "set multiplot layout " << (sweep ? "2,2" : "1,3")
+           << "set multiplot layout "
+           << (panels == 3   ? "1,3"
+               : panels == 4 ? "2,2"
+                             : "2,3")
            << " title \"odp-perf compare: " << result.device << ", kernel " << result.kernel
            << " (error bars: range over the rounds)\"\n"
            << "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
@@ -995,6 +1184,25 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
                        << "' using 1:2 with points pt 2 ps 2" << colour << " title '" << mode
                        << ": data check failed'";
             }
+        }
+    }
+    if (working_sets) {
+        // Ratio on the left axis (lines with error bars), hit rate on the
+        // right (dashed), one colour per column and pattern.
+        script
+            << "\nset title 'Working set against the pinned budget, 64 KiB WRITEs'\n"
+               "set xlabel 'working set / budget'\nset ylabel 'bandwidth / pinned (set "
+               "that fits)'\nset y2label 'hit rate'\nunset logscale\nset logscale x 2\n"
+               "set xrange [0.8:10]\nset xtics norotate (\"1x\" 1, \"2x\" 2, \"4x\" 4, \"8x\" 8)\n"
+               "set yrange [0:*]\nset y2range [0:1.05]\nset y2tics\nset ytics nomirror\n"
+               "set key inside bottom left vertical\nplot ";
+        for (std::size_t i = 0; i < working_set_lines.size(); ++i) {
+            const auto& [file, title] = working_set_lines[i];
+            const std::string colour = " lt " + std::to_string(i + 1);
+            script << (i ? ", " : "") << "'" << file << "' using 1:2:3:4 with yerrorlines" << colour
+                   << " title '" << title << ": bandwidth ratio', '" << file
+                   << "' using 1:5 axes x1y2 with linespoints dt 2" << colour << " title '" << title
+                   << ": hit rate'";
         }
     }
     script << "\nunset multiplot\n";

@@ -38,6 +38,14 @@ struct CompareConfig {
     std::uint64_t budget = std::uint64_t{8} << 20;
     std::uint64_t working_set = std::uint64_t{32} << 20;
     std::uint64_t budget_iterations = 2000;
+    // The working-set section (--working-set-sweep; on with --sweep): 64 KiB
+    // WRITEs, sequential and random, over these multiples of the budget,
+    // each emulated column against pinned over a set of the budget's size.
+    // Per point and round: two laps of the set to warm up, then this many
+    // writes measured (1024: whole laps of every set up to 8 times 8 MiB).
+    bool working_set_sweep = false;
+    std::vector<std::uint64_t> working_set_multiples{1, 2, 4, 8};
+    std::uint64_t working_set_iterations = 1024;
     int remap_rounds = 6;
     // The emulated mode's invalidation sources, one set of emulated rows each
     // (mode_variants). Empty: the module and userfaultfd when /dev/odp_mirror
@@ -92,6 +100,16 @@ class SourceKeeper {
 // taken over every sample, the pinned peak is the highest.
 Row row_from_rounds(const std::vector<ClientResult>& rounds, oob::TestKind test,
                     std::uint64_t size);
+
+// The rows of the working-set section: "working_set_sequential" and
+// "working_set_random", size = the working set, budget_bytes = the budget.
+inline constexpr const char* kWorkingSetTests[] = {"working_set_sequential", "working_set_random"};
+[[nodiscard]] bool is_working_set_test(const std::string& test);
+// One row from a mode's rounds of one working-set point: counts add up, the
+// bandwidth is all bytes over all measured time, the hit rate is over every
+// lookup, each round's bandwidth is kept (round_bw_MBps); the first round
+// that failed makes the row that error.
+Row row_from_working_set_rounds(const std::vector<Row>& rounds);
 
 struct Goal {
     std::string name;

@@ -32,8 +32,8 @@ constexpr const char* kUsage = R"(usage:
   odp-perf compare [--device D] [--cm] [--json FILE] [--plot FILE.png] [--quick]
                    [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--rounds N]
                    [--reg-max BYTES]
-                   [--budget BYTES] [--working-set BYTES] [--sources LIST]
-                   [--fault-ahead CHUNKS]
+                   [--budget BYTES] [--working-set BYTES] [--working-set-sweep]
+                   [--sources LIST] [--fault-ahead CHUNKS]
   odp-perf compare --merge RUN.json [--merge RUN.json]... [--json FILE] [--plot FILE.png]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
@@ -61,6 +61,9 @@ the first as "emulated", the others as "emulated/<source>" (default: both when
 --fault-ahead N: emulated buffers register N chunks ahead of a sequential use
 in the background (RegionOptions::fault_ahead; default 0, off); in compare,
 the traffic tests (both sides) and the working set over the budget.
+--working-set-sweep (on with --sweep): 64 KiB WRITEs, sequential and random,
+over 1, 2, 4 and 8 times --budget for each emulated column, against pinned
+over a set of the budget's size: hit rate, chunk faults, bandwidth ratio.
 compare --merge measures nothing: it merges the JSON of runs of the same
 comparison (other guests) into one table whose intervals use every run's
 rounds (each round paired with the other modes' round of the same run).
@@ -374,6 +377,8 @@ int compare_main(Arguments& args, const std::string& command_line) {
             config.fault_ahead = parse_fault_ahead(args.value(arg));
         } else if (arg == "--working-set") {
             config.working_set = parse_size(args.value(arg), arg);
+        } else if (arg == "--working-set-sweep") {
+            config.working_set_sweep = true;
         } else if (arg == "--sources") {
             config.sources.clear();
             const std::string list = args.value(arg);

@@ -169,45 +169,53 @@ Row measure_first_touch(odp::Device& device, const Peer& peer, odp::Mode mode, s
 }
 
 Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode mode,
-                   std::uint64_t budget, std::uint64_t working_set, std::uint64_t iterations,
-                   std::size_t fault_ahead) {
+                   const WorkingSetSpec& spec) {
     constexpr std::size_t kMessage = 64 * 1024;
     constexpr std::uint32_t kDepth = 16;
-    Row row = base_row(mode, "budget", kMessage);
+    Row row = base_row(mode, spec.test, spec.test == "budget" ? kMessage : spec.working_set);
     row.server_mode = "pinned";
-    row.budget_bytes = budget;
+    row.budget_bytes = spec.budget;
     try {
-        const std::shared_ptr<odp::Device> device = odp::Device::open({device_name, budget});
-        const odp::RegionOptions options = region_options(mode, kMessage, fault_ahead);
+        const std::shared_ptr<odp::Device> device = odp::Device::open({device_name, spec.budget});
+        const odp::RegionOptions options = region_options(mode, kMessage, spec.fault_ahead);
         TestMemory memory;
         memory.buffer =
-            MappedBuffer(static_cast<std::size_t>(working_set), options.chunk_size, true);
+            MappedBuffer(static_cast<std::size_t>(spec.working_set), options.chunk_size, true);
         fill_pattern(memory.buffer.bytes(), kSeed, 0);
         memory.region = device->register_region(memory.buffer.data(), memory.buffer.size(),
                                                 kBufferAccess, options);
         PeerLink link(*device, write_link(peer, kMessage, kDepth), memory.region.mode());
+        WindowSpec window_spec;
+        window_spec.test = oob::TestKind::Write;
+        window_spec.size = kMessage;
+        window_spec.stride = kMessage;
+        window_spec.depth = kDepth;
+        window_spec.local_span = memory.buffer.size();
+        window_spec.random_seed = spec.random ? kSeed : 0;
+        if (spec.warm_up != 0) {
+            window_spec.count = spec.warm_up;
+            run_window(link, memory, window_spec);
+        }
         const odp::Stats before = memory.region.stats();
-        WindowSpec spec;
-        spec.test = oob::TestKind::Write;
-        spec.size = kMessage;
-        spec.stride = kMessage;
-        spec.depth = kDepth;
-        spec.count = iterations;
-        spec.local_span = memory.buffer.size();
-        const Window window = run_window(link, memory, spec);
+        window_spec.first_op = spec.warm_up;
+        window_spec.count = spec.iterations;
+        const Window window = run_window(link, memory, window_spec);
         const odp::Stats after = memory.region.stats();
         row.iterations = window.operations;
         row.bw_MBps = bandwidth_MBps(window.operations * kMessage, window.seconds);
+        row.round_bw_MBps = {*row.bw_MBps};
         const auto hits = static_cast<double>(after.hits - before.hits);
         const auto misses = static_cast<double>(after.misses - before.misses);
         row.hit_rate = hits + misses > 0 ? hits / (hits + misses) : 1.0;
-        link.finish(oob::Done{window.operations, window.operations * kMessage, kSeed, 0});
+        link.finish(oob::Done{spec.warm_up + window.operations,
+                              (spec.warm_up + window.operations) * kMessage, kSeed, 0});
         add_stats(row, after);
+        row.faults = after.chunk_faults - before.chunk_faults;  // the measured writes'
         row.pinned_bytes_peak =
             std::max(after.peak_pinned_bytes, device->stats().peak_pinned_bytes);
-        if (row.pinned_bytes_peak > budget) {
+        if (row.pinned_bytes_peak > spec.budget) {
             row.error = "pinned peak " + odp::format_bytes(row.pinned_bytes_peak) +
-                        " exceeded the budget of " + odp::format_bytes(budget);
+                        " exceeded the budget of " + odp::format_bytes(spec.budget);
         }
     } catch (const std::exception& error) {
         row.error = error.what();

@@ -60,12 +60,18 @@ std::vector<Row> measure_registration(odp::Device& device, odp::Mode mode,
 Row measure_first_touch(odp::Device& device, const Peer& peer, odp::Mode mode, std::uint64_t size,
                         bool prefetch);
 
-// 64 KiB WRITEs cycling over `working_set` bytes through a device whose pinned
-// budget is `budget` bytes (an emulated buffer faulting `fault_ahead` chunks
-// ahead).
+// 64 KiB WRITEs over a working set through a device with a pinned budget.
+struct WorkingSetSpec {
+    std::string test = "budget";  // the row's test
+    std::uint64_t budget = 0;
+    std::uint64_t working_set = 0;
+    bool random = false;        // at random offsets, else cycling through the set
+    std::uint64_t warm_up = 0;  // writes before the measured ones (not counted)
+    std::uint64_t iterations = 0;
+    std::size_t fault_ahead = 0;  // chunks (emulated buffer)
+};
 Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode mode,
-                   std::uint64_t budget, std::uint64_t working_set, std::uint64_t iterations,
-                   std::size_t fault_ahead = 0);
+                   const WorkingSetSpec& spec);
 
 // Rounds of WRITE + READ-back with the source and target buffers remapped
 // (munmap + mmap MAP_FIXED) between rounds; every byte read back is checked

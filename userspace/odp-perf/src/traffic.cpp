@@ -30,6 +30,14 @@ const char* operation_name(oob::TestKind test) {
     return "operation";
 }
 
+// splitmix64's finaliser: a well-spread value for every input.
+std::uint64_t mix(std::uint64_t x) noexcept {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
 void check_completion(const ibv_wc& wc, oob::TestKind test) {
     if (wc.status != IBV_WC_SUCCESS) {
         odp::throw_error(EIO, std::string(operation_name(test)) +
@@ -47,8 +55,16 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
     // Like perftest, only every signal_every-th work request asks for a
     // completion: RC completes in order, so it also completes those before it
     // and their leases are released with it.
+    // At random offsets the leases in flight can hold more chunks than the
+    // budget: a translate then throws BackPressure, and the window drains
+    // before it is retried, which needs a completion for the last request
+    // posted: every request is signaled.
     const std::uint64_t signal_every =
-        std::max<std::uint64_t>(1, std::min<std::uint64_t>(spec.depth / 4, 16));
+        spec.random_seed != 0
+            ? 1
+            : std::max<std::uint64_t>(1, std::min<std::uint64_t>(spec.depth / 4, 16));
+    bool last_signaled = true;
+    std::uint64_t post_after = 0;  // after BackPressure: wait until this many completed
     std::vector<odp::Lease> leases(spec.depth);
     std::array<ibv_wc, 16> completions{};
     Window window;
@@ -67,19 +83,34 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
             (posted >= spec.count || (spec.duration_s && Clock::now() >= stop_posting_at))) {
             posting = false;
         }
-        while (posting && posted - completed < spec.depth && posted < spec.count) {
+        while (posting && posted - completed < spec.depth && posted < spec.count &&
+               completed >= post_after) {
             const std::uint64_t op = spec.first_op + posted;
             const std::size_t local_offset =
-                static_cast<std::size_t>(op * spec.stride % local_span);
+                spec.random_seed == 0
+                    ? static_cast<std::size_t>(op * spec.stride % local_span)
+                    : static_cast<std::size_t>(mix(op ^ mix(spec.random_seed)) %
+                                               (local_span / spec.stride) * spec.stride);
             const std::size_t remote_offset = static_cast<std::size_t>(op % slots) * spec.stride;
             const bool last =
                 posted + 1 == spec.count || (spec.duration_s && Clock::now() >= stop_posting_at);
             const bool signaled =
                 last || (posted + 1) % signal_every == 0 || posted + 1 - completed == spec.depth;
-            odp::Lease lease =
-                memory.region.translate(memory.buffer.data() + local_offset, spec.size, 4);
+            odp::Lease lease;
+            try {
+                lease = memory.region.translate(memory.buffer.data() + local_offset, spec.size, 4);
+            } catch (const odp::BackPressure&) {
+                // The budget is full of chunks leased by requests in flight:
+                // as an application does, complete some and retry.
+                if (posted == completed || !last_signaled) {
+                    throw;
+                }
+                post_after = completed + 1;
+                break;
+            }
             post_operation(link, spec.test, lease, link.remote(remote_offset, spec.size), posted,
                            signaled);
+            last_signaled = signaled;
             leases[posted % spec.depth] = std::move(lease);
             ++posted;
             if (last) {

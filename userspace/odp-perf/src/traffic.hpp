@@ -75,7 +75,10 @@ struct WindowSpec {
     std::uint64_t count = 0;
     std::optional<double> duration_s;  // stop posting after this long
     std::size_t local_span = 0;        // local offset = op * stride % span (0: depth * stride)
-    std::uint64_t first_op = 0;        // op number of the first operation (slot continuity)
+    // Nonzero: the local offset is instead a pseudo-random multiple of
+    // stride within the span, drawn from the op number and this seed.
+    std::uint64_t random_seed = 0;
+    std::uint64_t first_op = 0;  // op number of the first operation (slot continuity)
 };
 struct Window {
     std::uint64_t operations = 0;
