@@ -1,8 +1,14 @@
 // The pinned budget: its default (RLIMIT_MEMLOCK unless CAP_IPC_LOCK), LRU
 // eviction, back-pressure, requests that can never fit.
 #include <gtest/gtest.h>
+#include <linux/capability.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <array>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <odp/device.hpp>
 #include <odp/region.hpp>
@@ -16,34 +22,63 @@ namespace {
 using test::expect_error;
 using test::MiB;
 
-TEST(Budget, NeverAboveMemlockLimit) {
+// Runs in a child (a death-test fork) that is held to RLIMIT_MEMLOCK whatever
+// this process is: CAP_IPC_LOCK dropped from the effective set, a finite soft
+// limit. Each failed check prints why and exits nonzero.
+void check_memlock_limit_is_never_exceeded() {
+    const auto check = [](bool ok, const std::string& what) {
+        if (!ok) {
+            std::fprintf(stderr, "FAILED: %s\n", what.c_str());
+            std::exit(1);
+        }
+    };
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    std::array<__user_cap_data_struct, _LINUX_CAPABILITY_U32S_3> caps{};
+    check(syscall(SYS_capget, &header, caps.data()) == 0, "capget");
+    caps[CAP_TO_INDEX(CAP_IPC_LOCK)].effective &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+    check(syscall(SYS_capset, &header, caps.data()) == 0, "capset without CAP_IPC_LOCK");
     rlimit limit{};
-    ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &limit), 0);
-    if (limit.rlim_cur == RLIM_INFINITY) {
-        GTEST_SKIP() << "RLIMIT_MEMLOCK is unlimited here: no limit to exceed "
-                        "(RootWithIpcLockIsNotHeldToMemlock covers the rule)";
+    check(getrlimit(RLIMIT_MEMLOCK, &limit) == 0, "getrlimit");
+    if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur > 64 * MiB) {
+        limit.rlim_cur = 8 * MiB;  // lowering the soft limit needs no privilege
+        check(setrlimit(RLIMIT_MEMLOCK, &limit) == 0, "setrlimit(RLIMIT_MEMLOCK, 8 MiB)");
     }
-    if (detail::probe_pin_limits().ipc_lock) {
-        GTEST_SKIP() << "CAP_IPC_LOCK here: the kernel does not enforce RLIMIT_MEMLOCK "
-                        "(RootWithIpcLockIsNotHeldToMemlock covers the rule)";
-    }
+    check(!detail::probe_pin_limits().ipc_lock, "CAP_IPC_LOCK is still effective");
     const auto pinning_fake = [] {
         auto fake = std::make_unique<FakeNic>();
         fake->set_pins_memory(true);  // like a real NIC
         return fake;
     };
+    const auto refused = [&](const DeviceOptions& options) -> std::string {
+        try {
+            (void)Device::open(pinning_fake(), options);
+        } catch (const Error& error) {
+            return error.errno_value() == EINVAL ? std::string(error.what()) : std::string();
+        }
+        return {};
+    };
     DeviceOptions options;
     options.max_pinned_bytes = limit.rlim_cur + 4096;
-    const std::string message =
-        expect_error(EINVAL, [&] { (void)Device::open(pinning_fake(), options); });
-    EXPECT_NE(message.find("RLIMIT_MEMLOCK"), std::string::npos) << message;
+    const std::string message = refused(options);
+    check(
+        message.find("RLIMIT_MEMLOCK") != std::string::npos,
+        "a budget above RLIMIT_MEMLOCK is refused with EINVAL naming it: got \"" + message + "\"");
     options.max_pinned_bytes = limit.rlim_cur;
-    EXPECT_EQ(Device::open(pinning_fake(), options)->max_pinned_bytes(), limit.rlim_cur);
+    check(Device::open(pinning_fake(), options)->max_pinned_bytes() == limit.rlim_cur,
+          "a budget of exactly RLIMIT_MEMLOCK is taken");
     // A fake that pins nothing is not bound by the limit (host tests).
     options.max_pinned_bytes = limit.rlim_cur + 4096;
-    EXPECT_NO_THROW((void)Device::open(std::make_unique<FakeNic>(), options));
+    check(Device::open(std::make_unique<FakeNic>(), options)->max_pinned_bytes() ==
+              limit.rlim_cur + 4096,
+          "a device that pins nothing takes a budget above the limit");
     options.max_pinned_bytes = 0;
-    expect_error(EINVAL, [&] { (void)Device::open(pinning_fake(), options); });
+    check(!refused(options).empty(), "a zero budget is refused with EINVAL");
+    std::exit(0);
+}
+
+TEST(Budget, NeverAboveMemlockLimit) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(check_memlock_limit_is_never_exceeded(), ::testing::ExitedWithCode(0), "");
 }
 
 class Budget3Chunks : public ::testing::Test {
