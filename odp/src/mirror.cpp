@@ -490,13 +490,22 @@ std::unique_ptr<detail::Source> open_source(const MirrorOptions& options) {
     try {
         return detail::make_userfaultfd_source(options);
     } catch (const Error& error) {
+        // Allowing userfaultfd helps only where it was denied; where the kernel
+        // lacks what it needs (ENOTSUP: events, write-protect mode, or no
+        // copy-on-write of pinned pages) only the module does.
+        const bool denied = error.errno_value() == EPERM || error.errno_value() == ENOSYS ||
+                            error.errno_value() == EACCES;
         throw Error(error.errno_value(),
                     "no invalidation source for emulated ODP. odp_mirror module: " +
                         module_failure + ". userfaultfd: " + error.what() +
-                        ". To get one: load the module (insmod odp_mirror.ko), or allow "
-                        "userfaultfd (sysctl vm.unprivileged_userfaultfd=1, CAP_SYS_PTRACE, or "
-                        "read-write access to /dev/userfaultfd), or choose MonitorKind::None if "
-                        "the application never unmaps or remaps registered memory");
+                        ". To get one: load the module (insmod odp_mirror.ko, or install "
+                        "odp-mirror-dkms)" +
+                        (denied ? ", or allow userfaultfd (sysctl "
+                                  "vm.unprivileged_userfaultfd=1, CAP_SYS_PTRACE, or read-write "
+                                  "access to /dev/userfaultfd)"
+                                : "") +
+                        ", or choose MonitorKind::None if the application never unmaps or "
+                        "remaps registered memory");
     }
 }
 

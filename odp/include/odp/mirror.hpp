@@ -50,6 +50,14 @@ enum class MonitorKind {
 
 [[nodiscard]] ODP_API std::string_view to_string(MonitorKind kind) noexcept;
 
+// Why the userfaultfd source cannot keep emulated regions coherent on this
+// kernel, and what to do instead, or "" when it can. Before Linux 5.19 a CPU
+// write can give the process a copy of a pinned anonymous page (after
+// mprotect() to read-only and back, or a swap-in) with no userfaultfd event;
+// MonitorKind::Userfaultfd then throws odp::Error(ENOTSUP) with this text.
+// Probed once per process (docs/sources.md).
+[[nodiscard]] ODP_API std::string userfaultfd_coherence_problem();
+
 // A part of a watched range that the source cannot watch, and why.
 struct Unwatched {
     Unwatched() = default;

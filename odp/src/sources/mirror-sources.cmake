@@ -10,6 +10,7 @@ set(ODP_MIRROR_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/common.cpp
   ${CMAKE_CURRENT_LIST_DIR}/fake_source.cpp
   ${CMAKE_CURRENT_LIST_DIR}/none_source.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/page_copy_probe.cpp
   ${CMAKE_CURRENT_LIST_DIR}/userfaultfd_source.cpp
   ${CMAKE_CURRENT_LIST_DIR}/module_source.cpp)
 

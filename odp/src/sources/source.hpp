@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <odp/mirror.hpp>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <utility>
@@ -84,6 +85,20 @@ std::unique_ptr<Source> make_userfaultfd_source(const MirrorOptions& options);
 // `features` and `ioctls` answers), or "" if nothing.
 [[nodiscard]] std::string userfaultfd_api_shortcoming(std::uint64_t features, std::uint64_t ioctls);
 std::unique_ptr<Source> make_module_source(const MirrorOptions& options);
+
+// What a CPU write after mprotect(PROT_READ) and back does to an anonymous
+// page that something else references (page_copy_probe.cpp).
+enum class PageWriteOutcome { Reused, Copied, Unknown };
+struct PageCopyProbe {
+    PageWriteOutcome outcome = PageWriteOutcome::Unknown;
+    std::string detail;  // what was seen, or which call failed
+};
+// Runs the probe (a page, a pipe, vmsplice, mprotect twice, a write).
+[[nodiscard]] PageCopyProbe probe_page_copy_on_write();
+// The text of userfaultfd_coherence_problem() for this probe result on a
+// kernel of this release ("" when the userfaultfd source is coherent). An
+// Unknown outcome falls back on the version (< 5.19 copies).
+[[nodiscard]] std::string page_copy_problem(const PageCopyProbe& probe, const std::string& release);
 
 // A bounded single-producer single-consumer queue of events; never blocks and
 // never allocates after construction, so the userfaultfd reader can use it.

@@ -137,6 +137,15 @@ UniqueFd open_userfaultfd(std::string& how) {
             ")");
 }
 
+// The same, once the kernel has been found not to copy pinned pages behind
+// userfaultfd's back (page_copy_probe.cpp).
+UniqueFd open_coherent_userfaultfd(std::string& how) {
+    if (const std::string problem = userfaultfd_coherence_problem(); !problem.empty()) {
+        throw Error(ENOTSUP, problem);
+    }
+    return open_userfaultfd(how);
+}
+
 // The reader's thread, on a stack of its own: a mapping between two PROT_NONE
 // guard pages, so a VMA of its own that never merges with the application's
 // memory, and that register_range() never registers. A glibc thread stack is
@@ -295,7 +304,7 @@ constexpr std::chrono::seconds removal_wait_limit{1};
 class UserfaultfdSource final : public Source {
   public:
     explicit UserfaultfdSource(const MirrorOptions& options)
-        : uffd_(open_userfaultfd(how_)), ring_(options.event_capacity) {
+        : uffd_(open_coherent_userfaultfd(how_)), ring_(options.event_capacity) {
         uffdio_api api{};
         api.api = UFFD_API;
         api.features = required_features;

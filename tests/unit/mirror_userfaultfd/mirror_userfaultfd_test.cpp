@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,10 +23,12 @@
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <iostream>
 #include <odp/error.hpp>
 #include <odp/mirror.hpp>
 #include <optional>
@@ -600,6 +603,49 @@ TEST(MirrorUserfaultfdTeardown, TheReaderNeverWaitsForItsOwnStack) {
     ASSERT_NE(WEXITSTATUS(status), 3) << "could not find the reader thread's stack";
     EXPECT_NE(WEXITSTATUS(status), 4) << "the reader's own stack was registered";
     EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// The probe of a kernel that copies a referenced anonymous page on a write
+// after mprotect() to read-only and back (page_copy_probe.cpp), on this
+// host's kernel: upstream copies so before Linux 5.19. The guests check it
+// on 5.10, 6.1, 6.12 and 7.3 (vm.coherence, PinnedPageWrite.*).
+TEST(UserfaultfdCoherence, TheProbeAgreesWithThisKernelsVersion) {
+    utsname name{};
+    ASSERT_EQ(::uname(&name), 0);
+    int major = 0;
+    int minor = 0;
+    ASSERT_EQ(std::sscanf(name.release, "%d.%d", &major, &minor), 2) << name.release;
+    const bool copies = major < 5 || (major == 5 && minor < 19);
+    const detail::PageCopyProbe probe = detail::probe_page_copy_on_write();
+    std::cout << "[ probe    ] Linux " << name.release << ": " << probe.detail << "\n";
+    EXPECT_EQ(probe.outcome,
+              copies ? detail::PageWriteOutcome::Copied : detail::PageWriteOutcome::Reused)
+        << probe.detail;
+    EXPECT_EQ(userfaultfd_coherence_problem().empty(), !copies) << userfaultfd_coherence_problem();
+}
+
+TEST(UserfaultfdCoherence, ACopyingKernelIsRefusedWithTheCauseAndWhatToDo) {
+    const std::string problem = detail::page_copy_problem(
+        {detail::PageWriteOutcome::Copied, "the pipe kept the page's old bytes"},
+        "5.10.0-46-amd64");
+    for (const char* part : {"Linux 5.10.0-46-amd64", "copy", "mprotect", "no event",
+                             "odp_mirror.ko", "odp-mirror-dkms", "Pinned mode"}) {
+        EXPECT_NE(problem.find(part), std::string::npos) << part << " is missing: " << problem;
+    }
+    // The probe decides over the version (vendor kernels backport).
+    EXPECT_EQ(detail::page_copy_problem({detail::PageWriteOutcome::Reused, ""}, "5.10.0"), "");
+    EXPECT_NE(detail::page_copy_problem({detail::PageWriteOutcome::Copied, ""}, "6.1.0"), "");
+}
+
+TEST(UserfaultfdCoherence, WithoutTheProbeTheVersionDecides) {
+    const detail::PageCopyProbe failed{detail::PageWriteOutcome::Unknown,
+                                       "vmsplice: Operation not permitted"};
+    const std::string old_kernel = detail::page_copy_problem(failed, "5.18.19");
+    EXPECT_NE(old_kernel.find("vmsplice: Operation not permitted"), std::string::npos)
+        << old_kernel;
+    EXPECT_NE(old_kernel.find("odp_mirror.ko"), std::string::npos) << old_kernel;
+    EXPECT_EQ(detail::page_copy_problem(failed, "5.19.0"), "");
+    EXPECT_EQ(detail::page_copy_problem(failed, "6.1.0-40-amd64"), "");
 }
 
 // Without write-protect registration the source would route faults to

@@ -19,6 +19,14 @@ inline std::string kernel() {
     return value == nullptr ? std::string() : std::string(value);
 }
 
+// Whether a CPU write to a pinned anonymous page after mprotect() to
+// read-only and back gives the process a copy of it (Linux before 5.19: the
+// guest kernel 5.10). The userfaultfd source must refuse there: nothing tells
+// it of the copy.
+inline bool kernel_copies_pinned_pages() {
+    return kernel() == "5.10";
+}
+
 // The verbs device under test.
 inline std::string device() {
     const char* value = std::getenv("ODP_COHERENCE_DEVICE");

@@ -20,8 +20,29 @@ run() {  # run <device> <mode> <expected exit status>
     fi
 }
 
+# The emulated mode without odp_mirror.ko where the userfaultfd source cannot
+# be coherent (5.10: a CPU write can copy a pinned page without an event):
+# refused (exit 2), the error naming the cause and the module.
+refused() {  # refused <device> <mode>
+    echo "== odp-guide-example $1 $2 (no odp_mirror.ko on ${ODP_VM_KERNEL:-}: must be refused)"
+    output=$("$example" "$1" "$2" 2>&1)
+    code=$?
+    echo "$output"
+    if [ "$code" -ne 2 ] || ! echo "$output" | grep -q "copy" ||
+        ! echo "$output" | grep -q "odp_mirror.ko"; then
+        echo "FAILED: $1 mode $2 exited $code, expected 2 with an error naming the copy and odp_mirror.ko"
+        status=1
+    fi
+}
+
 for device in ${ODP_VM_DEVICES:-rxe0}; do
     case "$device:${ODP_VM_KERNEL:-}" in
+    *:5.10)
+        refused "$device" auto
+        refused "$device" emulated
+        run "$device" pinned 0
+        run "$device" native 2
+        ;;
     rxe0:7.3)
         run rxe0 emulated 0
         run rxe0 pinned 0

@@ -17,6 +17,7 @@
 #include <iostream>
 #include <map>
 #include <odp/error.hpp>
+#include <odp/mirror.hpp>
 #include <set>
 #include <span>
 #include <sstream>
@@ -431,9 +432,14 @@ CompareResult run_compare(const CompareConfig& config) {
     result.device = std::string(device->name());
     std::vector<odp::MonitorKind> sources = config.sources;
     // The module where this process may open it (Auto would pick it), and
-    // userfaultfd beside it.
+    // userfaultfd beside it where it can be coherent (not before Linux 5.19).
     if (sources.empty() && ::access("/dev/odp_mirror", R_OK | W_OK) == 0) {
-        sources = {odp::MonitorKind::Module, odp::MonitorKind::Userfaultfd};
+        sources = {odp::MonitorKind::Module};
+        if (const std::string why = odp::userfaultfd_coherence_problem(); why.empty()) {
+            sources.push_back(odp::MonitorKind::Userfaultfd);
+        } else {
+            result.absent_modes["emulated/userfaultfd"] = why;
+        }
     }
     const std::vector<ModeVariant> variants =
         mode_variants(supported_modes(*device, kBufferAccess), sources);
