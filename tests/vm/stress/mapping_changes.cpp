@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
@@ -26,7 +27,25 @@
 
 namespace odp::stress {
 
+std::atomic<ChangeHook> change_hook{nullptr};
+
 namespace {
+
+void run_change_hook(ChangePoint point, const void* address) {
+    if (const ChangeHook hook = change_hook.load(std::memory_order_acquire)) {
+        hook(point, address);
+    }
+}
+
+// Held by every change that leaves part of a buffer unmapped for a moment
+// (munmap-mmap, mremap away and back), from its first system call to its
+// last. mmap(NULL) gets the highest free gap that fits, and such a hole can
+// be it: a changer's mremap once got a worker's munmap-mmap hole as its place
+// to move to, the munmap-mmap mapped fresh pages there, and the mremap moved
+// its pages over them and back, which left a hole in the buffer where the
+// next write died of SIGSEGV (SEGV_MAPERR; 7.3, docs/results/soak.md). The
+// slice locks cannot prevent that: the kernel chooses the place.
+std::mutex address_space_mutex;
 
 constexpr std::array<std::string_view, change_kind_count> kind_names = {
     "munmap-mmap", "dontneed", "mremap",  "mprotect",
@@ -76,11 +95,13 @@ bool map_fresh(unsigned char* address, std::size_t length) {
 
 ChangeResult munmap_mmap(unsigned char* address, std::size_t length) {
     ChangeResult result;
+    const std::scoped_lock lock(address_space_mutex);
     if (::munmap(address, length) != 0) {
         result.failure = failed("munmap");
         return result;
     }
     result.zeroed = true;
+    run_change_hook(ChangePoint::HoleOpen, address);
     if (!map_fresh(address, length)) {
         // Nothing else can be done: the buffer has a hole now.
         throw std::runtime_error("mmap MAP_FIXED over a range just unmapped: " +
@@ -92,11 +113,13 @@ ChangeResult munmap_mmap(unsigned char* address, std::size_t length) {
 
 ChangeResult mremap_away_and_back(unsigned char* address, std::size_t length) {
     ChangeResult result;
+    const std::scoped_lock lock(address_space_mutex);
     void* away = ::mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (away == MAP_FAILED) {
         result.failure = failed("mmap a place to move to");
         return result;
     }
+    run_change_hook(ChangePoint::PlaceChosen, away);
     if (::mremap(address, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, away) != away) {
         result.failure = failed("mremap away");
         ::munmap(away, length);
