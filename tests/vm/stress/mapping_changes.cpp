@@ -40,11 +40,12 @@ void run_change_hook(ChangePoint point, const void* address) {
 // Held by every change that leaves part of a buffer unmapped for a moment
 // (munmap-mmap, mremap away and back), from its first system call to its
 // last. mmap(NULL) gets the highest free gap that fits, and such a hole can
-// be it: a changer's mremap once got a worker's munmap-mmap hole as its place
-// to move to, the munmap-mmap mapped fresh pages there, and the mremap moved
-// its pages over them and back, which left a hole in the buffer where the
-// next write died of SIGSEGV (SEGV_MAPERR; 7.3, docs/results/soak.md). The
-// slice locks cannot prevent that: the kernel chooses the place.
+// be it: without this, one thread's mremap could move its pages into another
+// change's hole, which that change's mmap(MAP_FIXED) then refills; moving
+// the pages back would leave a hole in the buffer. The slice locks cannot
+// prevent that: the kernel chooses the place. (Found by reading while
+// looking for the 7.3 SIGSEGV, whose cause was move_back_what_moved's; the
+// host test forces the kernel's choice, see mapping_changes_test.cpp.)
 std::mutex address_space_mutex;
 
 constexpr std::array<std::string_view, change_kind_count> kind_names = {
@@ -111,6 +112,43 @@ ChangeResult munmap_mmap(unsigned char* address, std::size_t length) {
     return result;
 }
 
+// After a failed mremap of [address, +length) to `away`: since Linux 6.17 a
+// move spanning several mappings stops with EFAULT at a userfaultfd-armed one
+// that is not the first, and the mappings before it stay moved. Moves each
+// such piece (a hole now) back from `away`, or maps fresh pages there if that
+// fails too. Returns the bytes that had moved; sets result.zeroed on fresh pages.
+std::size_t move_back_what_moved(unsigned char* address, std::size_t length, unsigned char* away,
+                                 ChangeResult& result) {
+    const std::size_t page = page_size();
+    unsigned char resident = 0;
+    const auto unmapped = [&](std::size_t at) {
+        return ::mincore(address + at, page, &resident) != 0 && errno == ENOMEM;
+    };
+    std::size_t moved = 0;
+    for (std::size_t begin = 0; begin < length;) {
+        if (!unmapped(begin)) {
+            begin += page;
+            continue;
+        }
+        std::size_t end = begin + page;
+        while (end < length && unmapped(end)) {
+            end += page;
+        }
+        const std::size_t piece = end - begin;
+        moved += piece;
+        if (::mremap(away + begin, piece, piece, MREMAP_MAYMOVE | MREMAP_FIXED, address + begin) !=
+            address + begin) {
+            if (!map_fresh(address + begin, piece)) {
+                throw std::runtime_error("mmap MAP_FIXED over pages a failed mremap moved away: " +
+                                         std::string(std::strerror(errno)));
+            }
+            result.zeroed = true;
+        }
+        begin = end;
+    }
+    return moved;
+}
+
 ChangeResult mremap_away_and_back(unsigned char* address, std::size_t length) {
     ChangeResult result;
     const std::scoped_lock lock(address_space_mutex);
@@ -122,6 +160,15 @@ ChangeResult mremap_away_and_back(unsigned char* address, std::size_t length) {
     run_change_hook(ChangePoint::PlaceChosen, away);
     if (::mremap(address, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, away) != away) {
         result.failure = failed("mremap away");
+        // Unmapping the place as it is would drop pages that did move (the
+        // 7.3 SIGSEGV: a hole in the buffer, docs/results/soak.md).
+        const std::size_t moved =
+            move_back_what_moved(address, length, static_cast<unsigned char*>(away), result);
+        if (moved != 0) {
+            result.failure += " after moving the first " + std::to_string(moved / page_size()) +
+                              " pages (moved back" + (result.zeroed ? ", or fresh pages" : "") +
+                              ")";
+        }
         ::munmap(away, length);
         return result;
     }
