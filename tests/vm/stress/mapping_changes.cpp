@@ -164,6 +164,7 @@ ChangeResult mremap_away_and_back(unsigned char* address, std::size_t length) {
         // 7.3 SIGSEGV: a hole in the buffer, docs/results/soak.md).
         const std::size_t moved =
             move_back_what_moved(address, length, static_cast<unsigned char*>(away), result);
+        result.pages = moved / page_size();
         if (moved != 0) {
             result.failure += " after moving the first " + std::to_string(moved / page_size()) +
                               " pages (moved back" + (result.zeroed ? ", or fresh pages" : "") +

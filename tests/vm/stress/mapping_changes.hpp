@@ -70,7 +70,8 @@ struct ChangeResult {
     bool applied = false;  // false: the system call failed, `failure` says which and why
     std::string failure;
     bool zeroed = false;         // part of the range now reads zeros (its old bytes are gone)
-    std::uint64_t pages = 0;     // Migrate: pages moved; ThpSplit: 1 if a huge page was split
+    std::uint64_t pages = 0;     // Migrate: pages moved; ThpSplit: 1 if a huge page was split;
+                                 // Mremap failed partway: pages it had moved (moved back)
     bool whole_process = false;  // Migrate: migrate_pages of every page of the process
 };
 

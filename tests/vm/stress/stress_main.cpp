@@ -954,6 +954,7 @@ void Stress::note_change(ChangeKind kind, Side side, std::size_t offset, std::si
     KindCounters& counters = kinds_counters_[static_cast<std::size_t>(kind)];
     if (!result.applied) {
         counters.failed.fetch_add(1);
+        counters.pages.fetch_add(result.pages);
         const std::scoped_lock lock(counters.mutex);
         if (counters.first_failure.empty()) {
             counters.first_failure = result.failure + " (" + std::string(name_of(side)) +
@@ -1116,6 +1117,9 @@ int Stress::report(double seconds) {
                     thousands(c.whole_process) + " times";
         } else if (kind == ChangeKind::ThpSplit) {
             notes = thousands(c.pages) + " were huge pages when split";
+        } else if (kind == ChangeKind::Mremap && c.pages != 0) {
+            // Linux 6.17+: a span of mappings with a userfaultfd-armed one
+            notes = thousands(c.pages) + " pages moved back after failures partway";
         }
         if (c.failed != 0) {
             notes += (notes.empty() ? "" : "; ") + std::string("first failure: ") + c.first_failure;
