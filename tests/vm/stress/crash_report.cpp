@@ -435,7 +435,8 @@ void on_fault(int signal, siginfo_t* info, void* /*context*/) {
             .text(": ")
             .text(code_name(signal, info->si_code))
             .text(" (si_code ")
-            .decimal(static_cast<std::uint64_t>(info->si_code < 0 ? 0 : info->si_code))
+            .text(info->si_code < 0 ? "-" : "")
+            .decimal(static_cast<std::uint64_t>(info->si_code < 0 ? -info->si_code : info->si_code))
             .text(")\n");
         const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
         for (std::size_t i = 0; i < installed.count; ++i) {
