@@ -2,11 +2,14 @@
 // kernel on its behalf) makes them. The stress's changer threads apply them at
 // random while RDMA is in flight; workers apply them right before a release
 // (a "late" change). Every change leaves the whole buffer mapped read-write
-// again when it returns. Nothing here locks: the caller keeps CPU accesses to
-// the range out while a change runs (some unmap or write-protect it briefly).
+// again when it returns. The caller keeps CPU accesses to the range out while
+// a change runs (some unmap or write-protect it briefly). Changes that leave
+// a hole in a buffer for a moment, or map what the kernel places (mremap's
+// place to move to), run one at a time here (address_space_mutex in the .cpp).
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -67,7 +70,8 @@ struct ChangeResult {
     bool applied = false;  // false: the system call failed, `failure` says which and why
     std::string failure;
     bool zeroed = false;         // part of the range now reads zeros (its old bytes are gone)
-    std::uint64_t pages = 0;     // Migrate: pages moved; ThpSplit: 1 if a huge page was split
+    std::uint64_t pages = 0;     // Migrate: pages moved; ThpSplit: 1 if a huge page was split;
+                                 // Mremap failed partway: pages it had moved (moved back)
     bool whole_process = false;  // Migrate: migrate_pages of every page of the process
 };
 
@@ -80,6 +84,15 @@ struct ChangeResult {
 [[nodiscard]] ChangeResult apply_change(ChangeKind kind, const Buffer& buffer, std::size_t offset,
                                         std::size_t length, std::mt19937_64& random,
                                         bool allow_whole_process);
+
+// Test-only: points inside changes where a host test runs code of its own
+// (tests/vm/stress/mapping_changes_test.cpp); odp-stress never sets it.
+enum class ChangePoint : std::uint8_t {
+    HoleOpen,     // munmap-mmap: the range is unmapped, not yet mapped again
+    PlaceChosen,  // mremap: `address` is the place the pages will move to
+};
+using ChangeHook = void (*)(ChangePoint point, const void* address);
+extern std::atomic<ChangeHook> change_hook;
 
 // True if `kind` can leave the range reading zeros, i.e. a registration that
 // keeps the old pages (a pinned MR) certainly misses the change.

@@ -29,6 +29,7 @@
 #include <sys/utsname.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -52,6 +53,7 @@
 #include <utility>
 #include <vector>
 
+#include "crash_report.hpp"
 #include "mapping_changes.hpp"
 #include "mr_journal.hpp"
 #include "transfers.hpp"
@@ -321,6 +323,23 @@ struct ChangeRecord {
     std::size_t end = 0;
 };
 
+// A change as the crash report prints it (async-signal-safe).
+void write_change(SignalSafeText& out, const ChangeRecord& record) noexcept {
+    out.text("      #")
+        .decimal(record.sequence)
+        .text(" ")
+        .text(name_of(record.kind))
+        .text(" of the ");
+    out.text(name_of(record.side)).text(" ");
+    if (record.whole_process) {
+        out.text("(every page of the process)");
+    } else {
+        out.text("[").hex(record.begin).text(", ").hex(record.end).text(")");
+    }
+    out.text(record.late ? " late (before the release)" : "").text(record.zeroed ? " zeroed" : "");
+    out.text("\n");
+}
+
 class Journal {
   public:
     [[nodiscard]] std::uint64_t next_sequence() {
@@ -329,8 +348,30 @@ class Journal {
     }
     void add(ChangeRecord record) {
         const std::scoped_lock lock(mutex_);
-        record.sequence = next_++;
+        record.sequence = next_;
         ring_[record.sequence % ring_.size()] = record;
+        next_.store(next_ + 1, std::memory_order_release);
+    }
+    // The crash report's view: the last `limit` changes of [begin, end) of
+    // `side` (or of every page), newest first, among the 4,096 newest
+    // changes. Without the lock (async-signal-safe): a change being added
+    // right now may be missing or torn.
+    void write_recent_unlocked(SignalSafeText& out, Side side, std::size_t begin, std::size_t end,
+                               unsigned limit) const noexcept {
+        const std::uint64_t next = next_.load(std::memory_order_acquire);
+        unsigned shown = 0;
+        for (std::uint64_t back = 1; back <= std::min<std::uint64_t>(next, 4096) && shown < limit;
+             ++back) {
+            const ChangeRecord& record = ring_[(next - back) % ring_.size()];
+            if (record.whole_process ||
+                (record.side == side && record.begin < end && begin < record.end)) {
+                write_change(out, record);
+                ++shown;
+            }
+        }
+        if (shown == 0) {
+            out.text("      none among the last 4096 changes\n");
+        }
     }
     // Changes numbered [from, to) that touched [begin, end) of either buffer
     // (or every page); `complete` is false if older ones were overwritten.
@@ -353,7 +394,7 @@ class Journal {
   private:
     std::mutex mutex_;
     std::vector<ChangeRecord> ring_ = std::vector<ChangeRecord>(std::size_t{1} << 16);
-    std::uint64_t next_ = 0;
+    std::atomic<std::uint64_t> next_{0};  // written under mutex_; read without by the crash report
 };
 
 // One line of a report: "#sequence kind of the side [begin, end) late zeroed".
@@ -416,6 +457,14 @@ struct OperationCounters {
     std::atomic<std::uint64_t> late_zeroing_caught{0};  // ... and the bytes differed
 };
 
+// The change a changer or worker is making right now, for the crash report
+// (read without a lock: a change starting or ending meanwhile may be torn).
+struct ChangeInFlight {
+    std::atomic<std::uint32_t> what{0};  // 0: none; else 1 + kind * 2 + side
+    std::atomic<std::size_t> begin{0};
+    std::atomic<std::size_t> end{0};
+};
+
 struct KindCounters {
     std::atomic<std::uint64_t> applied{0};
     std::atomic<std::uint64_t> late{0};
@@ -440,8 +489,15 @@ class Stress {
     void work(unsigned index);
     void change(unsigned index);
     void transfer(unsigned index, Loopback& loopback, std::mt19937_64& random);
-    ChangeResult late_change(std::size_t offset, std::size_t length, std::size_t slice_end,
-                             std::mt19937_64& random);
+    ChangeResult late_change(unsigned worker, std::size_t offset, std::size_t length,
+                             std::size_t slice_end, std::mt19937_64& random);
+    // apply_change, announced in in_flight_[slot] while it runs.
+    ChangeResult apply_tracked(std::size_t slot, ChangeKind kind, Side side, std::size_t offset,
+                               std::size_t length, std::mt19937_64& random,
+                               bool allow_whole_process);
+    // The crash report's part about a page of the source (0) or target (1).
+    static void write_page_history(SignalSafeText& out, std::size_t buffer_index,
+                                   std::size_t offset) noexcept;
     void note_change(ChangeKind kind, Side side, std::size_t offset, std::size_t length,
                      const ChangeResult& result, bool late);
     [[nodiscard]] std::string describe_failed(std::uint64_t id, Operation operation,
@@ -484,6 +540,9 @@ class Stress {
     std::size_t slice_ = 0;
     std::uint32_t max_sge_ = 0;
     std::unique_ptr<std::mutex[]> slice_mutexes_;
+    // One per worker (late changes), then one per changer.
+    std::unique_ptr<ChangeInFlight[]> in_flight_;
+    static inline const Stress* crash_reported_ = nullptr;  // the one instance, for the handler
 
     std::atomic<bool> stop_{false};
     std::atomic<std::uint64_t> next_id_{1};
@@ -577,6 +636,7 @@ void Stress::setup() {
 
     slice_ = options_.buffer_bytes / options_.workers / page_size() * page_size();
     slice_mutexes_ = std::make_unique<std::mutex[]>(options_.workers);
+    in_flight_ = std::make_unique<ChangeInFlight[]>(options_.workers + options_.changers);
     // One SGE per chunk a transfer can span (emulated), plus one for a start
     // inside a chunk.
     const std::size_t chunk = options_.mode == Mode::Emulated ? options_.chunk_bytes : (1U << 30);
@@ -602,6 +662,13 @@ int Stress::run() {
         std::cerr << "odp-stress: setup failed: " << error.what() << "\n";
         return 3;
     }
+    const AlternateSignalStack signal_stack;
+    crash_reported_ = this;
+    const std::array buffers = {
+        NamedBuffer{"source", reinterpret_cast<std::uintptr_t>(source_->data()), source_->length()},
+        NamedBuffer{"target", reinterpret_cast<std::uintptr_t>(target_->data()), target_->length()},
+    };
+    install_crash_report(buffers.data(), buffers.size(), write_page_history);
     std::cout << "odp-stress: kernel " << kernel_ << ", " << mode_name() << " regions"
               << (options_.mode == Mode::Emulated ? ", source " + source_name() : "") << ", "
               << options_.workers << " workers, " << options_.changers << " changers, seed "
@@ -658,6 +725,7 @@ int Stress::run() {
 // ------------------------------------------------------------------ workers
 
 void Stress::work(unsigned index) {
+    const AlternateSignalStack signal_stack;
     try {
         std::mt19937_64 random(mix(options_.seed) + index);
         Loopback loopback(*device_, max_sge_, options_.ack_timeout);
@@ -711,7 +779,7 @@ void Stress::transfer(unsigned index, Loopback& loopback, std::mt19937_64& rando
     const auto lock = lock_slice(index);
     bool late_zeroed = false;
     if (!late_kinds_.empty() && random() % 100 < options_.late_percent) {
-        late_zeroed = late_change(offset, length, slice_end, random).zeroed;
+        late_zeroed = late_change(index, offset, length, slice_end, random).zeroed;
     }
     const bool changed = held.release();
     const bool intact = std::memcmp(target, source, length) == 0;
@@ -734,15 +802,15 @@ void Stress::transfer(unsigned index, Loopback& loopback, std::mt19937_64& rando
 
 // A change by the worker itself, in its own slice, over part of the range it
 // just transferred: after the completions, before the release.
-ChangeResult Stress::late_change(std::size_t offset, std::size_t length, std::size_t slice_end,
-                                 std::mt19937_64& random) {
+ChangeResult Stress::late_change(unsigned worker, std::size_t offset, std::size_t length,
+                                 std::size_t slice_end, std::mt19937_64& random) {
     const ChangeKind kind = pick_kind(late_kinds_, random);
     const Side side = random() % 2 == 0 ? Side::Source : Side::Target;
     const std::size_t page = page_size();
     const std::size_t begin = (offset + random() % length) / page * page;
     const std::size_t pages = std::min<std::size_t>(1 + random() % 16, (slice_end - begin) / page);
     const ChangeResult result =
-        apply_change(kind, buffer(side), begin, pages * page, random, false);
+        apply_tracked(worker, kind, side, begin, pages * page, random, false);
     note_change(kind, side, begin, pages * page, result, true);
     return result;
 }
@@ -886,6 +954,7 @@ void Stress::note_change(ChangeKind kind, Side side, std::size_t offset, std::si
     KindCounters& counters = kinds_counters_[static_cast<std::size_t>(kind)];
     if (!result.applied) {
         counters.failed.fetch_add(1);
+        counters.pages.fetch_add(result.pages);
         const std::scoped_lock lock(counters.mutex);
         if (counters.first_failure.empty()) {
             counters.first_failure = result.failure + " (" + std::string(name_of(side)) +
@@ -904,6 +973,7 @@ void Stress::note_change(ChangeKind kind, Side side, std::size_t offset, std::si
 }
 
 void Stress::change(unsigned index) {
+    const AlternateSignalStack signal_stack;
     try {
         std::mt19937_64 random(mix(options_.seed) ^ mix(1000 + index));
         const std::size_t page = page_size();
@@ -935,12 +1005,76 @@ void Stress::change(unsigned index) {
             }
             const auto locks = lock_slices(offset, offset + length);
             const ChangeResult result =
-                apply_change(kind, buffer(side), offset, length, random, true);
+                apply_tracked(options_.workers + index, kind, side, offset, length, random, true);
             note_change(kind, side, offset, length, result, false);
         }
     } catch (const std::exception& error) {
         fail_run("changer " + std::to_string(index) + ": " + error.what());
     }
+}
+
+ChangeResult Stress::apply_tracked(std::size_t slot, ChangeKind kind, Side side, std::size_t offset,
+                                   std::size_t length, std::mt19937_64& random,
+                                   bool allow_whole_process) {
+    ChangeInFlight& in_flight = in_flight_[slot];
+    in_flight.begin.store(offset, std::memory_order_relaxed);
+    in_flight.end.store(offset + length, std::memory_order_relaxed);
+    in_flight.what.store(1 + static_cast<std::uint32_t>(kind) * 2 + (side == Side::Target ? 1 : 0),
+                         std::memory_order_release);
+    struct Done {
+        ChangeInFlight& in_flight;
+        ~Done() { in_flight.what.store(0, std::memory_order_release); }
+    } const done{in_flight};
+    return apply_change(kind, buffer(side), offset, length, random, allow_whole_process);
+}
+
+void Stress::write_page_history(SignalSafeText& out, std::size_t buffer_index,
+                                std::size_t offset) noexcept {
+    const Stress* const stress = crash_reported_;
+    if (stress == nullptr) {
+        return;
+    }
+    const Side side = buffer_index == 0 ? Side::Source : Side::Target;
+    const std::size_t page = page_size();
+    const std::size_t page_begin = offset / page * page;
+    const unsigned owner = static_cast<unsigned>(
+        std::min<std::size_t>(offset / stress->slice_, stress->options_.workers - 1));
+    out.text("    in the slice of worker ").decimal(owner).text("\n");
+    out.text("    changes in flight at the fault (read after it):\n");
+    bool any = false;
+    for (std::size_t slot = 0; slot < stress->options_.workers + stress->options_.changers;
+         ++slot) {
+        const ChangeInFlight& in_flight = stress->in_flight_[slot];
+        const std::uint32_t what = in_flight.what.load(std::memory_order_acquire);
+        if (what == 0) {
+            continue;
+        }
+        any = true;
+        const std::size_t begin = in_flight.begin.load(std::memory_order_relaxed);
+        const std::size_t end = in_flight.end.load(std::memory_order_relaxed);
+        const Side changed = (what - 1) % 2 == 0 ? Side::Source : Side::Target;
+        const bool workers = slot < stress->options_.workers;
+        out.text("      ")
+            .text(workers ? "worker " : "changer ")
+            .decimal(workers ? slot : slot - stress->options_.workers)
+            .text(": ")
+            .text(name_of(static_cast<ChangeKind>((what - 1) / 2)))
+            .text(" of the ")
+            .text(name_of(changed))
+            .text(" [")
+            .hex(begin)
+            .text(", ")
+            .hex(end)
+            .text(")")
+            .text(changed == side && begin < page_begin + page && page_begin < end
+                      ? " (this page)\n"
+                      : "\n");
+    }
+    if (!any) {
+        out.text("      none\n");
+    }
+    out.text("    the last changes of this page (newest first):\n");
+    stress->journal_.write_recent_unlocked(out, side, page_begin, page_begin + page, 6);
 }
 
 // ------------------------------------------------------------------ report
@@ -983,6 +1117,9 @@ int Stress::report(double seconds) {
                     thousands(c.whole_process) + " times";
         } else if (kind == ChangeKind::ThpSplit) {
             notes = thousands(c.pages) + " were huge pages when split";
+        } else if (kind == ChangeKind::Mremap && c.pages != 0) {
+            // Linux 6.17+: a span of mappings with a userfaultfd-armed one
+            notes = thousands(c.pages) + " pages moved back after failures partway";
         }
         if (c.failed != 0) {
             notes += (notes.empty() ? "" : "; ") + std::string("first failure: ") + c.first_failure;
