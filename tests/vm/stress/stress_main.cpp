@@ -688,16 +688,22 @@ int Stress::run() {
     }
     std::cout << std::flush;
 
-    // Everything that maps memory (rdma-core maps each QP's and CQ's queues,
-    // every thread its stack and signal stack) is set up before the first
-    // change, by a changer or a worker's late change: a change opens holes in
-    // the buffers (munmap then mmap, mremap away and back), and a mapping the
-    // kernel placed in one would be replaced by the change's fresh pages. A send queue replaced
-    // that way reads as full (its index mask is 0): the ENOMEM of docs/results/soak.md, "5.10: send
-    // queue full".
+    // Everything that maps memory (rdma-core maps each QP's and CQ's
+    // queues, every thread its stack and signal stack) is set up before the
+    // first change, a changer's or a worker's late one: a change opens holes
+    // in the buffers (munmap then mmap, mremap away and back), and a mapping
+    // the kernel placed in one would be replaced by the change's fresh pages.
+    // A send queue replaced so reads as full (index mask 0): the ENOMEM of
+    // docs/results/soak.md, "5.10: send queue full".
     std::vector<std::unique_ptr<Loopback>> loopbacks;
-    for (unsigned i = 0; i < options_.workers; ++i) {
-        loopbacks.push_back(std::make_unique<Loopback>(*device_, max_sge_, options_.ack_timeout));
+    try {
+        for (unsigned i = 0; i < options_.workers; ++i) {
+            loopbacks.push_back(
+                std::make_unique<Loopback>(*device_, max_sge_, options_.ack_timeout));
+        }
+    } catch (const std::exception& error) {
+        std::cerr << "odp-stress: setup failed: a worker's QP: " << error.what() << "\n";
+        return 3;
     }
     const unsigned changers = kinds_.empty() ? 0 : options_.changers;
     std::latch all_set_up(options_.workers + changers);

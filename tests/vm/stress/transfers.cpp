@@ -157,6 +157,8 @@ void Loopback::wait_for(std::size_t completions) {
     }
 }
 
+namespace {
+
 // The process's mappings of the verbs device files (rdma-core maps each
 // rxe queue from /dev/infiniband/uverbsN): a post that finds its send queue
 // full with nothing outstanding means the queue's mapping changed under it.
@@ -173,6 +175,8 @@ std::string verbs_mappings() {
     }
     return std::to_string(count) + " mappings of /dev/infiniband/*:" + text;
 }
+
+}  // namespace
 
 std::string Loopback::qp_state() const {
     ibv_qp_attr attributes{};
