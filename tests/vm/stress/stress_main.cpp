@@ -39,7 +39,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <latch>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <odp/device.hpp>
 #include <odp/error.hpp>
@@ -486,8 +488,8 @@ class Stress {
 
   private:
     void setup();
-    void work(unsigned index);
-    void change(unsigned index);
+    void work(unsigned index, Loopback& loopback, std::latch& all_set_up);
+    void change(unsigned index, std::latch& all_set_up);
     void transfer(unsigned index, Loopback& loopback, std::mt19937_64& random);
     ChangeResult late_change(unsigned worker, std::size_t offset, std::size_t length,
                              std::size_t slice_end, std::mt19937_64& random);
@@ -686,13 +688,33 @@ int Stress::run() {
     }
     std::cout << std::flush;
 
+    // Everything that maps memory (rdma-core maps each QP's and CQ's
+    // queues, every thread its stack and signal stack) is set up before the
+    // first change, a changer's or a worker's late one: a change opens holes
+    // in the buffers (munmap then mmap, mremap away and back), and a mapping
+    // the kernel placed in one would be replaced by the change's fresh pages.
+    // A send queue replaced so reads as full (index mask 0): the ENOMEM of
+    // docs/results/soak.md, "5.10: send queue full".
+    std::vector<std::unique_ptr<Loopback>> loopbacks;
+    try {
+        for (unsigned i = 0; i < options_.workers; ++i) {
+            loopbacks.push_back(
+                std::make_unique<Loopback>(*device_, max_sge_, options_.ack_timeout));
+        }
+    } catch (const std::exception& error) {
+        std::cerr << "odp-stress: setup failed: a worker's QP: " << error.what() << "\n";
+        return 3;
+    }
+    const unsigned changers = kinds_.empty() ? 0 : options_.changers;
+    std::latch all_set_up(options_.workers + changers);
     const auto start = Clock::now();
     std::vector<std::thread> threads;
     for (unsigned i = 0; i < options_.workers; ++i) {
-        threads.emplace_back([this, i] { work(i); });
+        threads.emplace_back(
+            [this, i, &loopbacks, &all_set_up] { work(i, *loopbacks[i], all_set_up); });
     }
-    for (unsigned i = 0; i < options_.changers && !kinds_.empty(); ++i) {
-        threads.emplace_back([this, i] { change(i); });
+    for (unsigned i = 0; i < changers; ++i) {
+        threads.emplace_back([this, i, &all_set_up] { change(i, all_set_up); });
     }
     auto next_progress = start + std::chrono::duration<double>(options_.progress_seconds);
     while (!stopping()) {
@@ -724,11 +746,11 @@ int Stress::run() {
 
 // ------------------------------------------------------------------ workers
 
-void Stress::work(unsigned index) {
+void Stress::work(unsigned index, Loopback& loopback, std::latch& all_set_up) {
     const AlternateSignalStack signal_stack;
+    all_set_up.arrive_and_wait();
     try {
         std::mt19937_64 random(mix(options_.seed) + index);
-        Loopback loopback(*device_, max_sge_, options_.ack_timeout);
         while (!stopping()) {
             transfer(index, loopback, random);
         }
@@ -972,8 +994,9 @@ void Stress::note_change(ChangeKind kind, Side side, std::size_t offset, std::si
     }
 }
 
-void Stress::change(unsigned index) {
+void Stress::change(unsigned index, std::latch& all_set_up) {
     const AlternateSignalStack signal_stack;
+    all_set_up.arrive_and_wait();
     try {
         std::mt19937_64 random(mix(options_.seed) ^ mix(1000 + index));
         const std::size_t page = page_size();

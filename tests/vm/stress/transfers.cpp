@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <odp/error.hpp>
 #include <string>
 #include <thread>
@@ -156,6 +157,27 @@ void Loopback::wait_for(std::size_t completions) {
     }
 }
 
+namespace {
+
+// The process's mappings of the verbs device files (rdma-core maps each
+// rxe queue from /dev/infiniband/uverbsN): a post that finds its send queue
+// full with nothing outstanding means the queue's mapping changed under it.
+std::string verbs_mappings() {
+    std::ifstream maps("/proc/self/maps");
+    std::string line;
+    std::string text;
+    std::size_t count = 0;
+    while (std::getline(maps, line)) {
+        if (line.find("/dev/infiniband/") != std::string::npos) {
+            ++count;
+            text += "\n      " + line;
+        }
+    }
+    return std::to_string(count) + " mappings of /dev/infiniband/*:" + text;
+}
+
+}  // namespace
+
 std::string Loopback::qp_state() const {
     ibv_qp_attr attributes{};
     ibv_qp_init_attr init{};
@@ -177,6 +199,22 @@ std::string Loopback::qp_state() const {
 void Loopback::run(Operation operation, Region& source_region, const unsigned char* source,
                    Region& target_region, unsigned char* target, std::size_t length, Held& held) {
     posted_.clear();
+    try {
+        post_and_wait(operation, source_region, source, target_region, target, length, held);
+    } catch (const Error& error) {
+        if (error.errno_value() != ENOMEM) {
+            throw;
+        }
+        throw_error(ENOMEM, std::string(error.what()) + "; " + std::to_string(posted_.size()) +
+                                " requests of this transfer posted before it, the earlier "
+                                "ones all completed; QP state " +
+                                qp_state() + "; " + verbs_mappings());
+    }
+}
+
+void Loopback::post_and_wait(Operation operation, Region& source_region,
+                             const unsigned char* source, Region& target_region,
+                             unsigned char* target, std::size_t length, Held& held) {
     switch (operation) {
         case Operation::Write: {
             held.source_lease = source_region.translate(source, length, max_sge_);

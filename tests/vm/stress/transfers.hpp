@@ -94,6 +94,9 @@ class Loopback {
     }
 
   private:
+    void post_and_wait(Operation operation, Region& source_region, const unsigned char* source,
+                       Region& target_region, unsigned char* target, std::size_t length,
+                       Held& held);
     void wait_for(std::size_t completions);
     [[nodiscard]] std::string qp_state() const;
 
