@@ -129,7 +129,9 @@ for pair in $pairs; do
     args=("${gid[@]}" -p "$port" -o "$pair_op" -s "$size" -n 30)
     name="two hosts -o $pair_op, client $client_mode, server $server_mode"
     if [ "$host" = 0 ]; then
-        "$example" "${args[@]}" -m "$server_mode" >"$out/wire" 2>&1
+        # Bounded: a client that fails before it connects leaves the server
+        # waiting forever (the client waits 120 s for the server at most).
+        timeout 300 "$example" "${args[@]}" -m "$server_mode" >"$out/wire" 2>&1
         status=$?
     else
         # The server starts when host 0 is done with its loopback runs.
