@@ -147,7 +147,9 @@ struct Pin {
     // holders; stable while any lease is held.
     std::size_t chunk = whole_region;
     std::vector<Piece> pieces;
-    std::uint64_t pinned_bytes = 0;
+    // Written like chunk and pieces, but also read by eviction's scan
+    // (device mutex), which can race the lock-free last release's reset.
+    std::atomic<std::uint64_t> pinned_bytes{0};
     Pin* next_reclaimed = nullptr;
 
     [[nodiscard]] const Piece* find(Range part) const noexcept {

@@ -100,7 +100,7 @@ bool RegionCore::register_pieces(Pin& pin, Range span, Range part, std::uint64_t
         return false;
     }
     dev_.unreserve(reserved - used);
-    pin.pinned_bytes = used;
+    pin.pinned_bytes.store(used, std::memory_order_relaxed);
     note_pinned(used);
     std::uint64_t bytes = 0;
     for (const Piece& piece : pin.pieces) {

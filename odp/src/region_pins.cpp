@@ -14,7 +14,9 @@
 //    lock-free stack reclaimed_, which allocate_pin_locked() takes whole.
 //  * A pin's chunk, pieces and pinned_bytes are written while the pin is
 //    its fault's own (before publication) or its claimer's (after dead_bit);
-//    lease holders read them after their acquire CAS on the state.
+//    lease holders read them after their acquire CAS on the state. Eviction's
+//    scan reads pinned_bytes of pins it does not own (relaxed atomic: a pin
+//    freed meanwhile fails the claim, so a stale size is never acted on).
 //  * stale_pending_ counts pins made stale while unleased; the next slow
 //    path (sweep_stale_locked, device mutex) claims and deregisters them.
 //  * Eviction (device mutex) claims a pin only if it is neither leased nor
@@ -46,7 +48,7 @@ Pin& RegionCore::allocate_pin_locked() {
     }
     references_.fetch_add(1, std::memory_order_relaxed);
     pin->pieces.clear();
-    pin->pinned_bytes = 0;
+    pin->pinned_bytes.store(0, std::memory_order_relaxed);
     pin->next_reclaimed = nullptr;
     pin->reuse_interval.store(0, std::memory_order_relaxed);
     pin->protected_chunk = false;
@@ -103,9 +105,8 @@ std::uint64_t RegionCore::destroy_pin(Pin& pin) noexcept {
     for (const Piece& piece : pin.pieces) {
         dev_.nic->deregister(piece.mr);
     }
-    const std::uint64_t bytes = pin.pinned_bytes;
+    const std::uint64_t bytes = pin.pinned_bytes.exchange(0, std::memory_order_relaxed);
     pin.pieces.clear();
-    pin.pinned_bytes = 0;
     // The region's count first: a region's pinned bytes stay a part of the
     // device's reservation, so its peak never exceeds the budget. The other
     // order let a fault reserve the freed bytes and count them in this
@@ -169,7 +170,7 @@ void RegionCore::collect_eviction_candidates_locked(std::vector<EvictionCandidat
         }
         out.push_back({.last_use = pin->last_use.load(std::memory_order_relaxed),
                        .reuse_interval = pin->reuse_interval.load(std::memory_order_relaxed),
-                       .bytes = pin->pinned_bytes,
+                       .bytes = pin->pinned_bytes.load(std::memory_order_relaxed),
                        .evictable = (state & Pin::lease_mask) == 0 &&
                                     !(skip_ahead && (state & Pin::ahead_bit) != 0),
                        .region = this,

@@ -45,7 +45,7 @@ void RegionCore::register_whole() {
         return_unused_pin_locked(pin);
         throw;
     }
-    pin.pinned_bytes = bytes;
+    pin.pinned_bytes.store(bytes, std::memory_order_relaxed);
     note_pinned(bytes);
     dev_.pinned_regions.fetch_add(bytes, std::memory_order_relaxed);
     bytes_registered_.fetch_add(config_.implicit ? 0 : range.length(), std::memory_order_relaxed);
