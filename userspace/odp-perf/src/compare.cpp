@@ -84,6 +84,35 @@ const Row* find(const std::vector<Row>& rows, const std::string& mode, const std
     return nullptr;
 }
 
+// The first row of a mode and test, whatever its size.
+const Row* find_test(const std::vector<Row>& rows, const std::string& mode,
+                     const std::string& test) {
+    const auto found = std::find_if(rows.begin(), rows.end(), [&](const Row& row) {
+        return row.mode == mode && row.test == test;
+    });
+    return found == rows.end() ? nullptr : &*found;
+}
+
+// A row's operands for a ratio; a row that failed has none.
+RatioOperand touch_of(const Row* row) {
+    return row != nullptr && row->error.empty()
+               ? RatioOperand{row->first_touch_us, row->first_touch_us_samples}
+               : RatioOperand{};
+}
+RatioOperand bandwidth_of(const Row* row) {
+    return row != nullptr && row->error.empty() ? RatioOperand{row->bw_MBps, row->round_bw_MBps}
+                                                : RatioOperand{};
+}
+// Why a goal over these rows has no value: the first one's error.
+std::string failure_note(std::initializer_list<const Row*> rows) {
+    for (const Row* row : rows) {
+        if (row != nullptr && !row->error.empty()) {
+            return row->mode + " " + row->test + " failed: " + row->error;
+        }
+    }
+    return {};
+}
+
 std::string fixed(double value, int precision) {
     std::ostringstream out;
     out << std::fixed << std::setprecision(precision) << value;
@@ -416,6 +445,35 @@ std::vector<Goal> evaluate_goals(const std::vector<Row>& rows) {
     goals.push_back(ratio_goal(
         "first touch of a 2 MiB emulated chunk (cold translate) / pinned registration of 2 MiB",
         emulated_touch, pinned_registration, "<= 1.2", [](double r) { return r <= 1.2; }));
+    // Issue 11's: only where the fault section ran (files of older runs lack it).
+    const Row* one_thread = find_test(rows, "emulated", "faults_1_thread");
+    const Row* two_threads = find_test(rows, "emulated", "faults_2_threads");
+    if (one_thread != nullptr && two_threads != nullptr) {
+        // Throughput is faults per second: time per fault of 1 over that of 2.
+        goals.push_back(ratio_goal(
+            "chunk faults of distinct 2 MiB chunks: throughput of 2 threads / 1 thread",
+            touch_of(one_thread), touch_of(two_threads), ">= 1.5",
+            [](double r) { return r >= 1.5; }, failure_note({one_thread, two_threads})));
+    }
+    const Row* first_pass = find_test(rows, "emulated", "first_pass");
+    const Row* warm_pass = find_test(rows, "emulated", "warm_pass");
+    const Row* demand_pass = find_test(rows, "emulated", "first_pass_demand");
+    if (first_pass != nullptr && warm_pass != nullptr && demand_pass != nullptr) {
+        const std::string stream = "streaming 64 KiB WRITE over a fresh " +
+                                   odp::format_bytes(first_pass->size) + " buffer";
+        goals.push_back(ratio_goal(
+            "first pass of a " + stream + ", with fault-ahead: bandwidth / warm pass",
+            bandwidth_of(first_pass), bandwidth_of(warm_pass), ">= 0.9",
+            [](double r) { return r >= 0.9; }, failure_note({first_pass, warm_pass})));
+        goals.push_back(ratio_goal("the same first pass without fault-ahead / warm pass",
+                                   bandwidth_of(demand_pass), bandwidth_of(warm_pass), "report",
+                                   nullptr, failure_note({demand_pass, warm_pass})));
+        goals.push_back(ratio_goal(
+            "cold translate of a 2 MiB chunk in that first pass, with fault-ahead / pinned "
+            "registration of 2 MiB",
+            touch_of(first_pass), pinned_registration, "<= 1.0", [](double r) { return r <= 1.0; },
+            failure_note({first_pass})));
+    }
     if (find(rows, "native", "write", 65536) != nullptr) {
         goals.push_back(ratio_goal("warm RDMA WRITE bandwidth 64 KiB: emulated / native",
                                    bw("emulated", "write", 65536), bw("native", "write", 65536),
@@ -519,9 +577,12 @@ CompareResult run_compare(const CompareConfig& config) {
                 variant.mode == odp::Mode::Pinned ? 1 : config.working_set_multiples.size();
         }
     }
-    Progress progress(variants.size() *
-                          (tests.size() * sizes.size() * rounds + reg_sizes.size() + 4) +
-                      working_set_points * std::size(kWorkingSetTests) * rounds);
+    const auto emulated_variants = static_cast<std::size_t>(std::count_if(
+        variants.begin(), variants.end(),
+        [](const ModeVariant& variant) { return variant.mode == odp::Mode::Emulated; }));
+    Progress progress(
+        variants.size() * (tests.size() * sizes.size() * rounds + reg_sizes.size() + 4) +
+        2 * emulated_variants + working_set_points * std::size(kWorkingSetTests) * rounds);
 
     // Before each emulated measurement its source becomes the process's (a
     // switch takes milliseconds); the other modes use no source.
@@ -637,6 +698,42 @@ CompareResult run_compare(const CompareConfig& config) {
         result.rows.push_back(
             labelled(measure_remap(*device, peer, variant.mode, config.remap_rounds), variant));
     }
+    // Chunk faults in parallel and fault-ahead: emulated columns only (the
+    // other modes register nothing on first use).
+    StreamSpec stream;
+    stream.size = config.stream_size;
+    stream.fault_ahead = stream_fault_ahead(config.fault_ahead);
+    stream.rounds = rounds;
+    for (const ModeVariant& variant : variants) {
+        if (variant.mode != odp::Mode::Emulated) {
+            continue;
+        }
+        prepare(variant);
+        progress.step(variant.label + " chunk faults of 1 and 2 threads");
+        std::vector<Row> fault_rows;
+        try {
+            const std::shared_ptr<odp::Device> faulting =
+                odp::Device::open({config.device, config.parallel_fault_chunks *
+                                                      region_options(variant.mode, 0).chunk_size});
+            fault_rows = measure_parallel_faults(*faulting, variant.mode,
+                                                 config.parallel_fault_chunks, rounds);
+        } catch (const std::exception& error) {
+            for (const char* test : kFaultThreadTests) {
+                Row row;
+                row.mode = variant.label;
+                row.test = test;
+                row.error = error.what();
+                fault_rows.push_back(std::move(row));
+            }
+        }
+        for (Row& row : fault_rows) {
+            result.rows.push_back(labelled(std::move(row), variant));
+        }
+        progress.step(variant.label + " streaming first pass against warm");
+        for (Row& row : measure_stream_passes(config.device, peer, variant.mode, stream)) {
+            result.rows.push_back(labelled(std::move(row), variant));
+        }
+    }
     if (working_sets) {
         // Pinned (a set of the budget's size) and each emulated column over
         // every multiple take turns in each round, as the traffic tests do.
@@ -728,6 +825,86 @@ void print_working_sets(const CompareResult& result, int mode_width, std::ostrea
 }
 
 }  // namespace
+
+// The fault section: per emulated column, chunk faults of 1 and 2 threads,
+// and a streaming WRITE's first pass (with and without fault-ahead) against
+// its warm pass.
+void print_faults(const CompareResult& result, int mode_width, std::ostream& out) {
+    std::vector<std::string> modes;
+    for (const std::string& mode : result.modes) {
+        if (find_test(result.rows, mode, "faults_1_thread") != nullptr) {
+            modes.push_back(mode);
+        }
+    }
+    if (modes.empty()) {
+        return;
+    }
+    const Row* pinned_touch = find(result.rows, "pinned", "first_touch", 2 << 20);
+    const auto failed = [&](const Row* row, const std::string& mode) {
+        if (row == nullptr || row->error.empty()) {
+            return false;
+        }
+        out << "  " << std::left << std::setw(mode_width) << mode << std::right
+            << "failed: " << row->error << "\n";
+        return true;
+    };
+    const Row* any = find_test(result.rows, modes.front(), "faults_1_thread");
+    out << "\nChunk faults: " << any->size / (2 << 20)
+        << " fresh 2 MiB chunks of a region faulted by 1 thread, then by 2\n"
+           " [usec of wall time per fault; speed-up = throughput of 2 / of 1]\n";
+    out << std::left << std::setw(mode_width + 1) << "mode" << std::right << std::setw(11)
+        << "1 thread" << std::setw(11) << "2 threads" << std::setw(26) << "speed-up [interval]"
+        << "\n";
+    for (const std::string& mode : modes) {
+        const Row* one = find_test(result.rows, mode, "faults_1_thread");
+        const Row* two = find_test(result.rows, mode, "faults_2_threads");
+        if (failed(one, mode) || failed(two, mode)) {
+            continue;
+        }
+        out << std::left << std::setw(mode_width + 1) << mode << std::right << std::setw(11)
+            << optional_number(one->first_touch_us, 1) << std::setw(11)
+            << optional_number(two->first_touch_us, 1) << std::setw(26)
+            << ratio_text(estimate_ratio(touch_of(one), touch_of(two))) << "\n";
+    }
+    const Row* stream = find_test(result.rows, modes.front(), "first_pass");
+    if (stream == nullptr) {
+        return;
+    }
+    out << "\nStreaming: 64 KiB RDMA WRITEs in address order over a fresh "
+        << odp::format_bytes(stream->size) << " buffer, first pass\n against the second (warm);"
+        << " fault-ahead " << stream_fault_ahead(result.fault_ahead)
+        << " chunks [MB/s]; cold translate: a chunk's first\n"
+           " translate in the first pass [usec], against pinned's registration of 2 MiB\n";
+    out << std::left << std::setw(mode_width + 1) << "mode" << std::right << std::setw(10) << "warm"
+        << std::setw(10) << "first" << std::setw(22) << "first/warm [interval]" << std::setw(16)
+        << "without ahead" << std::setw(22) << "first/warm [interval]" << std::setw(10) << "cold"
+        << std::setw(28) << "cold / pinned reg. [int.]" << std::setw(16) << "cold, no ahead"
+        << "  verified\n";
+    for (const std::string& mode : modes) {
+        const Row* first = find_test(result.rows, mode, "first_pass");
+        const Row* warm = find_test(result.rows, mode, "warm_pass");
+        const Row* demand = find_test(result.rows, mode, "first_pass_demand");
+        if (first == nullptr || warm == nullptr || demand == nullptr || failed(first, mode) ||
+            failed(warm, mode) || failed(demand, mode)) {
+            continue;
+        }
+        const std::uint64_t mismatched = first->mismatched_bytes + demand->mismatched_bytes;
+        out << std::left << std::setw(mode_width + 1) << mode << std::right << std::setw(10)
+            << optional_number(warm->bw_MBps) << std::setw(10) << optional_number(first->bw_MBps)
+            << std::setw(22) << ratio_text(estimate_ratio(bandwidth_of(first), bandwidth_of(warm)))
+            << std::setw(16) << optional_number(demand->bw_MBps) << std::setw(22)
+            << ratio_text(estimate_ratio(bandwidth_of(demand), bandwidth_of(warm))) << std::setw(10)
+            << optional_number(first->first_touch_us, 1) << std::setw(28)
+            << ratio_text(pinned_touch
+                              ? estimate_ratio(touch_of(first),
+                                               {pinned_touch->reg_us, pinned_touch->reg_us_samples})
+                              : std::nullopt)
+            << std::setw(16) << optional_number(demand->first_touch_us, 1) << "  "
+            << (mismatched == 0 ? "ok " : "MISMATCH ")
+            << odp::format_bytes(first->verified_bytes + demand->verified_bytes) << ", warm pass "
+            << warm->faults << " faults\n";
+    }
+}
 
 void print_table(const CompareResult& result, std::ostream& out) {
     out << "odp-perf compare: device " << result.device << ", kernel " << result.kernel
@@ -871,6 +1048,8 @@ void print_table(const CompareResult& result, std::ostream& out) {
             out << "  " << row.mode << " " << row.test << ": " << row.error << "\n";
         }
     }
+
+    print_faults(result, mode_width, out);
 
     out << "\nWorking set larger than the pinned budget: 64 KiB WRITEs cycling over the set\n";
     for (const Row& row : result.rows) {

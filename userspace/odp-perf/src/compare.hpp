@@ -47,6 +47,13 @@ struct CompareConfig {
     std::vector<std::uint64_t> working_set_multiples{1, 2, 4, 8};
     std::uint64_t working_set_iterations = 1024;
     int remap_rounds = 6;
+    // The fault section (issue 11 items 1 and 2), per emulated column: chunk
+    // faults of 1 and of 2 threads over this many fresh chunks, and a
+    // streaming WRITE's first pass over a fresh buffer of stream_size (with
+    // stream_fault_ahead chunks ahead) against
+    // its warm pass; `rounds` rounds each.
+    std::size_t parallel_fault_chunks = 32;
+    std::uint64_t stream_size = std::uint64_t{256} << 20;
     // The emulated mode's invalidation sources, one set of emulated rows each
     // (mode_variants). Empty: the module and userfaultfd when /dev/odp_mirror
     // exists, else whatever Auto picks.
@@ -56,6 +63,11 @@ struct CompareConfig {
     std::size_t fault_ahead = 0;
     std::string command_line;  // recorded in the JSON
 };
+
+// The fault section's fault-ahead: --fault-ahead's, else 4 chunks.
+inline constexpr std::size_t stream_fault_ahead(std::size_t configured) {
+    return configured != 0 ? configured : 4;
+}
 
 // One column of the comparison: a registration mode, and for the emulated
 // mode the invalidation source that watches it. A process has one source at

@@ -33,7 +33,8 @@ constexpr const char* kUsage = R"(usage:
                    [--sizes LIST | --sweep] [--iters N] [--lat-iters N] [--rounds N]
                    [--reg-max BYTES]
                    [--budget BYTES] [--working-set BYTES] [--working-set-sweep]
-                   [--sources LIST] [--fault-ahead CHUNKS]
+                   [--sources LIST] [--fault-ahead CHUNKS] [--stream-size BYTES]
+                   [--fault-chunks N]
   odp-perf compare --merge RUN.json [--merge RUN.json]... [--json FILE] [--plot FILE.png]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
@@ -64,6 +65,10 @@ the traffic tests (both sides) and the working set over the budget.
 --working-set-sweep (on with --sweep): 64 KiB WRITEs, sequential and random,
 over 1, 2, 4 and 8 times --budget for each emulated column, against pinned
 over a set of the budget's size: hit rate, chunk faults, bandwidth ratio.
+Chunk faults and fault-ahead (every emulated column): --fault-chunks N fresh
+2 MiB chunks (32) faulted by 1 thread and by 2; 64 KiB WRITEs streaming over a
+fresh --stream-size buffer (256M) with --fault-ahead chunks ahead (4 if 0), its
+first pass against its warm second, and a first pass without fault-ahead.
 compare --merge measures nothing: it merges the JSON of runs of the same
 comparison (other guests) into one table whose intervals use every run's
 rounds (each round paired with the other modes' round of the same run).
@@ -379,6 +384,18 @@ int compare_main(Arguments& args, const std::string& command_line) {
             config.working_set = parse_size(args.value(arg), arg);
         } else if (arg == "--working-set-sweep") {
             config.working_set_sweep = true;
+        } else if (arg == "--stream-size") {
+            const std::string size = args.value(arg);
+            config.stream_size = parse_size(size, arg);
+            if (config.stream_size == 0 || config.stream_size % (2 << 20) != 0) {
+                usage_error("--stream-size takes a multiple of the 2 MiB chunk, got " + size);
+            }
+        } else if (arg == "--fault-chunks") {
+            const std::uint64_t chunks = parse_size(args.value(arg), arg);
+            if (chunks < 2 || chunks > 1024) {
+                usage_error("--fault-chunks takes 2 to 1024, got " + std::to_string(chunks));
+            }
+            config.parallel_fault_chunks = static_cast<std::size_t>(chunks);
         } else if (arg == "--sources") {
             config.sources.clear();
             const std::string list = args.value(arg);
@@ -406,6 +423,8 @@ int compare_main(Arguments& args, const std::string& command_line) {
             config.reg_max = 64ULL << 20;
             config.budget_iterations = 600;
             config.remap_rounds = 3;
+            config.stream_size = 32ULL << 20;
+            config.parallel_fault_chunks = 16;
         } else {
             usage_error("compare: unknown argument '" + arg + "'");
         }

@@ -1,9 +1,12 @@
 #include "measure.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <odp/error.hpp>
 #include <odp/lease.hpp>
 #include <optional>
+#include <thread>
 
 #include "traffic.hpp"
 
@@ -64,7 +67,200 @@ double timed_operation(PeerLink& link, TestMemory& memory, oob::TestKind test, s
     return micros_since(start);
 }
 
+// Wall time per chunk fault of `threads` threads faulting every chunk of a
+// fresh region over `buffer` between them (thread t: chunks t, t + threads,
+// ...), a 4 KiB translate and its release each.
+double time_chunk_faults(odp::Device& device, const MappedBuffer& buffer,
+                         const odp::RegionOptions& options, unsigned threads, Row& row) {
+    odp::Region region =
+        device.register_region(buffer.data(), buffer.size(), kBufferAccess, options);
+    const std::size_t chunks = buffer.size() / options.chunk_size;
+    std::atomic<unsigned> ready{0};
+    std::atomic<bool> go{false};
+    std::vector<std::exception_ptr> errors(threads);
+    Clock::time_point start;
+    {
+        std::vector<std::jthread> workers;
+        // Declared after the workers: opens the start line before they are
+        // joined, also when starting one of them threw.
+        struct Opener {
+            std::atomic<bool>& go;
+            ~Opener() { go.store(true, std::memory_order_release); }
+        } opener{go};
+        for (unsigned t = 0; t < threads; ++t) {
+            workers.emplace_back([&, t] {
+                ready.fetch_add(1);
+                while (!go.load(std::memory_order_acquire)) {
+                    std::this_thread::yield();
+                }
+                try {
+                    for (std::size_t chunk = t; chunk < chunks; chunk += threads) {
+                        const odp::Lease lease =
+                            region.translate(buffer.data() + chunk * options.chunk_size, 4096);
+                    }
+                } catch (...) {
+                    errors[t] = std::current_exception();
+                }
+            });
+        }
+        while (ready.load() < threads) {
+            std::this_thread::yield();
+        }
+        start = Clock::now();
+    }
+    const double elapsed = micros_since(start);
+    for (const std::exception_ptr& error : errors) {
+        if (error) {
+            std::rethrow_exception(error);
+        }
+    }
+    const odp::Stats stats = region.stats();
+    if (stats.chunk_faults != chunks) {
+        odp::throw_error(EPROTO, std::to_string(threads) + " threads faulting " +
+                                     std::to_string(chunks) + " fresh chunks counted " +
+                                     std::to_string(stats.chunk_faults) + " chunk faults");
+    }
+    add_stats(row, stats);
+    return elapsed / static_cast<double>(chunks);
+}
+
+// Adds one pass of a stream to its row: bytes and time, one bandwidth per
+// round, the median chunk-entry translate of the pass as one sample.
+struct PassTotals {
+    std::uint64_t bytes = 0;
+    double seconds = 0;
+};
+void add_pass(Row& row, PassTotals& totals, const Window& pass, std::size_t message) {
+    const std::uint64_t bytes = pass.operations * message;
+    totals.bytes += bytes;
+    totals.seconds += pass.seconds;
+    row.iterations += pass.operations;
+    row.round_bw_MBps.push_back(bandwidth_MBps(bytes, pass.seconds));
+    row.bw_MBps = bandwidth_MBps(totals.bytes, totals.seconds);
+    if (!pass.entry_translate_us.empty()) {
+        row.first_touch_us_samples.push_back(median(pass.entry_translate_us));
+        row.first_touch_us = median(row.first_touch_us_samples);
+    }
+}
+
 }  // namespace
+
+std::vector<Row> measure_parallel_faults(odp::Device& device, odp::Mode mode, std::size_t chunks,
+                                         std::uint32_t rounds) {
+    std::vector<Row> rows;
+    for (const char* test : kFaultThreadTests) {
+        rows.push_back(base_row(mode, test, 0));
+    }
+    try {
+        const odp::RegionOptions options = region_options(mode, 0);
+        const std::uint64_t bytes = chunks * options.chunk_size;
+        if (device.max_pinned_bytes() < bytes) {
+            odp::throw_error(ENOBUFS, "chunk faults of " + odp::format_bytes(bytes) +
+                                          " need a budget that holds them, " +
+                                          std::string(device.name()) + " has " +
+                                          odp::format_bytes(device.max_pinned_bytes()));
+        }
+        const MappedBuffer buffer(static_cast<std::size_t>(bytes), options.chunk_size, true);
+        for (std::uint32_t round = 0; round < rounds; ++round) {
+            for (unsigned turn = 0; turn < 2; ++turn) {
+                const unsigned threads = round % 2 == 0 ? turn + 1 : 2 - turn;
+                Row& row = rows[threads - 1];
+                row.first_touch_us_samples.push_back(
+                    time_chunk_faults(device, buffer, options, threads, row));
+                row.iterations += chunks;
+            }
+        }
+        for (Row& row : rows) {
+            row.size = bytes;
+            row.first_touch_us = median(row.first_touch_us_samples);
+        }
+    } catch (const std::exception& error) {
+        for (Row& row : rows) {
+            row.error = error.what();
+        }
+    }
+    return rows;
+}
+
+std::vector<Row> measure_stream_passes(const std::string& device_name, const Peer& peer,
+                                       odp::Mode mode, const StreamSpec& spec) {
+    constexpr std::size_t kMessage = 64 * 1024;
+    constexpr std::uint32_t kDepth = 16;
+    constexpr std::size_t kRemote = kMessage * kDepth;
+    std::vector<Row> rows;
+    for (const char* test : kStreamTests) {
+        rows.push_back(base_row(mode, test, spec.size));
+        rows.back().server_mode = "pinned";
+        rows.back().depth = kDepth;
+    }
+    Row& first_pass = rows[0];
+    Row& warm_pass = rows[1];
+    Row& demand_pass = rows[2];
+    try {
+        const odp::RegionOptions ahead = region_options(mode, kMessage, spec.fault_ahead);
+        const odp::RegionOptions demand = region_options(mode, kMessage, 0);
+        if (spec.size == 0 || spec.size % ahead.chunk_size != 0) {
+            odp::throw_error(EINVAL, "stream of " + odp::format_bytes(spec.size) +
+                                         ": a multiple of the chunk size (" +
+                                         odp::format_bytes(ahead.chunk_size) + ") is needed");
+        }
+        // The buffer and the chunks fault-ahead registers past its end fit:
+        // the warm pass faults nothing.
+        const std::uint64_t budget = spec.size + (spec.fault_ahead + 1) * ahead.chunk_size;
+        const std::shared_ptr<odp::Device> device = odp::Device::open({device_name, budget});
+        const std::uint64_t operations = spec.size / kMessage;
+        std::array<PassTotals, 3> totals{};
+        for (std::uint32_t round = 0; round < spec.rounds; ++round) {
+            for (const bool with_ahead : {true, false}) {
+                TestMemory memory;
+                memory.buffer =
+                    MappedBuffer(static_cast<std::size_t>(spec.size), ahead.chunk_size, true);
+                // The pattern repeats every remote buffer's length, so that the
+                // server can check what the last writes of each slot left.
+                const std::uint32_t seed = kSeed + round;
+                for (std::size_t at = 0; at < memory.buffer.size(); at += kRemote) {
+                    fill_pattern(memory.buffer.bytes().subspan(at, kRemote), seed, 0);
+                }
+                memory.region = device->register_region(memory.buffer.data(), memory.buffer.size(),
+                                                        kBufferAccess, with_ahead ? ahead : demand);
+                PeerLink link(*device, write_link(peer, kMessage, kDepth), memory.region.mode());
+                WindowSpec window;
+                window.test = oob::TestKind::Write;
+                window.size = kMessage;
+                window.stride = kMessage;
+                window.depth = kDepth;
+                window.local_span = memory.buffer.size();
+                window.count = operations;
+                window.time_translates_every = ahead.chunk_size;
+                const Window pass = run_window(link, memory, window);
+                Row& row = with_ahead ? first_pass : demand_pass;
+                add_pass(row, totals[with_ahead ? 0 : 2], pass, kMessage);
+                std::uint64_t done = pass.operations;
+                const odp::Stats after_first = memory.region.stats();
+                add_stats(row, after_first);
+                if (with_ahead) {
+                    window.first_op = operations;
+                    window.time_translates_every = 0;
+                    const Window warm = run_window(link, memory, window);
+                    add_pass(warm_pass, totals[1], warm, kMessage);
+                    done += warm.operations;
+                    const odp::Stats after_warm = memory.region.stats();
+                    warm_pass.faults += after_warm.chunk_faults - after_first.chunk_faults;
+                    warm_pass.pinned_bytes_peak =
+                        std::max(warm_pass.pinned_bytes_peak, after_warm.peak_pinned_bytes);
+                }
+                const oob::Report report = link.finish(oob::Done{done, done * kMessage, seed, 1});
+                row.verified_bytes += report.verified_bytes;
+                row.mismatched_bytes += report.mismatched_bytes;
+            }
+        }
+    } catch (const std::exception& error) {
+        for (Row& row : rows) {
+            row.error = error.what();
+        }
+    }
+    return rows;
+}
 
 std::vector<Row> measure_registration(odp::Device& device, odp::Mode mode,
                                       const std::vector<std::uint64_t>& sizes) {

@@ -73,6 +73,32 @@ struct WorkingSetSpec {
 Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode mode,
                    const WorkingSetSpec& spec);
 
+// Chunk faults of one thread against two (issue 11 item 1): per round, a
+// fresh region over `chunks` populated chunks faulted by one thread, and
+// another faulted by two (every other chunk each), the order alternating
+// between rounds. Rows "faults_1_thread" and "faults_2_threads" (size: the
+// bytes faulted); first_touch_us: wall time per chunk fault, the median of
+// one sample per round (first_touch_us_samples). The device's budget must
+// hold every chunk (the measured faults evict nothing).
+inline constexpr const char* kFaultThreadTests[] = {"faults_1_thread", "faults_2_threads"};
+std::vector<Row> measure_parallel_faults(odp::Device& device, odp::Mode mode, std::size_t chunks,
+                                         std::uint32_t rounds);
+
+// The first pass of a streaming RDMA WRITE (64 KiB messages in address
+// order) over a fresh emulated buffer against a second, warm pass (issue 11
+// item 2). Per round, a fresh region with fault-ahead gives "first_pass" and
+// "warm_pass", a fresh one without it "first_pass_demand". bw_MBps over all
+// rounds, round_bw_MBps one per round; first_touch_us: the translate at each
+// chunk's first use in a first pass, the median of one median per round.
+struct StreamSpec {
+    std::uint64_t size = std::uint64_t{256} << 20;
+    std::size_t fault_ahead = 4;  // chunks
+    std::uint32_t rounds = 6;
+};
+inline constexpr const char* kStreamTests[] = {"first_pass", "warm_pass", "first_pass_demand"};
+std::vector<Row> measure_stream_passes(const std::string& device_name, const Peer& peer,
+                                       odp::Mode mode, const StreamSpec& spec);
+
 // Rounds of WRITE + READ-back with the source and target buffers remapped
 // (munmap + mmap MAP_FIXED) between rounds; every byte read back is checked
 // against what the current mapping held.

@@ -98,7 +98,15 @@ Window run_window(PeerLink& link, TestMemory& memory, const WindowSpec& spec) {
                 last || (posted + 1) % signal_every == 0 || posted + 1 - completed == spec.depth;
             odp::Lease lease;
             try {
+                const bool timed = spec.time_translates_every != 0 &&
+                                   local_offset % spec.time_translates_every == 0;
+                const auto translate_start = timed ? Clock::now() : Clock::time_point{};
                 lease = memory.region.translate(memory.buffer.data() + local_offset, spec.size, 4);
+                if (timed) {
+                    window.entry_translate_us.push_back(
+                        std::chrono::duration<double, std::micro>(Clock::now() - translate_start)
+                            .count());
+                }
             } catch (const odp::BackPressure&) {
                 // The budget is full of chunks leased by requests in flight:
                 // as an application does, complete some and retry.

@@ -79,11 +79,15 @@ struct WindowSpec {
     // stride within the span, drawn from the op number and this seed.
     std::uint64_t random_seed = 0;
     std::uint64_t first_op = 0;  // op number of the first operation (slot continuity)
+    // Nonzero: time every translate whose local offset is a multiple of this
+    // (a chunk's first use in a sequential pass: Window::entry_translate_us).
+    std::size_t time_translates_every = 0;
 };
 struct Window {
     std::uint64_t operations = 0;
     double seconds = 0;
-    std::uint64_t invalidated = 0;  // leases whose memory changed while in flight
+    std::uint64_t invalidated = 0;           // leases whose memory changed while in flight
+    std::vector<double> entry_translate_us;  // WindowSpec::time_translates_every
 };
 // Keeps `depth` operations in flight, each through a fresh Lease released on
 // its completion, until `count` completed or `duration_s` passed.

@@ -1,0 +1,237 @@
+// compare's fault section (issue 11 items 1 and 2): chunk faults of 1 and 2
+// threads measured on the fake NIC, and the rows' goals, table and JSON.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <odp/device.hpp>
+#include <odp/error.hpp>
+#include <odp/fake_nic.hpp>
+#include <odp/mirror.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "compare.hpp"
+#include "compare_merge.hpp"
+
+namespace odp_perf {
+namespace {
+
+constexpr std::uint64_t kChunk = 2 << 20;
+
+const Goal* goal_starting(const std::vector<Goal>& goals, const std::string& prefix) {
+    for (const Goal& goal : goals) {
+        if (goal.name.starts_with(prefix)) {
+            return &goal;
+        }
+    }
+    return nullptr;
+}
+
+// Each thread count's rounds on a fake NIC that takes 200 us per
+// registration: every chunk is faulted once per round, by the threads given.
+TEST(CompareFaults, ParallelFaultsFaultEveryChunkOncePerRound) {
+    auto nic = std::make_unique<odp::FakeNic>();
+    nic->set_registration_cost(std::chrono::microseconds(200));
+    odp::FakeNic& fake = *nic;
+    const std::shared_ptr<odp::Device> device = odp::Device::open(std::move(nic), {"", 8 * kChunk});
+    SourceKeeper keeper(*device, std::chrono::milliseconds(50));
+    keeper.use(odp::MonitorKind::Fake);
+    const std::uint64_t before = fake.counters().registrations;
+    const std::vector<Row> rows = measure_parallel_faults(*device, odp::Mode::Emulated, 8, 3);
+    ASSERT_EQ(rows.size(), 2U);
+    for (const Row& row : rows) {
+        SCOPED_TRACE(row.test);
+        EXPECT_EQ(row.error, "");
+        EXPECT_EQ(row.mode, "emulated");
+        EXPECT_EQ(row.size, 8 * kChunk);
+        EXPECT_EQ(row.faults, 24U) << "8 fresh chunks in each of 3 rounds";
+        EXPECT_EQ(row.iterations, 24U);
+        ASSERT_EQ(row.first_touch_us_samples.size(), 3U);
+        ASSERT_TRUE(row.first_touch_us);
+        // Wall time per fault: never under the NIC's own cost, divided by
+        // the threads at most.
+        EXPECT_GE(*row.first_touch_us, row.test == "faults_1_thread" ? 200.0 : 100.0);
+        EXPECT_LE(row.pinned_bytes_peak, 8 * kChunk);
+    }
+    EXPECT_EQ(rows[0].test, "faults_1_thread");
+    EXPECT_EQ(rows[1].test, "faults_2_threads");
+    EXPECT_EQ(fake.counters().registrations - before, 48U) << "two thread counts, 3 rounds, 8";
+    EXPECT_EQ(device->pinned_bytes(), 0U) << "every measured region is gone";
+}
+
+// A registration that fails fails both rows with its error; nothing stays
+// registered.
+TEST(CompareFaults, AFailedFaultFailsTheRowsAndLeaksNothing) {
+    auto nic = std::make_unique<odp::FakeNic>();
+    odp::FakeNic& fake = *nic;
+    const std::shared_ptr<odp::Device> device = odp::Device::open(std::move(nic), {"", 8 * kChunk});
+    SourceKeeper keeper(*device, std::chrono::milliseconds(50));
+    keeper.use(odp::MonitorKind::Fake);
+    fake.fail_next_registrations(EIO);
+    const std::vector<Row> rows = measure_parallel_faults(*device, odp::Mode::Emulated, 8, 2);
+    for (const Row& row : rows) {
+        EXPECT_NE(row.error.find("Input/output error"), std::string::npos) << row.error;
+    }
+    EXPECT_EQ(fake.live_registrations().size(), 0U);
+    EXPECT_EQ(device->pinned_bytes(), 0U);
+}
+
+TEST(CompareFaults, ABudgetShortOfTheChunksIsRefusedUpFront) {
+    const std::shared_ptr<odp::Device> device =
+        odp::Device::open(std::make_unique<odp::FakeNic>(), {"", 4 * kChunk});
+    SourceKeeper keeper(*device, std::chrono::milliseconds(50));
+    keeper.use(odp::MonitorKind::Fake);
+    const std::vector<Row> rows = measure_parallel_faults(*device, odp::Mode::Emulated, 8, 2);
+    for (const Row& row : rows) {
+        EXPECT_NE(row.error.find("chunk faults of 16 MiB need a budget that holds them"),
+                  std::string::npos)
+            << row.error;
+        EXPECT_EQ(row.faults, 0U);
+    }
+}
+
+Row fault_row(const std::string& test, std::vector<double> samples) {
+    Row row;
+    row.mode = "emulated";
+    row.test = test;
+    row.size = 32 * kChunk;
+    row.first_touch_us = median(samples);
+    row.first_touch_us_samples = std::move(samples);
+    return row;
+}
+
+Row pass_row(const std::string& test, std::vector<double> bw, std::vector<double> touches) {
+    Row row;
+    row.mode = "emulated";
+    row.server_mode = "pinned";
+    row.test = test;
+    row.size = 256 << 20;
+    row.bw_MBps = median(bw);
+    row.round_bw_MBps = std::move(bw);
+    if (!touches.empty()) {
+        row.first_touch_us = median(touches);
+        row.first_touch_us_samples = std::move(touches);
+    }
+    row.verified_bytes = 6 << 20;
+    return row;
+}
+
+CompareResult fault_result() {
+    CompareResult result;
+    result.device = "rxe0";
+    result.kernel = "6.12.117+deb12-amd64";
+    result.modes = {"pinned", "emulated"};
+    result.emulated_monitor = "module";
+    result.monitors = {{"emulated", "module"}};
+    Row pinned_touch;
+    pinned_touch.mode = "pinned";
+    pinned_touch.test = "first_touch";
+    pinned_touch.size = kChunk;
+    pinned_touch.reg_us = 500;
+    pinned_touch.reg_us_samples = {500, 500, 500, 500, 500, 500};
+    result.rows = {
+        pinned_touch,
+        // Per round 1 thread / 2 threads: 1.6, 1.7, 1.8, 1.9, 2.0, 1.8.
+        fault_row("faults_1_thread", {480, 510, 540, 570, 600, 540}),
+        fault_row("faults_2_threads", {300, 300, 300, 300, 300, 300}),
+        // First / warm: 0.95 to 1.0 with fault-ahead, 0.5 without.
+        pass_row("first_pass", {95, 96, 97, 98, 99, 100}, {20, 25, 30, 35, 40, 45}),
+        pass_row("warm_pass", {100, 100, 100, 100, 100, 100}, {}),
+        pass_row("first_pass_demand", {50, 50, 50, 50, 50, 50}, {450, 460, 470, 480, 490, 500})};
+    result.goals = evaluate_goals(result.rows);
+    return result;
+}
+
+TEST(CompareFaults, GoalsPairTheRoundsOfEachSide) {
+    const std::vector<Goal> goals = fault_result().goals;
+    const Goal* parallel = goal_starting(goals, "chunk faults of distinct 2 MiB chunks");
+    ASSERT_NE(parallel, nullptr);
+    ASSERT_TRUE(parallel->measured && parallel->measured->interval);
+    EXPECT_DOUBLE_EQ(parallel->measured->interval->low, 1.6);
+    EXPECT_DOUBLE_EQ(parallel->measured->interval->high, 2.0);
+    EXPECT_EQ(parallel->verdict, Verdict::Met) << ">= 1.5";
+
+    const Goal* first = goal_starting(goals,
+                                      "first pass of a streaming 64 KiB WRITE over a fresh "
+                                      "256 MiB buffer, with fault-ahead");
+    ASSERT_NE(first, nullptr);
+    ASSERT_TRUE(first->measured && first->measured->interval);
+    EXPECT_DOUBLE_EQ(first->measured->interval->low, 0.95);
+    EXPECT_DOUBLE_EQ(first->measured->interval->high, 1.0);
+    EXPECT_EQ(first->verdict, Verdict::Met) << ">= 0.9";
+
+    const Goal* demand = goal_starting(goals, "the same first pass without fault-ahead");
+    ASSERT_NE(demand, nullptr);
+    EXPECT_EQ(demand->verdict, Verdict::Reported);
+    EXPECT_DOUBLE_EQ(demand->measured->ratio, 0.5);
+
+    const Goal* cold = goal_starting(goals, "cold translate of a 2 MiB chunk in that first pass");
+    ASSERT_NE(cold, nullptr);
+    ASSERT_TRUE(cold->measured && cold->measured->interval);
+    EXPECT_DOUBLE_EQ(cold->measured->interval->high, 0.09) << "45 us against 500";
+    EXPECT_EQ(cold->verdict, Verdict::Met) << "<= 1.0";
+}
+
+// A run whose fault section failed says why in the goal; files of runs
+// before the section have none of its goals.
+TEST(CompareFaults, FailedOrMissingRowsGiveNoVerdict) {
+    CompareResult result = fault_result();
+    result.rows[2].error = "ibv_reg_mr: Cannot allocate memory";
+    result.rows[2].first_touch_us.reset();
+    const std::vector<Goal> goals = evaluate_goals(result.rows);
+    const Goal* parallel = goal_starting(goals, "chunk faults of distinct 2 MiB chunks");
+    ASSERT_NE(parallel, nullptr);
+    EXPECT_EQ(parallel->verdict, Verdict::NotMeasured);
+    EXPECT_EQ(parallel->note,
+              "emulated faults_2_threads failed: ibv_reg_mr: Cannot allocate memory");
+
+    result.rows.resize(1);
+    const std::vector<Goal> older = evaluate_goals(result.rows);
+    EXPECT_EQ(goal_starting(older, "chunk faults"), nullptr);
+    EXPECT_EQ(goal_starting(older, "first pass"), nullptr);
+    EXPECT_EQ(goal_starting(older, "cold translate of a 2 MiB chunk in that"), nullptr);
+}
+
+TEST(CompareFaults, TableShowsBothSectionsWithTheirIntervals) {
+    std::ostringstream out;
+    print_table(fault_result(), out);
+    const std::string table = out.str();
+    EXPECT_NE(table.find("Chunk faults: 32 fresh 2 MiB chunks of a region faulted by 1 thread, "
+                         "then by 2"),
+              std::string::npos)
+        << table;
+    EXPECT_NE(table.find("emulated        540.0      300.0      1.800 [1.600, 2.000]"),
+              std::string::npos)
+        << table;
+    EXPECT_NE(table.find("over a fresh 256 MiB buffer, first pass"), std::string::npos) << table;
+    EXPECT_NE(table.find("fault-ahead 4 chunks"), std::string::npos) << table;
+    EXPECT_NE(table.find("0.975 [0.950, 1.000]           50.00  0.500 [0.500, 0.500]"),
+              std::string::npos)
+        << table;
+    EXPECT_NE(table.find("0.065 [0.040, 0.090]"), std::string::npos) << table;
+    EXPECT_NE(table.find("ok 12 MiB, warm pass 0 faults"), std::string::npos) << table;
+}
+
+// The rows go through the JSON and back, and the goals come out the same.
+TEST(CompareFaults, JsonReadsBackTheSectionAndItsGoals) {
+    const CompareResult written = fault_result();
+    const CompareResult read = parse_compare_json(to_json(written, "odp-perf compare"));
+    ASSERT_EQ(read.rows.size(), written.rows.size());
+    const std::vector<Goal> goals = evaluate_goals(read.rows);
+    ASSERT_EQ(goals.size(), written.goals.size());
+    for (std::size_t i = 0; i < goals.size(); ++i) {
+        SCOPED_TRACE(goals[i].name);
+        EXPECT_EQ(goals[i].name, written.goals[i].name);
+        EXPECT_EQ(goals[i].verdict, written.goals[i].verdict);
+        ASSERT_EQ(goals[i].measured.has_value(), written.goals[i].measured.has_value());
+        if (goals[i].measured) {
+            EXPECT_DOUBLE_EQ(goals[i].measured->ratio, written.goals[i].measured->ratio);
+        }
+    }
+}
+
+}  // namespace
+}  // namespace odp_perf
