@@ -172,6 +172,47 @@ if any(r["test"] in working_set_tests for r in rows):
                           f"{what}: {r['faults']} chunk faults in {r['iterations']} writes, "
                           "every chunk of the cycle faulted (LRU's worst case)")
 
+# The fault section (issue 11): every emulated column faults each fresh chunk
+# once per round with 1 and with 2 threads, and streams a fresh buffer whose
+# first pass (with and without fault-ahead) and warm pass arrive intact; the
+# warm pass faults nothing.
+for mode in emulated_modes:
+    one, two = find(mode, "faults_1_thread"), find(mode, "faults_2_threads")
+    if check(len(one) == 1 and len(two) == 1 and one[0]["error"] is None
+             and two[0]["error"] is None,
+             f"{mode} chunk faults: {one and one[0]['error']} {two and two[0]['error']}"):
+        for r in one + two:
+            chunks = r["size"] // (2 << 20)
+            check(r["faults"] == r["iterations"] and r["iterations"] % chunks == 0,
+                  f"{mode} {r['test']}: {r['faults']} faults in {r['iterations']} chunk uses")
+            check(len(r["first_touch_us_samples"]) == r["iterations"] // chunks,
+                  f"{mode} {r['test']}: {len(r['first_touch_us_samples'])} samples")
+            check(r["first_touch_us"] and r["first_touch_us"] > 0,
+                  f"{mode} {r['test']}: no time per fault")
+    passes = {test: find(mode, test) for test in ["first_pass", "warm_pass", "first_pass_demand"]}
+    for test, found in passes.items():
+        if not check(len(found) == 1 and found[0]["error"] is None,
+                     f"{mode} {test}: {found and found[0]['error']}"):
+            continue
+        r = found[0]
+        check(r["bw_MBps"] and r["bw_MBps"] > 0 and len(r["round_bw_MBps"]) >= 1,
+              f"{mode} {test}: no bandwidth")
+        check(r["mismatched_bytes"] == 0, f"{mode} {test}: {r['mismatched_bytes']} bytes wrong")
+        if test == "warm_pass":
+            check(r["faults"] == 0 or r["invalidations"] > 0,
+                  f"{mode} warm_pass: {r['faults']} chunk faults in a buffer that fits")
+        else:
+            check(r["verified_bytes"] > 0, f"{mode} {test}: nothing verified")
+            check(r["faults"] >= r["size"] // (2 << 20),
+                  f"{mode} {test}: {r['faults']} faults for {r['size'] // (2 << 20)} chunks")
+            check(r["first_touch_us"] is not None, f"{mode} {test}: no cold translate timed")
+goal_names = [g["name"] for g in doc["goals"]]
+for prefix in ["chunk faults of distinct 2 MiB chunks", "first pass of a streaming",
+               "cold translate of a 2 MiB chunk in that first pass"]:
+    goal = [g for g in doc["goals"] if g["name"].startswith(prefix)]
+    check(len(goal) == 1 and goal[0]["ratio"] is not None,
+          f"goal {prefix!r}: {goal or 'missing'}")
+
 check(len(doc["goals"]) >= 4, "goals missing")
 for line in failures:
     print(f"check_compare: {line}")
