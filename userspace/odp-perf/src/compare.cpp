@@ -552,9 +552,15 @@ CompareResult run_compare(const CompareConfig& config) {
     const Peer peer{host, listening.get_future().get(), cm};
 
     result.native_check = check_native_odp_data(*device);
-    const std::vector<oob::TestKind> tests{oob::TestKind::Write, oob::TestKind::Read,
-                                           oob::TestKind::Send};
-    const std::vector<std::uint64_t> reg_sizes = registration_sizes(config.reg_max);
+    const auto wanted = [&](const std::string& section) {
+        return !config.only || config.only->contains(section);
+    };
+    const std::vector<oob::TestKind> tests =
+        wanted("traffic") ? std::vector<oob::TestKind>{oob::TestKind::Write, oob::TestKind::Read,
+                                                       oob::TestKind::Send}
+                          : std::vector<oob::TestKind>{};
+    const std::vector<std::uint64_t> reg_sizes =
+        wanted("register") ? registration_sizes(config.reg_max) : std::vector<std::uint64_t>{};
     std::vector<std::uint64_t> sizes = config.sizes;
     if (config.sweep) {
         const Sweep sweep = sweep_sizes(device->max_pinned_bytes());
@@ -567,7 +573,8 @@ CompareResult run_compare(const CompareConfig& config) {
         }
     }
     const std::uint32_t rounds = std::max<std::uint32_t>(config.rounds, 1);
-    const bool working_sets = config.working_set_sweep || config.sweep;
+    const bool working_sets = config.only ? config.only->contains("working-set")
+                                          : config.working_set_sweep || config.sweep;
     std::vector<ModeVariant> working_set_variants;
     std::size_t working_set_points = 0;
     for (const ModeVariant& variant : variants) {
@@ -580,9 +587,12 @@ CompareResult run_compare(const CompareConfig& config) {
     const auto emulated_variants = static_cast<std::size_t>(std::count_if(
         variants.begin(), variants.end(),
         [](const ModeVariant& variant) { return variant.mode == odp::Mode::Emulated; }));
-    Progress progress(
-        variants.size() * (tests.size() * sizes.size() * rounds + reg_sizes.size() + 4) +
-        2 * emulated_variants + working_set_points * std::size(kWorkingSetTests) * rounds);
+    const std::size_t per_variant_steps =
+        (wanted("first-touch") ? 2 : 0) + (wanted("budget") ? 1 : 0) + (wanted("remap") ? 1 : 0);
+    Progress progress(variants.size() * (tests.size() * sizes.size() * rounds + reg_sizes.size() +
+                                         per_variant_steps) +
+                      (wanted("faults") ? 2 * emulated_variants : 0) +
+                      working_set_points * std::size(kWorkingSetTests) * rounds);
 
     // Before each emulated measurement its source becomes the process's (a
     // switch takes milliseconds); the other modes use no source.
@@ -680,23 +690,29 @@ CompareResult run_compare(const CompareConfig& config) {
     }
     for (const ModeVariant& variant : variants) {
         prepare(variant);
-        progress.step(variant.label + " first touch");
-        result.rows.push_back(
-            labelled(measure_first_touch(*device, peer, variant.mode, 2 << 20, false), variant));
-        progress.step(variant.label + " prefetch");
-        result.rows.push_back(
-            labelled(measure_first_touch(*device, peer, variant.mode, 2 << 20, true), variant));
-        progress.step(variant.label + " working set over budget");
-        WorkingSetSpec budget;
-        budget.budget = config.budget;
-        budget.working_set = config.working_set;
-        budget.iterations = config.budget_iterations;
-        budget.fault_ahead = config.fault_ahead;
-        result.rows.push_back(
-            labelled(measure_budget(config.device, peer, variant.mode, budget), variant));
-        progress.step(variant.label + " remap under traffic");
-        result.rows.push_back(
-            labelled(measure_remap(*device, peer, variant.mode, config.remap_rounds), variant));
+        if (wanted("first-touch")) {
+            progress.step(variant.label + " first touch");
+            result.rows.push_back(labelled(
+                measure_first_touch(*device, peer, variant.mode, 2 << 20, false), variant));
+            progress.step(variant.label + " prefetch");
+            result.rows.push_back(
+                labelled(measure_first_touch(*device, peer, variant.mode, 2 << 20, true), variant));
+        }
+        if (wanted("budget")) {
+            progress.step(variant.label + " working set over budget");
+            WorkingSetSpec budget;
+            budget.budget = config.budget;
+            budget.working_set = config.working_set;
+            budget.iterations = config.budget_iterations;
+            budget.fault_ahead = config.fault_ahead;
+            result.rows.push_back(
+                labelled(measure_budget(config.device, peer, variant.mode, budget), variant));
+        }
+        if (wanted("remap")) {
+            progress.step(variant.label + " remap under traffic");
+            result.rows.push_back(
+                labelled(measure_remap(*device, peer, variant.mode, config.remap_rounds), variant));
+        }
     }
     // Chunk faults in parallel and fault-ahead: emulated columns only (the
     // other modes register nothing on first use).
@@ -705,7 +721,7 @@ CompareResult run_compare(const CompareConfig& config) {
     stream.fault_ahead = stream_fault_ahead(config.fault_ahead);
     stream.rounds = rounds;
     for (const ModeVariant& variant : variants) {
-        if (variant.mode != odp::Mode::Emulated) {
+        if (variant.mode != odp::Mode::Emulated || !wanted("faults")) {
             continue;
         }
         prepare(variant);

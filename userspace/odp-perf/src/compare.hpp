@@ -9,6 +9,7 @@
 #include <map>
 #include <odp/mirror.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -61,8 +62,15 @@ struct CompareConfig {
     // Emulated buffers of the traffic and budget tests (both sides) register
     // this many chunks ahead of a sequential use (RegionOptions::fault_ahead).
     std::size_t fault_ahead = 0;
+    // --only: the sections to run (compare_sections), every one when unset
+    // (the working-set section then only with --working-set-sweep or --sweep).
+    std::optional<std::set<std::string>> only;
     std::string command_line;  // recorded in the JSON
 };
+
+// The sections --only chooses from.
+inline constexpr const char* compare_sections[] = {"traffic", "register", "first-touch", "budget",
+                                                   "remap",   "faults",   "working-set"};
 
 // The fault section's fault-ahead: --fault-ahead's, else 4 chunks.
 inline constexpr std::size_t stream_fault_ahead(std::size_t configured) {

@@ -34,7 +34,7 @@ constexpr const char* kUsage = R"(usage:
                    [--reg-max BYTES]
                    [--budget BYTES] [--working-set BYTES] [--working-set-sweep]
                    [--sources LIST] [--fault-ahead CHUNKS] [--stream-size BYTES]
-                   [--fault-chunks N]
+                   [--fault-chunks N] [--only SECTIONS]
   odp-perf compare --merge RUN.json [--merge RUN.json]... [--json FILE] [--plot FILE.png]
 
 Sizes take K, M and G suffixes (powers of 1024). Defaults: port 18515, the first
@@ -69,6 +69,9 @@ Chunk faults and fault-ahead (every emulated column): --fault-chunks N fresh
 2 MiB chunks (32) faulted by 1 thread and by 2; 64 KiB WRITEs streaming over a
 fresh --stream-size buffer (256M) with --fault-ahead chunks ahead (4 if 0), its
 first pass against its warm second, and a first pass without fault-ahead.
+--only SECTIONS runs only these of compare's sections (traffic, register,
+first-touch, budget, remap, faults, working-set; the goals of the others are
+then not measured).
 compare --merge measures nothing: it merges the JSON of runs of the same
 comparison (other guests) into one table whose intervals use every run's
 rounds (each round paired with the other modes' round of the same run).
@@ -384,6 +387,22 @@ int compare_main(Arguments& args, const std::string& command_line) {
             config.working_set = parse_size(args.value(arg), arg);
         } else if (arg == "--working-set-sweep") {
             config.working_set_sweep = true;
+        } else if (arg == "--only") {
+            const std::string list = args.value(arg);
+            config.only.emplace();
+            for (std::size_t begin = 0; begin <= list.size();) {
+                const std::size_t comma = std::min(list.find(',', begin), list.size());
+                const std::string section = list.substr(begin, comma - begin);
+                if (std::find(std::begin(compare_sections), std::end(compare_sections), section) ==
+                    std::end(compare_sections)) {
+                    usage_error(
+                        "--only takes a list of traffic, register, first-touch, budget, "
+                        "remap, faults and working-set, got '" +
+                        list + "'");
+                }
+                config.only->insert(section);
+                begin = comma + 1;
+            }
         } else if (arg == "--stream-size") {
             const std::string size = args.value(arg);
             config.stream_size = parse_size(size, arg);
