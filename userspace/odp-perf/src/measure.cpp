@@ -215,11 +215,11 @@ std::vector<Row> measure_stream_passes(const std::string& device_name, const Pee
                 TestMemory memory;
                 memory.buffer =
                     MappedBuffer(static_cast<std::size_t>(spec.size), ahead.chunk_size, true);
-                // The pattern repeats every remote buffer's length, so that the
-                // server can check what the last writes of each slot left.
-                const std::uint32_t seed = kSeed + round;
+                // The pattern (write_link's seed) repeats every remote buffer's
+                // length, so that the server can check what the last writes of
+                // each slot left; each region has a fresh server buffer.
                 for (std::size_t at = 0; at < memory.buffer.size(); at += kRemote) {
-                    fill_pattern(memory.buffer.bytes().subspan(at, kRemote), seed, 0);
+                    fill_pattern(memory.buffer.bytes().subspan(at, kRemote), kSeed, 0);
                 }
                 memory.region = device->register_region(memory.buffer.data(), memory.buffer.size(),
                                                         kBufferAccess, with_ahead ? ahead : demand);
@@ -249,7 +249,7 @@ std::vector<Row> measure_stream_passes(const std::string& device_name, const Pee
                     warm_pass.pinned_bytes_peak =
                         std::max(warm_pass.pinned_bytes_peak, after_warm.peak_pinned_bytes);
                 }
-                const oob::Report report = link.finish(oob::Done{done, done * kMessage, seed, 1});
+                const oob::Report report = link.finish(oob::Done{done, done * kMessage, kSeed, 1});
                 row.verified_bytes += report.verified_bytes;
                 row.mismatched_bytes += report.mismatched_bytes;
             }
