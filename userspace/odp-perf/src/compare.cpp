@@ -732,7 +732,7 @@ CompareResult run_compare(const CompareConfig& config) {
                 odp::Device::open({config.device, config.parallel_fault_chunks *
                                                       region_options(variant.mode, 0).chunk_size});
             fault_rows = measure_parallel_faults(*faulting, variant.mode,
-                                                 config.parallel_fault_chunks, rounds);
+                                                 config.parallel_fault_chunks, 4 * rounds);
         } catch (const std::exception& error) {
             for (const char* test : kFaultThreadTests) {
                 Row row;

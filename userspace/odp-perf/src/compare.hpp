@@ -51,9 +51,10 @@ struct CompareConfig {
     // The fault section (issue 11 items 1 and 2), per emulated column: chunk
     // faults of 1 and of 2 threads over this many fresh chunks, and a
     // streaming WRITE's first pass over a fresh buffer of stream_size (with
-    // stream_fault_ahead chunks ahead) against
-    // its warm pass; `rounds` rounds each.
-    std::size_t parallel_fault_chunks = 32;
+    // stream_fault_ahead chunks ahead) against its warm pass; `rounds` rounds
+    // of the stream, 4 times as many of the faults (a round of them takes
+    // milliseconds: more ratios, a narrower interval).
+    std::size_t parallel_fault_chunks = 128;
     std::uint64_t stream_size = std::uint64_t{256} << 20;
     // The emulated mode's invalidation sources, one set of emulated rows each
     // (mode_variants). Empty: the module and userfaultfd when /dev/odp_mirror
