@@ -762,11 +762,18 @@ TEST(CompareWorkingSet, RatiosToPinnedInTableJsonAndPlot) {
     EXPECT_EQ(data.str(),
               "1 0.5000 0.4000 0.6000 1.0000\n2 0.5000 0.4000 0.6000 0.5000\n"
               "4 0.5000 0.4000 0.6000 0.2500\n8 0.5000 0.4000 0.6000 0.1250\n");
-    EXPECT_NE(script.find("set multiplot layout 2,2"), std::string::npos) << script;
+    // Only this section's panel (compare --only working-set): gnuplot fails
+    // on a panel without points, such as an empty registration panel.
+    EXPECT_NE(script.find("set multiplot layout 1,1"), std::string::npos) << script;
+    EXPECT_EQ(script.find("reg-0.dat"), std::string::npos) << script;
+    EXPECT_EQ(script.find("bw.dat"), std::string::npos) << script;
     EXPECT_NE(script.find("ws-random-1.dat' using 1:5 axes x1y2"), std::string::npos) << script;
     EXPECT_NE(script.find("title 'emulated sequential: bandwidth ratio'"), std::string::npos)
         << script;
     EXPECT_EQ(script.find("ws-sequential-0.dat"), std::string::npos) << "pinned is the reference";
+    const std::filesystem::path png = dir / "working-set.png";
+    plot(result, png.string());  // throws if gnuplot refused the script
+    EXPECT_GT(std::filesystem::file_size(png), 0U);
     std::filesystem::remove_all(dir);
 }
 

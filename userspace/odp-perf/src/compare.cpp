@@ -1326,7 +1326,17 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
         }
     }
     const bool working_sets = !working_set_lines.empty();
-    const int panels = 3 + (sweep ? 1 : 0) + (working_sets ? 1 : 0);
+    // A panel per section the result has (--only runs a part of them; gnuplot
+    // refuses a panel without points).
+    const bool traffic = std::any_of(result.rows.begin(), result.rows.end(), [](const Row& row) {
+        return row.test == "write" || row.test == "read" || row.test == "send";
+    });
+    const bool registration = !reg_sizes.empty();
+    const int panels =
+        (traffic ? 2 : 0) + (registration ? 1 : 0) + (sweep ? 1 : 0) + (working_sets ? 1 : 0);
+    if (panels == 0) {
+        return {};
+    }
     std::string quoted_png;
     for (const char c : png_path) {
         quoted_png += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
@@ -1343,32 +1353,39 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
     };
     std::ostringstream script;
     script << "set terminal pngcairo size "
-           << (panels == 3   ? "1400,500"
+           << (panels == 1   ? "800,600"
+               : panels == 2 ? "1200,500"
+               : panels == 3 ? "1400,500"
                : panels == 4 ? "1400,1000"
                              : "2000,1000")
            << " font ',10'\n"
            << "set output \"" << quoted_png << "\"\n"
            << "set multiplot layout "
-           << (panels == 3   ? "1,3"
+           << (panels <= 3   ? "1," + std::to_string(panels)
                : panels == 4 ? "2,2"
                              : "2,3")
            << " title \"odp-perf compare: " << result.device << ", kernel " << result.kernel
            << " (error bars: range over the rounds)\"\n"
            << "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
            << "set style fill solid 0.8 border -1\nset key outside right top vertical\nset grid "
-              "ytics\n"
-           << "set title 'RDMA bandwidth, 64 KiB messages'\nset ylabel 'MB/s'\nset yrange [0:*]\n"
-           << bw_xlabel << "plot " << mode_columns("bw.dat") << "\n"
-           << "set title 'Latency p50, 8-byte messages'\nset ylabel 'usec'\n"
-           << lat_xlabel << "plot " << mode_columns("lat.dat") << "\n";
-    script << "set style data linespoints\nset logscale xy\nset title 'Registration time, "
-              "populated buffer'\nset xlabel 'buffer size'\nset ylabel 'usec'\nset yrange [*:*]\n"
-              "set key inside top left vertical\n"
-           << size_tics(reg_sizes) << "plot ";
-    for (std::size_t i = 0; i < result.modes.size(); ++i) {
-        script << (i ? ", " : "") << "'" << data_file("reg-", i)
-               << "' using 1:2:3:4 with yerrorlines lt " << i + 1 << " title '" << result.modes[i]
-               << "'";
+              "ytics\n";
+    if (traffic) {
+        script << "set title 'RDMA bandwidth, 64 KiB messages'\nset ylabel 'MB/s'\nset yrange "
+                  "[0:*]\n"
+               << bw_xlabel << "plot " << mode_columns("bw.dat") << "\n"
+               << "set title 'Latency p50, 8-byte messages'\nset ylabel 'usec'\n"
+               << lat_xlabel << "plot " << mode_columns("lat.dat") << "\n";
+    }
+    if (registration) {
+        script << "set style data linespoints\nset logscale xy\nset title 'Registration time, "
+                  "populated buffer'\nset xlabel 'buffer size'\nset ylabel 'usec'\nset yrange "
+                  "[*:*]\nset key inside top left vertical\n"
+               << size_tics(reg_sizes) << "plot ";
+        for (std::size_t i = 0; i < result.modes.size(); ++i) {
+            script << (i ? ", " : "") << "'" << data_file("reg-", i)
+                   << "' using 1:2:3:4 with yerrorlines lt " << i + 1 << " title '"
+                   << result.modes[i] << "'";
+        }
     }
     if (sweep) {
         script << "\nset title 'RDMA WRITE bandwidth against message size'\nset xlabel "
@@ -1424,9 +1441,15 @@ void plot(const CompareResult& result, const std::string& png_path) {
             std::filesystem::remove_all(dir, ignored);
         }
     } cleanup{dir};
+    const std::string text = plot_script(result, dir, png_path);
+    if (text.empty()) {
+        odp::throw_error(EINVAL, "nothing to plot in " + png_path +
+                                     ": the result has no traffic, registration or working-set "
+                                     "rows (the sections the plot draws)");
+    }
     {
         std::ofstream script(dir / "plot.gp");
-        script << plot_script(result, dir, png_path);
+        script << text;
         if (!script.flush()) {
             odp::throw_errno("writing the gnuplot script in " + dir.string());
         }
