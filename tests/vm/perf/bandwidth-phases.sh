@@ -1,6 +1,10 @@
 #!/bin/bash
-# Is odp-perf's bandwidth bimodal, and does it follow CPU placement?
-perf=/work/wt/integ/build/userspace/odp-perf/odp-perf
+# Run in a guest (docs/compare.md, "Why a row's bandwidth swings"): 8 blocks
+# of 64 KiB WRITE over rxe0's loopback, each odp-perf unpinned, on CPU 0, on
+# CPU 1, then ib_write_bw, back to back. Prints one bandwidth (MB/s) a line.
+#   scripts/odp-vm --kernel 6.12 --mem 10240 --numa 1 --device rxe -- bash tests/vm/perf/bandwidth-phases.sh
+here=$(cd "$(dirname "$0")" && pwd)
+perf=${ODP_BUILD_DIR:-$here/../../../build}/userspace/odp-perf/odp-perf
 dev=rxe0; addr=$ODP_VM_RXE_ADDR
 port=20000
 bw() { # label, client prefix...
