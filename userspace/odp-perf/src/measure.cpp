@@ -56,6 +56,17 @@ LinkSpec write_link(const Peer& peer, std::uint64_t size, std::uint32_t depth) {
     return spec;
 }
 
+// RDMA WRITEs of `message` bytes, `depth` in flight, over a local span.
+WindowSpec write_window(std::size_t message, std::uint32_t depth, std::size_t span) {
+    WindowSpec window;
+    window.test = oob::TestKind::Write;
+    window.size = message;
+    window.stride = message;
+    window.depth = depth;
+    window.local_span = span;
+    return window;
+}
+
 // translate + post + completion + release of one operation, in microseconds.
 double timed_operation(PeerLink& link, TestMemory& memory, oob::TestKind test, std::size_t offset,
                        std::size_t size, std::size_t remote_offset) {
@@ -236,12 +247,7 @@ std::vector<Row> measure_stream_passes(const std::string& device_name, const Pee
                 memory.region = device->register_region(memory.buffer.data(), memory.buffer.size(),
                                                         kBufferAccess, with_ahead ? ahead : demand);
                 PeerLink link(*device, write_link(peer, kMessage, kDepth), memory.region.mode());
-                WindowSpec window;
-                window.test = oob::TestKind::Write;
-                window.size = kMessage;
-                window.stride = kMessage;
-                window.depth = kDepth;
-                window.local_span = memory.buffer.size();
+                WindowSpec window = write_window(kMessage, kDepth, memory.buffer.size());
                 window.count = operations;
                 window.time_translates_every = ahead.chunk_size;
                 const Window pass = run_window(link, memory, window);
@@ -393,12 +399,7 @@ Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode m
         memory.region = device->register_region(memory.buffer.data(), memory.buffer.size(),
                                                 kBufferAccess, options);
         PeerLink link(*device, write_link(peer, kMessage, kDepth), memory.region.mode());
-        WindowSpec window_spec;
-        window_spec.test = oob::TestKind::Write;
-        window_spec.size = kMessage;
-        window_spec.stride = kMessage;
-        window_spec.depth = kDepth;
-        window_spec.local_span = memory.buffer.size();
+        WindowSpec window_spec = write_window(kMessage, kDepth, memory.buffer.size());
         window_spec.random_seed = spec.random ? kSeed : 0;
         if (spec.warm_up != 0) {
             window_spec.count = spec.warm_up;
