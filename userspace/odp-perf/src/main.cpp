@@ -102,6 +102,17 @@ std::uint64_t parse_size(const std::string& text, const std::string& option) {
     return value * multiplier;
 }
 
+// "a,b,,c" -> {"a", "b", "", "c"}: an empty item is the caller's to refuse.
+std::vector<std::string> comma_separated(const std::string& list) {
+    std::vector<std::string> items;
+    for (std::size_t begin = 0; begin <= list.size();) {
+        const std::size_t comma = std::min(list.find(',', begin), list.size());
+        items.push_back(list.substr(begin, comma - begin));
+        begin = comma + 1;
+    }
+    return items;
+}
+
 // Chunks registered ahead; more than the fault-ahead queue holds is a typo.
 std::size_t parse_fault_ahead(const std::string& text) {
     const std::uint64_t chunks = parse_size(text, "--fault-ahead");
@@ -370,14 +381,12 @@ int compare_main(Arguments& args, const std::string& command_line) {
         } else if (arg == "--sizes") {
             config.sizes.clear();
             const std::string list = args.value(arg);
-            for (std::size_t begin = 0; begin <= list.size();) {
-                const std::size_t comma = std::min(list.find(',', begin), list.size());
-                const std::uint64_t size = parse_size(list.substr(begin, comma - begin), arg);
+            for (const std::string& item : comma_separated(list)) {
+                const std::uint64_t size = parse_size(item, arg);
                 if (size == 0) {
                     usage_error("--sizes wants sizes of at least 1 byte, got '" + list + "'");
                 }
                 config.sizes.push_back(size);
-                begin = comma + 1;
             }
         } else if (arg == "--budget") {
             config.budget = parse_size(args.value(arg), arg);
@@ -390,9 +399,7 @@ int compare_main(Arguments& args, const std::string& command_line) {
         } else if (arg == "--only") {
             const std::string list = args.value(arg);
             config.only.emplace();
-            for (std::size_t begin = 0; begin <= list.size();) {
-                const std::size_t comma = std::min(list.find(',', begin), list.size());
-                const std::string section = list.substr(begin, comma - begin);
+            for (const std::string& section : comma_separated(list)) {
                 if (std::find(std::begin(compare_sections), std::end(compare_sections), section) ==
                     std::end(compare_sections)) {
                     usage_error(
@@ -401,7 +408,6 @@ int compare_main(Arguments& args, const std::string& command_line) {
                         list + "'");
                 }
                 config.only->insert(section);
-                begin = comma + 1;
             }
         } else if (arg == "--stream-size") {
             const std::string size = args.value(arg);
@@ -418,9 +424,7 @@ int compare_main(Arguments& args, const std::string& command_line) {
         } else if (arg == "--sources") {
             config.sources.clear();
             const std::string list = args.value(arg);
-            for (std::size_t begin = 0; begin <= list.size();) {
-                const std::size_t comma = std::min(list.find(',', begin), list.size());
-                const std::string name = list.substr(begin, comma - begin);
+            for (const std::string& name : comma_separated(list)) {
                 const std::optional<odp::MonitorKind> source =
                     name == "auto"          ? std::optional(odp::MonitorKind::Auto)
                     : name == "module"      ? std::optional(odp::MonitorKind::Module)
@@ -432,7 +436,6 @@ int compare_main(Arguments& args, const std::string& command_line) {
                                 list + "'");
                 }
                 config.sources.push_back(*source);
-                begin = comma + 1;
             }
         } else if (arg == "--quick") {
             // A short run for tests: fewer iterations, registration up to 64 MiB.
