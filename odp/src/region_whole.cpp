@@ -5,7 +5,8 @@
 // is shared, and never changes. A lease is one CAS on its pin's state (no
 // lock); close() marks the pin stale and the last lease deregisters it
 // (region_pins.cpp). The budget (pinned mode) is reserved under the device
-// mutex, which register_whole() holds throughout.
+// mutex and the registration runs outside it: registrations of regions of
+// one device proceed in parallel.
 #include <infiniband/verbs.h>
 
 #include <algorithm>
@@ -15,44 +16,57 @@
 namespace odp::detail {
 
 void RegionCore::register_whole() {
-    const std::unique_lock lock(dev_.mutex);
-    Pin& pin = allocate_pin_locked();
-    pin.chunk = Pin::whole_region;
     const Range range = config_.range;
-    int flags = to_ibv_access(config_.access);
-    std::uint64_t bytes = 0;
     const std::uint64_t max_mr_size = device_->caps().max_mr_size;
     if (!config_.implicit && max_mr_size != 0 && range.length() > max_mr_size) {
-        return_unused_pin_locked(pin);
         throw_error(E2BIG, what("register", range) + ": " + std::string(device_->name()) +
                                " registers at most " + format_bytes(max_mr_size) +
                                " per memory region (max_mr_size): register smaller regions, or "
                                "use Mode::Emulated (it registers chunks)");
     }
-    try {
-        if (config_.mode == Mode::Pinned) {
-            dev_.reserve_locked(page_rounded(range), *this, what("register", range));
-            bytes = page_rounded(range);
-        } else {
-            flags |= IBV_ACCESS_ON_DEMAND;
+    int flags = to_ibv_access(config_.access);
+    const std::uint64_t bytes = config_.mode == Mode::Pinned ? page_rounded(range) : 0;
+    Pin* pin = nullptr;
+    {
+        // The budget is reserved, and counted as a pinned region's, before
+        // the registration: a concurrent reservation sees it. The
+        // registration itself runs unlocked, so that pinned regions register
+        // in parallel as emulated chunks do.
+        const std::unique_lock lock(dev_.mutex);
+        pin = &allocate_pin_locked();
+        pin->chunk = Pin::whole_region;
+        if (bytes != 0) {
+            try {
+                dev_.reserve_locked(bytes, *this, what("register", range));
+            } catch (...) {
+                return_unused_pin_locked(*pin);
+                throw;
+            }
+            dev_.pinned_regions.fetch_add(bytes, std::memory_order_relaxed);
         }
+    }
+    if (config_.mode != Mode::Pinned) {
+        flags |= IBV_ACCESS_ON_DEMAND;
+    }
+    try {
         const NicMr mr = config_.implicit
                              ? dev_.nic->register_memory(0, SIZE_MAX, flags)
                              : dev_.nic->register_memory(range.begin, range.length(), flags);
-        pin.pieces.push_back(Piece{range, mr});
+        pin->pieces.push_back(Piece{range, mr});
     } catch (...) {
+        const std::unique_lock lock(dev_.mutex);
+        dev_.pinned_regions.fetch_sub(bytes, std::memory_order_relaxed);
         dev_.unreserve(bytes);
-        return_unused_pin_locked(pin);
+        return_unused_pin_locked(*pin);
         throw;
     }
-    pin.pinned_bytes.store(bytes, std::memory_order_relaxed);
+    pin->pinned_bytes.store(bytes, std::memory_order_relaxed);
     note_pinned(bytes);
-    dev_.pinned_regions.fetch_add(bytes, std::memory_order_relaxed);
     bytes_registered_.fetch_add(config_.implicit ? 0 : range.length(), std::memory_order_relaxed);
-    pin.state.store(((pin.state.load(std::memory_order_relaxed) & ~(Pin::incarnation_unit - 1)) +
-                     Pin::incarnation_unit),
-                    std::memory_order_release);
-    whole_ = &pin;
+    pin->state.store(((pin->state.load(std::memory_order_relaxed) & ~(Pin::incarnation_unit - 1)) +
+                      Pin::incarnation_unit),
+                     std::memory_order_release);
+    whole_ = pin;
 }
 
 void RegionCore::acquire_whole(Range want, std::size_t max_sge, Lease& lease) {

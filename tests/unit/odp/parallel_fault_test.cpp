@@ -177,5 +177,66 @@ TEST(ParallelFault, RegionClosedDuringRegistrationLeaksNothing) {
     EXPECT_EQ(fake.counters().registrations, fake.counters().deregistrations);
 }
 
+// Pinned regions register outside the device's lock too: while one pinned
+// region's registration is held, another pinned region registers and an
+// emulated chunk faults, and the held one's budget counts as a pinned
+// region's meanwhile (a region that cannot fit beside both is refused).
+TEST(ParallelFault, PinnedRegionsRegisterWhileAnotherIsInFlight) {
+    auto [fake, device] = test::make_device(16 * MiB);
+    test::Mapping held_buffer(8 * MiB);
+    test::Mapping other_buffer(4 * MiB);
+    test::Mapping emulated_buffer(4 * MiB);
+    test::Mapping too_big(8 * MiB);
+    Region emulated = device->register_region(emulated_buffer.data(), emulated_buffer.size(),
+                                              Access::LocalWrite, test::emulated());
+    RegistrationGate gate(*fake, held_buffer.address());
+    auto held = in_background([&] {
+        return device->register_region(held_buffer.data(), held_buffer.size(), Access::LocalWrite,
+                                       Mode::Pinned);
+    });
+    ASSERT_TRUE(gate.wait_held());
+    EXPECT_EQ(device->pinned_bytes(), 8 * MiB) << "the registration in flight holds its budget";
+
+    auto other = in_background([&] {
+        return device->register_region(other_buffer.data(), other_buffer.size(),
+                                       Access::LocalWrite, Mode::Pinned);
+    });
+    auto fault = in_background([&] { return emulated.translate(emulated_buffer.data(), 64); });
+    const bool other_done = finished(other);
+    const bool fault_done = finished(fault);
+    EXPECT_TRUE(other_done) << "a pinned region waited for another's registration";
+    EXPECT_TRUE(fault_done) << "a chunk fault waited for a pinned region's registration";
+    const std::string refused = test::expect_error(ENOBUFS, [&] {
+        (void)device->register_region(too_big.data(), too_big.size(), Access::LocalWrite,
+                                      Mode::Pinned);
+    });
+    EXPECT_NE(refused.find("pinned regions already hold 12 MiB"), std::string::npos) << refused;
+    gate.open();
+
+    const Region held_region = held.get();
+    const Region other_region = other.get();
+    const Lease lease = fault.get();
+    EXPECT_EQ(device->pinned_bytes(), 14 * MiB);
+    EXPECT_EQ(device->stats().peak_pinned_bytes, 14 * MiB);
+    EXPECT_EQ(fake->counters().registrations, 3U);
+}
+
+// A pinned registration that fails returns its pin and its budget, also
+// the part counted as a pinned region's.
+TEST(ParallelFault, AFailedPinnedRegistrationReturnsItsBudget) {
+    auto [fake, device] = test::make_device(8 * MiB);
+    test::Mapping buffer(8 * MiB);
+    fake->fail_next_registrations(EIO);
+    test::expect_error(EIO, [&] {
+        (void)device->register_region(buffer.data(), buffer.size(), Access::LocalWrite,
+                                      Mode::Pinned);
+    });
+    EXPECT_EQ(device->pinned_bytes(), 0U);
+    const Region region =
+        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, Mode::Pinned);
+    EXPECT_EQ(device->pinned_bytes(), 8 * MiB) << "the whole budget is free again";
+    EXPECT_TRUE(fake->live_registrations().size() == 1U);
+}
+
 }  // namespace
 }  // namespace odp

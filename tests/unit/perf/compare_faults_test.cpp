@@ -63,6 +63,34 @@ TEST(CompareFaults, ParallelFaultsFaultEveryChunkOncePerRound) {
     EXPECT_EQ(device->pinned_bytes(), 0U) << "every measured region is gone";
 }
 
+// Pinned's reference: each thread count registers one 2 MiB MR per chunk,
+// timed the same way, and drops them all after the round.
+TEST(CompareFaults, PinnedRegistersOneMrPerChunkAndKeepsNone) {
+    auto nic = std::make_unique<odp::FakeNic>();
+    nic->set_registration_cost(std::chrono::microseconds(200));
+    odp::FakeNic& fake = *nic;
+    const std::shared_ptr<odp::Device> device = odp::Device::open(std::move(nic), {"", 8 * kChunk});
+    const std::uint64_t before = fake.counters().registrations;
+    const std::vector<Row> rows = measure_parallel_faults(*device, odp::Mode::Pinned, 8, 3);
+    ASSERT_EQ(rows.size(), 2U);
+    for (const Row& row : rows) {
+        SCOPED_TRACE(row.test);
+        EXPECT_EQ(row.error, "");
+        EXPECT_EQ(row.mode, "pinned");
+        EXPECT_EQ(row.size, 8 * kChunk);
+        EXPECT_EQ(row.faults, 0U) << "pinned regions fault nothing";
+        EXPECT_EQ(row.iterations, 24U);
+        ASSERT_EQ(row.first_touch_us_samples.size(), 3U);
+        ASSERT_TRUE(row.first_touch_us);
+        EXPECT_GE(*row.first_touch_us, row.test == "faults_1_thread" ? 200.0 : 100.0);
+        EXPECT_LE(row.pinned_bytes_peak, 8 * kChunk);
+    }
+    EXPECT_EQ(fake.counters().registrations - before, 64U)
+        << "two thread counts, a warm-up and 3 rounds, 8 MRs each";
+    EXPECT_EQ(fake.live_registrations().size(), 0U);
+    EXPECT_EQ(device->pinned_bytes(), 0U);
+}
+
 // A registration that fails fails both rows with its error; nothing stays
 // registered.
 TEST(CompareFaults, AFailedFaultFailsTheRowsAndLeaksNothing) {
@@ -94,9 +122,10 @@ TEST(CompareFaults, ABudgetShortOfTheChunksIsRefusedUpFront) {
     }
 }
 
-Row fault_row(const std::string& test, std::vector<double> samples) {
+Row fault_row(const std::string& test, std::vector<double> samples,
+              const std::string& mode = "emulated") {
     Row row;
-    row.mode = "emulated";
+    row.mode = mode;
     row.test = test;
     row.size = 32 * kChunk;
     row.first_touch_us = median(samples);
@@ -138,6 +167,9 @@ CompareResult fault_result() {
         // Per round 1 thread / 2 threads: 1.6, 1.7, 1.8, 1.9, 2.0, 1.8.
         fault_row("faults_1_thread", {480, 510, 540, 570, 600, 540}),
         fault_row("faults_2_threads", {300, 300, 300, 300, 300, 300}),
+        // The kernel's own: 1.2 to 1.4.
+        fault_row("faults_1_thread", {360, 390, 420, 390, 390, 360}, "pinned"),
+        fault_row("faults_2_threads", {300, 300, 300, 300, 300, 300}, "pinned"),
         // First / warm: 0.95 to 1.0 with fault-ahead, 0.5 without.
         pass_row("first_pass", {95, 96, 97, 98, 99, 100}, {20, 25, 30, 35, 40, 45}),
         pass_row("warm_pass", {100, 100, 100, 100, 100, 100}, {}),
@@ -168,6 +200,14 @@ TEST(CompareFaults, GoalsPairTheRoundsOfEachSide) {
     ASSERT_NE(demand, nullptr);
     EXPECT_EQ(demand->verdict, Verdict::Reported);
     EXPECT_DOUBLE_EQ(demand->measured->ratio, 0.5);
+
+    const Goal* kernel = goal_starting(goals, "the kernel's own: pinned 2 MiB registrations");
+    ASSERT_NE(kernel, nullptr);
+    ASSERT_TRUE(kernel->measured && kernel->measured->interval);
+    EXPECT_EQ(kernel->verdict, Verdict::Reported);
+    EXPECT_DOUBLE_EQ(kernel->measured->ratio, 1.3);
+    EXPECT_DOUBLE_EQ(kernel->measured->interval->low, 1.2);
+    EXPECT_DOUBLE_EQ(kernel->measured->interval->high, 1.4);
 
     const Goal* cold = goal_starting(goals, "cold translate of a 2 MiB chunk in that first pass");
     ASSERT_NE(cold, nullptr);
@@ -206,6 +246,11 @@ TEST(CompareFaults, TableShowsBothSectionsWithTheirIntervals) {
         << table;
     EXPECT_NE(table.find("emulated        540.0      300.0      1.800 [1.600, 2.000]"),
               std::string::npos)
+        << table;
+    EXPECT_NE(table.find("pinned          390.0      300.0      1.300 [1.200, 1.400]"),
+              std::string::npos)
+        << table;
+    EXPECT_NE(table.find("pinned: one\n 2 MiB MR registered per chunk"), std::string::npos)
         << table;
     EXPECT_NE(table.find("over a fresh 256 MiB buffer, first pass"), std::string::npos) << table;
     EXPECT_NE(table.find("fault-ahead 4 chunks"), std::string::npos) << table;

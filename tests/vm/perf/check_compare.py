@@ -206,9 +206,20 @@ for mode in emulated_modes:
             check(r["faults"] >= r["size"] // (2 << 20),
                   f"{mode} {test}: {r['faults']} faults for {r['size'] // (2 << 20)} chunks")
             check(r["first_touch_us"] is not None, f"{mode} {test}: no cold translate timed")
+# Pinned's reference: the same chunks registered as 2 MiB MRs, one per chunk.
+for r in find("pinned", "faults_1_thread") + find("pinned", "faults_2_threads"):
+    if check(r["error"] is None, f"pinned {r['test']}: {r['error']}"):
+        chunks = r["size"] // (2 << 20)
+        check(chunks > 0 and r["iterations"] % chunks == 0
+              and len(r["first_touch_us_samples"]) == r["iterations"] // chunks,
+              f"pinned {r['test']}: {len(r['first_touch_us_samples'])} samples of "
+              f"{r['iterations']} registrations")
+        check(r["faults"] == 0 and r["first_touch_us"] and r["first_touch_us"] > 0,
+              f"pinned {r['test']}: {r['faults']} faults, {r['first_touch_us']} us")
 goal_names = [g["name"] for g in doc["goals"]]
 for prefix in ["chunk faults of distinct 2 MiB chunks", "first pass of a streaming",
-               "cold translate of a 2 MiB chunk in that first pass"]:
+               "cold translate of a 2 MiB chunk in that first pass",
+               "the kernel's own: pinned 2 MiB registrations"]:
     goal = [g for g in doc["goals"] if g["name"].startswith(prefix)]
     check(len(goal) == 1 and goal[0]["ratio"] is not None,
           f"goal {prefix!r}: {goal or 'missing'}")

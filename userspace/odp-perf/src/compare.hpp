@@ -54,7 +54,7 @@ struct CompareConfig {
     // stream_fault_ahead chunks ahead) against its warm pass; `rounds` rounds
     // of the stream, 4 times as many of the faults (a round of them takes
     // milliseconds: more ratios, a narrower interval).
-    std::size_t parallel_fault_chunks = 128;
+    std::size_t parallel_fault_chunks = 512;
     std::uint64_t stream_size = std::uint64_t{256} << 20;
     // The emulated mode's invalidation sources, one set of emulated rows each
     // (mode_variants). Empty: the module and userfaultfd when /dev/odp_mirror

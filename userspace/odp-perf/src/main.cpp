@@ -66,7 +66,8 @@ the traffic tests (both sides) and the working set over the budget.
 over 1, 2, 4 and 8 times --budget for each emulated column, against pinned
 over a set of the budget's size: hit rate, chunk faults, bandwidth ratio.
 Chunk faults and fault-ahead (every emulated column): --fault-chunks N fresh
-2 MiB chunks (128) faulted by 1 thread and by 2; 64 KiB WRITEs streaming over a
+2 MiB chunks (512) faulted by 1 thread and by 2 (pinned: registered as 2 MiB
+MRs, the kernel's own scaling); 64 KiB WRITEs streaming over a
 fresh --stream-size buffer (256M) with --fault-ahead chunks ahead (4 if 0), its
 first pass against its warm second, and a first pass without fault-ahead.
 --only SECTIONS runs only these of compare's sections (traffic, register,
