@@ -146,6 +146,8 @@ Row pass_row(const std::string& test, std::vector<double> bw, std::vector<double
         row.first_touch_us_samples = std::move(touches);
     }
     row.verified_bytes = 6 << 20;
+    row.faults = test == "warm_pass" ? 0 : 768;
+    row.fault_ahead_hits = test == "first_pass" ? 700 : 0;
     return row;
 }
 
@@ -258,7 +260,10 @@ TEST(CompareFaults, TableShowsBothSectionsWithTheirIntervals) {
               std::string::npos)
         << table;
     EXPECT_NE(table.find("0.065 [0.040, 0.090]"), std::string::npos) << table;
-    EXPECT_NE(table.find("ok 12 MiB, warm pass 0 faults"), std::string::npos) << table;
+    EXPECT_NE(table.find("ok 12 MiB, warm pass 0 faults, first pass 700 of 768 chunks faulted "
+                         "ahead in time"),
+              std::string::npos)
+        << table;
 }
 
 // The rows go through the JSON and back, and the goals come out the same.
@@ -266,6 +271,10 @@ TEST(CompareFaults, JsonReadsBackTheSectionAndItsGoals) {
     const CompareResult written = fault_result();
     const CompareResult read = parse_compare_json(to_json(written, "odp-perf compare"));
     ASSERT_EQ(read.rows.size(), written.rows.size());
+    for (std::size_t i = 0; i < read.rows.size(); ++i) {
+        EXPECT_EQ(read.rows[i].faults, written.rows[i].faults);
+        EXPECT_EQ(read.rows[i].fault_ahead_hits, written.rows[i].fault_ahead_hits);
+    }
     const std::vector<Goal> goals = evaluate_goals(read.rows);
     ASSERT_EQ(goals.size(), written.goals.size());
     for (std::size_t i = 0; i < goals.size(); ++i) {

@@ -936,7 +936,8 @@ void print_faults(const CompareResult& result, int mode_width, std::ostream& out
             << std::setw(16) << optional_number(demand->first_touch_us, 1) << "  "
             << (mismatched == 0 ? "ok " : "MISMATCH ")
             << odp::format_bytes(first->verified_bytes + demand->verified_bytes) << ", warm pass "
-            << warm->faults << " faults\n";
+            << warm->faults << " faults, first pass " << first->fault_ahead_hits << " of "
+            << first->faults << " chunks faulted ahead in time\n";
     }
 }
 
@@ -1177,6 +1178,7 @@ std::string to_json(const CompareResult& result, const std::string& command_line
             << (row.budget_bytes ? std::to_string(*row.budget_bytes) : "null")
             << ", \"pinned_bytes_peak\": " << row.pinned_bytes_peak
             << ", \"faults\": " << row.faults << ", \"invalidations\": " << row.invalidations
+            << ", \"fault_ahead_hits\": " << row.fault_ahead_hits
             << ", \"verified_bytes\": " << row.verified_bytes
             << ", \"mismatched_bytes\": " << row.mismatched_bytes
             << ", \"round_bw_MBps\": " << json_array(row.round_bw_MBps)

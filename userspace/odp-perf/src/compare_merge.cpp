@@ -85,6 +85,7 @@ Row row_from(const ptree& item) {
     row.pinned_bytes_peak = count(item, "pinned_bytes_peak");
     row.faults = count(item, "faults");
     row.invalidations = count(item, "invalidations");
+    row.fault_ahead_hits = count(item, "fault_ahead_hits");
     row.verified_bytes = count(item, "verified_bytes");
     row.mismatched_bytes = count(item, "mismatched_bytes");
     const std::string error = text(item, "error");
@@ -116,6 +117,7 @@ Row merge_rows(const std::vector<const Row*>& rows) {
         merged.iterations += row.iterations;
         merged.faults += row.faults;
         merged.invalidations += row.invalidations;
+        merged.fault_ahead_hits += row.fault_ahead_hits;
         merged.verified_bytes += row.verified_bytes;
         merged.mismatched_bytes += row.mismatched_bytes;
         merged.pinned_bytes_peak = std::max(merged.pinned_bytes_peak, row.pinned_bytes_peak);

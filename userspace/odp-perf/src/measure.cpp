@@ -40,6 +40,7 @@ void add_stats(Row& row, const odp::Stats& stats) {
     row.pinned_bytes_peak = std::max(row.pinned_bytes_peak, stats.peak_pinned_bytes);
     row.faults += stats.chunk_faults;
     row.invalidations += stats.total_invalidations();
+    row.fault_ahead_hits += stats.fault_ahead_hits;
 }
 
 LinkSpec write_link(const Peer& peer, std::uint64_t size, std::uint32_t depth) {

@@ -33,6 +33,7 @@ struct Row {
     std::uint64_t pinned_bytes_peak = 0;
     std::uint64_t faults = 0;
     std::uint64_t invalidations = 0;
+    std::uint64_t fault_ahead_hits = 0;  // chunks faulted ahead that a lease used
     std::uint64_t verified_bytes = 0;
     std::uint64_t mismatched_bytes = 0;
     std::string error;  // why this measurement could not be made ("" if it was)
