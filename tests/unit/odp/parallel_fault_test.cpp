@@ -198,8 +198,8 @@ TEST(ParallelFault, PinnedRegionsRegisterWhileAnotherIsInFlight) {
     EXPECT_EQ(device->pinned_bytes(), 8 * MiB) << "the registration in flight holds its budget";
 
     auto other = in_background([&] {
-        return device->register_region(other_buffer.data(), other_buffer.size(),
-                                       Access::LocalWrite, Mode::Pinned);
+        return device->register_region(other_buffer.data(), other_buffer.size(), Access::LocalWrite,
+                                       Mode::Pinned);
     });
     auto fault = in_background([&] { return emulated.translate(emulated_buffer.data(), 64); });
     const bool other_done = finished(other);

@@ -141,9 +141,7 @@ double time_chunk_faults(odp::Device& device, const MappedBuffer& buffer,
             ready.wait(count);
         }
     }
-    const double elapsed = std::chrono::duration<double, std::micro>(
-                               Clock::now() - Clock::time_point(Clock::duration(first_start.load())))
-                               .count();
+    const double elapsed = micros_since(Clock::time_point(Clock::duration(first_start.load())));
     for (const std::exception_ptr& error : errors) {
         if (error) {
             std::rethrow_exception(error);
