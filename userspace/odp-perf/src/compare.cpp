@@ -937,7 +937,7 @@ void print_faults(const CompareResult& result, int mode_width, std::ostream& out
             << (mismatched == 0 ? "ok " : "MISMATCH ")
             << odp::format_bytes(first->verified_bytes + demand->verified_bytes) << ", warm pass "
             << warm->faults << " faults, first pass " << first->fault_ahead_hits << " of "
-            << first->faults << " chunks faulted ahead in time\n";
+            << first->faults << " chunks faulted ahead\n";
     }
 }
 
