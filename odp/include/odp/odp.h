@@ -192,7 +192,7 @@ struct odp_region_attr {
     enum odp_mode mode;       /* ODP_MODE_AUTO by default */
     enum odp_monitor monitor; /* emulated: the invalidation source; ODP_MONITOR_AUTO */
     size_t chunk_size;        /* emulated: power of two >= page size; 0: 2 MiB */
-    /* Appended after 0.1.0 (a libodp older than it refuses a nonzero value
+    /* Appended in 0.2.0 (libodp 0.1.0 refuses a nonzero value
      * with -E2BIG). Emulated: when chunks are faulted in address order,
      * register up to this many chunks beyond the last one used in the
      * background, before they are needed (within the budget, never evicting
@@ -287,7 +287,7 @@ ODP_API int odp_exposure_release(struct odp_exposure* exposure, bool* changed);
  * registers the chunks now without leasing them; pinned: nothing to do. */
 ODP_API int odp_region_prefetch(struct odp_region* region, const void* address, size_t length,
                                 enum odp_prefetch advice);
-/* Added after 0.1.0. The same without waiting: emulated, the chunks are
+/* Added in 0.2.0. The same without waiting: emulated, the chunks are
  * queued for the device's background thread (registered within the budget,
  * never evicting a leased chunk; a chunk that cannot be registered is only
  * missing from chunks_faulted_ahead); native: as odp_region_prefetch;
@@ -318,7 +318,7 @@ struct odp_stats {
     uint64_t peak_pinned_bytes;  /* highest pinned_bytes seen */
     /* Events received, indexed by enum odp_invalidation_reason. */
     uint64_t invalidations[ODP_INVALIDATION_SLOTS];
-    /* Appended after 0.1.0 (a libodp older than it leaves them as they were). */
+    /* Appended in 0.2.0 (libodp 0.1.0 leaves them as they were). */
     uint64_t chunks_faulted_ahead; /* registered in the background (fault-ahead, async prefetch) */
     uint64_t fault_ahead_hits;     /* of those, chunks a lease used afterwards */
 };

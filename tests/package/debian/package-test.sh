@@ -10,7 +10,10 @@
 #     libodp0's /usr/lib/<triplet>/libodp.so.0, prints its usage, refuses bad options,
 #     and reports that there is no RDMA device through libodp's error (a root
 #     has no rxe: nothing moves data here, the guest suites do that);
-#     odp-perf starts; DKMS knows odp-mirror/0.1.0.
+#     odp-perf starts; DKMS knows odp-mirror/<version>.
+#  0. First of all, one version everywhere: CMakeLists.txt's project(), the
+#     top of debian/changelog, kernel-glue/dkms.conf and the DKMS source
+#     folder in debian/odp-mirror-dkms.install.
 #   package-test.sh SOURCE_DIR WORK_DIR
 set -uo pipefail
 
@@ -26,6 +29,20 @@ die() {
     say "skipped: needs root (dpkg-buildpackage is fine, but mount and chroot are not)"
     exit 77
 }
+# One version: the project's, in every place that names it.
+version=$(sed -n 's/^project(odp-layer VERSION \([0-9.]*\) .*/\1/p' "$src/CMakeLists.txt")
+[[ -n $version ]] || die "no version in $src/CMakeLists.txt's project()"
+changelog=$(sed -n '1s/^odp-layer (\([^)]*\)).*/\1/p' "$src/debian/changelog")
+dkms=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"$/\1/p' "$src/kernel-glue/dkms.conf")
+[[ $changelog == "$version" ]] ||
+    die "debian/changelog's top entry is $changelog, the project is $version: add a changelog entry"
+[[ $dkms == "$version" ]] || die "kernel-glue/dkms.conf says $dkms, the project is $version"
+while read -r _ folder; do
+    [[ $folder == "usr/src/odp-mirror-$version/" ]] ||
+        die "debian/odp-mirror-dkms.install installs into $folder, not usr/src/odp-mirror-$version/"
+done <"$src/debian/odp-mirror-dkms.install"
+say "ok: version $version in CMakeLists.txt, debian/changelog, dkms.conf and the DKMS install"
+
 [[ -f $root_cache/etc/odp-package-root ]] ||
     die "no Debian 12 package root in $root_cache: run scripts/setup (as root) once"
 
@@ -90,7 +107,7 @@ run_expect() {
     say "ok: $* (exit $status): $(head -1 <<<"$output" | cut -c1-120)"
 }
 
-run_expect 0 "0.1.0" pkg-config --modversion odp
+run_expect 0 "$version" pkg-config --modversion odp
 example=/usr/share/doc/libodp-dev/examples/odp_rc_pingpong.c
 if [[ -f $root$example.gz ]]; then
     in_root sh -c "zcat $example.gz >/tmp/odp_rc_pingpong.c"
@@ -105,5 +122,5 @@ run_expect 0 "usage: odp_rc_pingpong" /tmp/pingpong --help
 run_expect 2 "unknown mode 'fast'" /tmp/pingpong -m fast
 run_expect 1 "odp_rc_pingpong: odp_device_open: " /tmp/pingpong
 run_expect 0 "usage:" odp-perf --help
-run_expect 0 "odp-mirror/0.1.0" dkms status
+run_expect 0 "odp-mirror/$version" dkms status
 say "the packages install and work in a clean Debian 12 root"
