@@ -190,6 +190,11 @@ TEST(CompareMerge, RangesSpanEveryRoundOfEveryRun) {
     EXPECT_EQ(merged.rows[0].round_bw_MBps, (std::vector<double>{100, 100, 50, 50}));
     EXPECT_EQ(merged.rows[4].reg_us_samples, (std::vector<double>{12, 12.5, 13, 12, 12.5, 13}));
     EXPECT_EQ(merged.rows[3].error.rfind("run 1: prefetch", 0), 0U) << merged.rows[3].error;
+    // A merged file merged again alone (a plot redrawn from it) keeps its
+    // errors as they were.
+    const CompareResult redrawn =
+        merge_runs({parse_compare_json(to_json(merged, "odp-perf compare --merge"))});
+    EXPECT_EQ(redrawn.rows[3].error, merged.rows[3].error);
     // Emulated / pinned per round: 1.0, 0.96, 0.8, 0.9 -> median 0.93 in
     // [0.8, 1.0] (four pairs: their range), which straddles 0.97.
     const Goal& goal = bandwidth_goal(merged);

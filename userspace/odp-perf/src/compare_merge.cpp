@@ -132,7 +132,9 @@ Row merge_rows(const std::vector<const Row*>& rows) {
           &Row::first_write_us, &Row::warm_us, &Row::prefetch_us, &Row::hit_rate}) {
         merged.*value = mean(rows, value);
     }
-    for (std::size_t run = 0; run < rows.size(); ++run) {
+    // One file (a plot redrawn, a merged file read again) keeps its error as
+    // it is: a "run N: " of its own would pile up at every redraw.
+    for (std::size_t run = 0; run < rows.size() && rows.size() > 1; ++run) {
         if (!rows[run]->error.empty()) {
             merged.error = "run " + std::to_string(run + 1) + ": " + rows[run]->error;
             break;
