@@ -31,8 +31,10 @@ const Goal* goal_starting(const std::vector<Goal>& goals, const std::string& pre
 }
 
 // Each thread count's rounds on a fake NIC that takes 200 us per
-// registration: every chunk is faulted once per round, by the threads given.
-TEST(CompareFaults, ParallelFaultsFaultEveryChunkOncePerRound) {
+// registration: every chunk is registered once per round, by the threads
+// given (emulated: a chunk fault; pinned: a 2 MiB region), and nothing stays
+// registered afterwards.
+void expect_each_chunk_registered_once_per_round(odp::Mode mode, std::uint64_t faults_per_row) {
     auto nic = std::make_unique<odp::FakeNic>();
     nic->set_registration_cost(std::chrono::microseconds(200));
     odp::FakeNic& fake = *nic;
@@ -40,19 +42,19 @@ TEST(CompareFaults, ParallelFaultsFaultEveryChunkOncePerRound) {
     SourceKeeper keeper(*device, std::chrono::milliseconds(50));
     keeper.use(odp::MonitorKind::Fake);
     const std::uint64_t before = fake.counters().registrations;
-    const std::vector<Row> rows = measure_parallel_faults(*device, odp::Mode::Emulated, 8, 3);
+    const std::vector<Row> rows = measure_parallel_faults(*device, mode, 8, 3);
     ASSERT_EQ(rows.size(), 2U);
     for (const Row& row : rows) {
         SCOPED_TRACE(row.test);
         EXPECT_EQ(row.error, "");
-        EXPECT_EQ(row.mode, "emulated");
+        EXPECT_EQ(row.mode, odp::to_string(mode));
         EXPECT_EQ(row.size, 8 * kChunk);
-        EXPECT_EQ(row.faults, 24U) << "8 fresh chunks in each of 3 rounds";
-        EXPECT_EQ(row.iterations, 24U);
+        EXPECT_EQ(row.faults, faults_per_row);
+        EXPECT_EQ(row.iterations, 24U) << "8 chunks in each of 3 rounds";
         ASSERT_EQ(row.first_touch_us_samples.size(), 3U);
         ASSERT_TRUE(row.first_touch_us);
-        // Wall time per fault: never under the NIC's own cost, divided by
-        // the threads at most.
+        // Wall time per registration: never under the NIC's own cost,
+        // divided by the threads at most.
         EXPECT_GE(*row.first_touch_us, row.test == "faults_1_thread" ? 200.0 : 100.0);
         EXPECT_LE(row.pinned_bytes_peak, 8 * kChunk);
     }
@@ -60,35 +62,18 @@ TEST(CompareFaults, ParallelFaultsFaultEveryChunkOncePerRound) {
     EXPECT_EQ(rows[1].test, "faults_2_threads");
     EXPECT_EQ(fake.counters().registrations - before, 64U)
         << "two thread counts, a warm-up and 3 rounds, 8 chunks each";
+    EXPECT_EQ(fake.live_registrations().size(), 0U);
     EXPECT_EQ(device->pinned_bytes(), 0U) << "every measured region is gone";
 }
 
-// Pinned's reference: each thread count registers one 2 MiB MR per chunk,
-// timed the same way, and drops them all after the round.
+TEST(CompareFaults, ParallelFaultsFaultEveryChunkOncePerRound) {
+    expect_each_chunk_registered_once_per_round(odp::Mode::Emulated, 24);
+}
+
+// Pinned's reference: one 2 MiB MR per chunk, timed the same way; pinned
+// regions fault nothing.
 TEST(CompareFaults, PinnedRegistersOneMrPerChunkAndKeepsNone) {
-    auto nic = std::make_unique<odp::FakeNic>();
-    nic->set_registration_cost(std::chrono::microseconds(200));
-    odp::FakeNic& fake = *nic;
-    const std::shared_ptr<odp::Device> device = odp::Device::open(std::move(nic), {"", 8 * kChunk});
-    const std::uint64_t before = fake.counters().registrations;
-    const std::vector<Row> rows = measure_parallel_faults(*device, odp::Mode::Pinned, 8, 3);
-    ASSERT_EQ(rows.size(), 2U);
-    for (const Row& row : rows) {
-        SCOPED_TRACE(row.test);
-        EXPECT_EQ(row.error, "");
-        EXPECT_EQ(row.mode, "pinned");
-        EXPECT_EQ(row.size, 8 * kChunk);
-        EXPECT_EQ(row.faults, 0U) << "pinned regions fault nothing";
-        EXPECT_EQ(row.iterations, 24U);
-        ASSERT_EQ(row.first_touch_us_samples.size(), 3U);
-        ASSERT_TRUE(row.first_touch_us);
-        EXPECT_GE(*row.first_touch_us, row.test == "faults_1_thread" ? 200.0 : 100.0);
-        EXPECT_LE(row.pinned_bytes_peak, 8 * kChunk);
-    }
-    EXPECT_EQ(fake.counters().registrations - before, 64U)
-        << "two thread counts, a warm-up and 3 rounds, 8 MRs each";
-    EXPECT_EQ(fake.live_registrations().size(), 0U);
-    EXPECT_EQ(device->pinned_bytes(), 0U);
+    expect_each_chunk_registered_once_per_round(odp::Mode::Pinned, 0);
 }
 
 // A registration that fails fails both rows with its error; nothing stays

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <mutex>
 #include <odp/error.hpp>
 #include <odp/lease.hpp>
 #include <optional>
@@ -97,7 +98,8 @@ double time_chunk_faults(odp::Device& device, const MappedBuffer& buffer,
     std::vector<std::vector<odp::Region>> chunk_regions(threads);
     std::atomic<unsigned> ready{0};
     std::atomic<bool> go{false};
-    std::atomic<Clock::rep> first_start{Clock::time_point::max().time_since_epoch().count()};
+    std::once_flag started;
+    Clock::time_point start;  // read after the join
     std::vector<std::exception_ptr> errors(threads);
     {
         std::vector<std::jthread> workers;
@@ -118,10 +120,7 @@ double time_chunk_faults(odp::Device& device, const MappedBuffer& buffer,
                 // idle CPU. Spinning threads shared one of a guest's two
                 // vCPUs for milliseconds (no speed-up measured at all).
                 go.wait(false, std::memory_order_acquire);
-                const Clock::rep now = Clock::now().time_since_epoch().count();
-                for (Clock::rep seen = first_start.load();
-                     now < seen && !first_start.compare_exchange_weak(seen, now);) {
-                }
+                std::call_once(started, [&] { start = Clock::now(); });
                 try {
                     for (std::size_t chunk = t; chunk < chunks; chunk += threads) {
                         std::uint8_t* const at = buffer.data() + chunk * options.chunk_size;
@@ -141,7 +140,7 @@ double time_chunk_faults(odp::Device& device, const MappedBuffer& buffer,
             ready.wait(count);
         }
     }
-    const double elapsed = micros_since(Clock::time_point(Clock::duration(first_start.load())));
+    const double elapsed = micros_since(start);
     for (const std::exception_ptr& error : errors) {
         if (error) {
             std::rethrow_exception(error);
