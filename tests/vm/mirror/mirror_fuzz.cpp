@@ -28,11 +28,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <random>
 #include <set>
+#include <shared_mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "mirror_device.hpp"
 
@@ -312,22 +315,35 @@ class Worker {
         }
     }
 
-    // The window never has holes: a device mapping placed in one by the
-    // kernel would be overwritten by the next MAP_FIXED here (and look like
-    // a mapping that a fork child inherited).  So "unmap" is a MAP_FIXED
-    // replacement (the module sees the same UNMAP invalidation) and a move
-    // leaves its source mapped (MREMAP_DONTUNMAP).
+    // The window must never have holes: a device mapping placed in one by
+    // the kernel would be overwritten by the next MAP_FIXED here (the thread
+    // reading it then dies of SIGSEGV, or it looks like a mapping that a fork
+    // child inherited).  So "unmap" is a MAP_FIXED replacement (the module
+    // sees the same UNMAP invalidation) and a move leaves its source mapped
+    // (MREMAP_DONTUNMAP).  But a MAP_FIXED call unmaps its target first and
+    // may then fail: before 6.17 an mremap of a range that spans several
+    // mappings fails with EFAULT after the unmap, which the window's
+    // mprotects make common.  So a change holds layout_ exclusively, fills
+    // any place it emptied, and checks that it left no hole; device mmaps
+    // hold it shared from mmap to munmap, so none lands in a hole meanwhile.
     void mutate_window(std::mt19937_64& rng) {
         const std::size_t pages = rng() % 64 + 1;
         char* at = window_.data() + (rng() % (kWindowPages - pages)) * kPage;
         const std::size_t len = pages * kPage;
+        const std::unique_lock layout(layout_);
+        char* emptied = nullptr;  // a MAP_FIXED target, if the call failed
         switch (rng() % 6) {
             case 0:
-                ::mmap(at, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+                if (::mmap(at, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+                    MAP_FAILED) {
+                    emptied = at;
+                }
                 break;
             case 1:
-                ::mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
-                       0);
+                if (::mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                           -1, 0) == MAP_FAILED) {
+                    emptied = at;
+                }
                 break;
             case 2:
                 ::madvise(at, len, rng() % 2 ? MADV_DONTNEED : MADV_PAGEOUT);
@@ -337,8 +353,10 @@ class Worker {
                 break;
             case 4: {
                 char* to = window_.data() + (rng() % (kWindowPages - pages)) * kPage;
-                if (to != at) {
-                    ::mremap(at, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | kMremapDontUnmap, to);
+                if (to != at &&
+                    ::mremap(at, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | kMremapDontUnmap, to) ==
+                        MAP_FAILED) {
+                    emptied = to;
                 }
                 break;
             }
@@ -347,6 +365,14 @@ class Worker {
                 // read-only parts (EINVAL before 5.14).
                 ::madvise(at, len, kMadvPopulateWrite);
                 break;
+        }
+        if (emptied != nullptr) {
+            ::mmap(emptied, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        }
+        // mincore fails with ENOMEM on any unmapped page of the range.
+        std::vector<unsigned char> resident(kWindowPages);
+        if (::mincore(window_.data(), window_.size(), resident.data()) != 0 && errno == ENOMEM) {
+            unexpected("a hole in the fuzzer's own window after a change", errno);
         }
     }
 
@@ -357,6 +383,7 @@ class Worker {
         const std::size_t len = (rng() % 80 + 1) * kPage;
         const int prot = rng() % 3 == 0 ? PROT_READ | PROT_WRITE : PROT_READ;
         const int flags = rng() % 5 == 0 ? MAP_PRIVATE : MAP_SHARED;
+        const std::shared_lock layout(layout_);
         void* p = ::mmap(nullptr, len, prot, flags, f, static_cast<off_t>(off));
         count(kMmap, p != MAP_FAILED);
         if (p == MAP_FAILED) {
@@ -386,6 +413,7 @@ class Worker {
         if (f < 0) {
             return;
         }
+        const std::shared_lock layout(layout_);
         void* ring = ::mmap(nullptr, kPage * 2, PROT_READ, MAP_SHARED, f, ODP_MIRROR_MMAP_RING);
         void* cons = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, f,
                             static_cast<off_t>(ODP_MIRROR_MMAP_CONSUMER));
@@ -455,6 +483,7 @@ class Worker {
     Mapping bad_page_;
     std::atomic<int> files_[kFiles] = {-1, -1, -1};
     std::array<std::atomic<std::uint32_t>, 16> ids_{};
+    std::shared_mutex layout_;  // see mutate_window
 };
 
 struct Options {
