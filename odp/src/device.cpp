@@ -1,4 +1,6 @@
 #include <linux/capability.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -117,6 +119,16 @@ void DeviceState::forget_fault_ahead_locked(RegionCore& region,
 }
 
 void DeviceState::run_fault_ahead() {
+    ::pthread_setname_np(::pthread_self(), "odp-fault-ahead");  // for ps and debuggers
+    // Speculative work must not take the CPU from the thread that asked for
+    // it: woken as SCHED_OTHER, this thread preempted the data path's thread
+    // (EEVDF, 6.6 on, does so far more than CFS did) and the translate that
+    // requested the next chunk waited for that chunk's whole registration
+    // (docs/results/goals.md). SCHED_BATCH keeps its nice-0 share of the CPU
+    // but never preempts on wakeup. If the policy is refused (a seccomp or
+    // LSM rule), fault-ahead still works, only less early.
+    const sched_param no_priority{};
+    ::pthread_setschedparam(::pthread_self(), SCHED_BATCH, &no_priority);
     std::unique_lock lock(mutex);
     for (;;) {
         ahead_wake_.wait(lock, [this] { return stopping_ || !ahead_requests_.empty(); });
