@@ -259,8 +259,10 @@ struct DeviceState {
     // of faults in flight, which hold their reservation) would make room. Caller holds `mutex`. A
     // `speculative` reservation (fault-ahead) evicts no chunk that was itself faulted ahead and not
     // used yet.
-    void reserve_locked(std::uint64_t bytes, RegionCore& requester, const std::string& what,
-                        bool speculative = false);
+    // `operation` and `part` name the caller's request in an error (the
+    // message is built only then: a fault must not format it).
+    void reserve_locked(std::uint64_t bytes, RegionCore& requester, const char* operation,
+                        Range part, bool speculative = false);
     void unreserve(std::uint64_t bytes) noexcept {
         pinned.fetch_sub(bytes, std::memory_order_acq_rel);
     }
@@ -328,6 +330,8 @@ class RegionCore final : public InvalidationListener {
     [[nodiscard]] Stats stats() const;
     [[nodiscard]] std::string monitor_description() const;
     [[nodiscard]] std::vector<Unwatched> unwatched() const { return watch_.unwatched(); }
+    // "translate(0x..., 2 MiB) on emulated region [...) of rxe0": errors start so.
+    [[nodiscard]] std::string what(const char* operation, Range part) const;
     [[nodiscard]] std::string describe() const;
     [[nodiscard]] const Config& config() const noexcept { return config_; }
 
@@ -457,7 +461,6 @@ class RegionCore final : public InvalidationListener {
     std::uint64_t destroy_pin(Pin& pin) noexcept;  // after try_claim; may delete this
     void drop_reference() noexcept;
     void note_pinned(std::uint64_t bytes) noexcept;
-    [[nodiscard]] std::string what(const char* operation, Range part) const;
 
     std::shared_ptr<Device> device_;
     DeviceState& dev_;

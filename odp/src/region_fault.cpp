@@ -224,8 +224,7 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part, FaultKi
         Pin& pin = allocate_pin_locked();
         pin.chunk = chunk;
         try {
-            dev_.reserve_locked(reserved, *this, what(ahead ? "fault-ahead" : "translate", part),
-                                ahead);
+            dev_.reserve_locked(reserved, *this, ahead ? "fault-ahead" : "translate", part, ahead);
         } catch (...) {
             return_unused_pin_locked(pin);
             throw;
