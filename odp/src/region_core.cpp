@@ -55,16 +55,7 @@ RegionCore::RegionCore(std::shared_ptr<Device> device, const Config& config)
       chunk_count_(((config.range.end - 1) >> chunk_shift_) - base_chunk_ + 1) {
     if (config_.mode == Mode::Emulated) {
         top_size_ = (chunk_count_ + leaf_size - 1) >> leaf_shift;
-        top_ = std::make_unique<std::atomic<Leaf*>[]>(top_size_);
-        if (top_size_ == 1) {
-            // Registration is off the data path, the first chunk fault is
-            // not: zeroing a fresh leaf (96 KiB) there cost the first touch
-            // of a chunk up to 250 us in a guest. A larger region, sparse by
-            // nature, still gets its leaves as they are used. No lock: the
-            // watch that lets invalidations in is created below.
-            leaves_.push_back(std::make_unique<Leaf>());
-            top_[0].store(leaves_.back().get(), std::memory_order_relaxed);
-        }
+        top_ = std::make_unique<std::atomic<Slot*>[]>(top_size_);
         if (config_.mirror || config_.monitor != MonitorKind::None) {
             if (config_.mirror) {
                 mirror_ = config_.mirror;

@@ -17,7 +17,7 @@
 //    whole region (pinned, native). Its 64-bit state word packs the lease
 //    count, the stale/changed/dead/free flags and an incarnation number.
 //  * Emulated regions find chunk pins through a two-level table (top array
-//    of leaves of 4096 slots, leaves created on first use): the hit path is
+//    of leaves of up to 4096 slots, leaves created on first use): the hit path is
 //    two loads, one CAS on the pin's state and a verifying load. No lock, no
 //    system call.
 //  * Invalidation (the mirror's thread) takes no lock: it bumps the leaf's
@@ -372,9 +372,6 @@ class RegionCore final : public InvalidationListener {
         // of the chunk knows how long it was out (EvictionPolicy).
         std::atomic<std::uint64_t> last_use{0};
     };
-    struct Leaf {
-        std::array<Slot, leaf_size> slots{};
-    };
     struct Hit {
         Pin* pin = nullptr;
         const Piece* piece = nullptr;
@@ -435,7 +432,9 @@ class RegionCore final : public InvalidationListener {
     void request_ahead_of(std::size_t chunk) noexcept;
     void used_faulted_ahead(Pin& pin, std::size_t chunk) noexcept;
     [[nodiscard]] bool present(std::size_t chunk) const noexcept;
-    Leaf& ensure_leaf_locked(std::size_t chunk);
+    // The slots of the chunk's leaf (index them with chunk & leaf_mask).
+    Slot* ensure_leaf_locked(std::size_t chunk);
+    [[nodiscard]] std::size_t leaf_slots(std::size_t leaf_index) const noexcept;
     Pin& allocate_pin_locked();
     void return_unused_pin_locked(Pin& pin) noexcept;
     // Unlocked: `pin` is this fault's own until published; `reserved` bytes
@@ -484,9 +483,9 @@ class RegionCore final : public InvalidationListener {
     std::atomic<std::uint64_t> epoch_{0};  // bumped by invalidate_all
 
     // The chunk table (emulated).
-    std::unique_ptr<std::atomic<Leaf*>[]> top_;
+    std::unique_ptr<std::atomic<Slot*>[]> top_;  // leaves: arrays of slots
     std::size_t top_size_ = 0;
-    std::vector<std::unique_ptr<Leaf>> leaves_;  // owner; under the device mutex
+    std::vector<std::unique_ptr<Slot[]>> leaves_;  // owner; under the device mutex
 
     // Pins: the pool owns them all (device mutex); free ones are listed in
     // free_, and pins freed by lock-free releasers wait on reclaimed_.
