@@ -182,11 +182,10 @@ TEST(FaultAhead, RegionAndDeviceDestroyedWithAFaultAheadInFlight) {
 // on wakeup.
 TEST(FaultAhead, TheThreadDoesNotPreemptWhoWokeIt) {
     auto [fake, device] = test::make_device();
-    test::Mapping buffer(8 * MiB);
-    Region region = device->register_region(buffer.data(), buffer.size(), Access::LocalWrite,
-                                            with_fault_ahead(1));
-    touch(region, buffer, 0);
-    touch(region, buffer, 1);
+    test::Mapping buffer(2 * MiB);
+    Region region =
+        device->register_region(buffer.data(), buffer.size(), Access::LocalWrite, test::emulated());
+    region.prefetch_async(buffer.data(), buffer.size());  // starts the thread
     ASSERT_TRUE(faulted_ahead(region, 1));
 
     std::vector<int> policies;

@@ -331,17 +331,15 @@ class Worker {
         char* at = window_.data() + (rng() % (kWindowPages - pages)) * kPage;
         const std::size_t len = pages * kPage;
         const std::unique_lock layout(layout_);
+        const auto replace = [len](char* where, int prot) {
+            return ::mmap(where, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) !=
+                   MAP_FAILED;
+        };
         char* emptied = nullptr;  // a MAP_FIXED target, if the call failed
-        switch (rng() % 6) {
+        switch (const auto kind = rng() % 6) {
             case 0:
-                if (::mmap(at, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
-                    MAP_FAILED) {
-                    emptied = at;
-                }
-                break;
             case 1:
-                if (::mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                           -1, 0) == MAP_FAILED) {
+                if (!replace(at, kind == 0 ? PROT_NONE : PROT_READ | PROT_WRITE)) {
                     emptied = at;
                 }
                 break;
@@ -367,11 +365,10 @@ class Worker {
                 break;
         }
         if (emptied != nullptr) {
-            ::mmap(emptied, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            replace(emptied, PROT_NONE);
         }
         // mincore fails with ENOMEM on any unmapped page of the range.
-        std::vector<unsigned char> resident(kWindowPages);
-        if (::mincore(window_.data(), window_.size(), resident.data()) != 0 && errno == ENOMEM) {
+        if (::mincore(window_.data(), window_.size(), resident_.data()) != 0 && errno == ENOMEM) {
             unexpected("a hole in the fuzzer's own window after a change", errno);
         }
     }
@@ -484,6 +481,7 @@ class Worker {
     std::atomic<int> files_[kFiles] = {-1, -1, -1};
     std::array<std::atomic<std::uint32_t>, 16> ids_{};
     std::shared_mutex layout_;  // see mutate_window
+    std::vector<unsigned char> resident_ = std::vector<unsigned char>(kWindowPages);  // layout_
 };
 
 struct Options {
