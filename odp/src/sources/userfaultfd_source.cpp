@@ -338,8 +338,14 @@ class UserfaultfdSource final : public Source {
         }
         stop_.signal();
         reader_.join();
-        // Closing the descriptor (member destructor) drops every registration
-        // and releases any thread still waiting for an event to be read.
+        // Close the descriptor before anything else is freed: that drops every
+        // registration and releases any thread waiting for an event to be
+        // read. A registration can outlive every watch (a buffer merged with a
+        // neighbouring mapping is registered whole, and only the buffer is
+        // unmapped), so the mapping that holds the event ring, or a heap that
+        // freeing the members trims, may be registered; unmapping it with no
+        // reader left would wait forever.
+        uffd_ = UniqueFd();
     }
 
     UserfaultfdSource(const UserfaultfdSource&) = delete;
