@@ -147,11 +147,12 @@ void DeviceState::run_fault_ahead() {
     }
 }
 
-void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
-                                 const std::string& what, bool speculative) {
+void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester, const char* operation,
+                                 Range part, bool speculative) {
+    const auto what = [&] { return requester.what(operation, part); };
     if (bytes > max_pinned) {
         requester.count_back_pressure();
-        throw_error(ENOBUFS, what + ": needs " + format_bytes(bytes) +
+        throw_error(ENOBUFS, what() + ": needs " + format_bytes(bytes) +
                                  " pinned but max_pinned_bytes is " + format_bytes(max_pinned) +
                                  " (" + budget_source +
                                  "): raise the budget, use smaller chunks or a smaller region");
@@ -160,7 +161,7 @@ void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
     if (held_by_regions + bytes > max_pinned) {
         // Pinned regions are never evicted: releasing leases cannot help.
         requester.count_back_pressure();
-        throw_error(ENOBUFS, what + ": needs " + format_bytes(bytes) +
+        throw_error(ENOBUFS, what() + ": needs " + format_bytes(bytes) +
                                  " pinned but pinned regions already hold " +
                                  format_bytes(held_by_regions) + " of the " +
                                  format_bytes(max_pinned) + " budget (" + budget_source +
@@ -215,7 +216,7 @@ void DeviceState::reserve_locked(std::uint64_t bytes, RegionCore& requester,
             const std::uint64_t now = pinned.load(std::memory_order_acquire);
             const std::uint64_t regions_now = pinned_regions.load(std::memory_order_acquire);
             throw BackPressure(
-                EAGAIN, what + ": needs " + format_bytes(bytes) + " pinned but the budget of " +
+                EAGAIN, what() + ": needs " + format_bytes(bytes) + " pinned but the budget of " +
                             format_bytes(max_pinned) + " (" + budget_source +
                             ") is full: " + format_bytes(now - std::min(now, regions_now)) +
                             " in leased chunks, " + format_bytes(regions_now) +

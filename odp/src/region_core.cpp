@@ -55,7 +55,7 @@ RegionCore::RegionCore(std::shared_ptr<Device> device, const Config& config)
       chunk_count_(((config.range.end - 1) >> chunk_shift_) - base_chunk_ + 1) {
     if (config_.mode == Mode::Emulated) {
         top_size_ = (chunk_count_ + leaf_size - 1) >> leaf_shift;
-        top_ = std::make_unique<std::atomic<Leaf*>[]>(top_size_);
+        top_ = std::make_unique<std::atomic<Slot*>[]>(top_size_);
         if (config_.mirror || config_.monitor != MonitorKind::None) {
             if (config_.mirror) {
                 mirror_ = config_.mirror;

@@ -17,7 +17,7 @@
 //    whole region (pinned, native). Its 64-bit state word packs the lease
 //    count, the stale/changed/dead/free flags and an incarnation number.
 //  * Emulated regions find chunk pins through a two-level table (top array
-//    of leaves of 4096 slots, leaves created on first use): the hit path is
+//    of leaves of up to 4096 slots, leaves created on first use): the hit path is
 //    two loads, one CAS on the pin's state and a verifying load. No lock, no
 //    system call.
 //  * Invalidation (the mirror's thread) takes no lock: it bumps the leaf's
@@ -259,8 +259,10 @@ struct DeviceState {
     // of faults in flight, which hold their reservation) would make room. Caller holds `mutex`. A
     // `speculative` reservation (fault-ahead) evicts no chunk that was itself faulted ahead and not
     // used yet.
-    void reserve_locked(std::uint64_t bytes, RegionCore& requester, const std::string& what,
-                        bool speculative = false);
+    // `operation` and `part` name the caller's request in an error (the
+    // message is built only then: a fault must not format it).
+    void reserve_locked(std::uint64_t bytes, RegionCore& requester, const char* operation,
+                        Range part, bool speculative = false);
     void unreserve(std::uint64_t bytes) noexcept {
         pinned.fetch_sub(bytes, std::memory_order_acq_rel);
     }
@@ -328,6 +330,8 @@ class RegionCore final : public InvalidationListener {
     [[nodiscard]] Stats stats() const;
     [[nodiscard]] std::string monitor_description() const;
     [[nodiscard]] std::vector<Unwatched> unwatched() const { return watch_.unwatched(); }
+    // "translate(0x..., 2 MiB) on emulated region [...) of rxe0": errors start so.
+    [[nodiscard]] std::string what(const char* operation, Range part) const;
     [[nodiscard]] std::string describe() const;
     [[nodiscard]] const Config& config() const noexcept { return config_; }
 
@@ -367,9 +371,6 @@ class RegionCore final : public InvalidationListener {
         // The device clock at the chunk's last use when its pin went: a fault
         // of the chunk knows how long it was out (EvictionPolicy).
         std::atomic<std::uint64_t> last_use{0};
-    };
-    struct Leaf {
-        std::array<Slot, leaf_size> slots{};
     };
     struct Hit {
         Pin* pin = nullptr;
@@ -431,7 +432,9 @@ class RegionCore final : public InvalidationListener {
     void request_ahead_of(std::size_t chunk) noexcept;
     void used_faulted_ahead(Pin& pin, std::size_t chunk) noexcept;
     [[nodiscard]] bool present(std::size_t chunk) const noexcept;
-    Leaf& ensure_leaf_locked(std::size_t chunk);
+    // The slots of the chunk's leaf (index them with chunk & leaf_mask).
+    Slot* ensure_leaf_locked(std::size_t chunk);
+    [[nodiscard]] std::size_t leaf_slots(std::size_t leaf_index) const noexcept;
     Pin& allocate_pin_locked();
     void return_unused_pin_locked(Pin& pin) noexcept;
     // Unlocked: `pin` is this fault's own until published; `reserved` bytes
@@ -457,7 +460,6 @@ class RegionCore final : public InvalidationListener {
     std::uint64_t destroy_pin(Pin& pin) noexcept;  // after try_claim; may delete this
     void drop_reference() noexcept;
     void note_pinned(std::uint64_t bytes) noexcept;
-    [[nodiscard]] std::string what(const char* operation, Range part) const;
 
     std::shared_ptr<Device> device_;
     DeviceState& dev_;
@@ -481,9 +483,9 @@ class RegionCore final : public InvalidationListener {
     std::atomic<std::uint64_t> epoch_{0};  // bumped by invalidate_all
 
     // The chunk table (emulated).
-    std::unique_ptr<std::atomic<Leaf*>[]> top_;
+    std::unique_ptr<std::atomic<Slot*>[]> top_;  // leaves: arrays of slots
     std::size_t top_size_ = 0;
-    std::vector<std::unique_ptr<Leaf>> leaves_;  // owner; under the device mutex
+    std::vector<std::unique_ptr<Slot[]>> leaves_;  // owner; under the device mutex
 
     // Pins: the pool owns them all (device mutex); free ones are listed in
     // free_, and pins freed by lock-free releasers wait on reclaimed_.

@@ -182,7 +182,7 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part, FaultKi
                                     "alive while other threads use it");
         }
         sweep_stale_locked();
-        Slot& slot = ensure_leaf_locked(chunk).slots[chunk & leaf_mask];
+        Slot& slot = ensure_leaf_locked(chunk)[chunk & leaf_mask];
         if (Pin* current = slot.pin.load(std::memory_order_acquire)) {
             const std::uint64_t state = current->state.load(std::memory_order_acquire);
             if ((state & Pin::unusable) == 0 && (state & Pin::lease_mask) == Pin::lease_mask) {
@@ -224,8 +224,7 @@ RegionCore::Hit RegionCore::fault_claimed(std::size_t chunk, Range part, FaultKi
         Pin& pin = allocate_pin_locked();
         pin.chunk = chunk;
         try {
-            dev_.reserve_locked(reserved, *this, what(ahead ? "fault-ahead" : "translate", part),
-                                ahead);
+            dev_.reserve_locked(reserved, *this, ahead ? "fault-ahead" : "translate", part, ahead);
         } catch (...) {
             return_unused_pin_locked(pin);
             throw;

@@ -13,6 +13,7 @@
 // callback may run after close(), while leases keep the core: it takes a
 // reference for its duration.
 #include <algorithm>
+#include <span>
 
 #include "region_core.hpp"
 
@@ -43,14 +44,14 @@ void RegionCore::invalidate_range(Range range, InvalidationReason reason) noexce
         const std::size_t last = chunk_of(hit.end - 1);
         for (std::size_t leaf_index = first >> leaf_shift; leaf_index <= (last >> leaf_shift);
              ++leaf_index) {
-            Leaf* leaf = top_[leaf_index].load(std::memory_order_seq_cst);
+            Slot* leaf = top_[leaf_index].load(std::memory_order_seq_cst);
             if (leaf == nullptr) {
                 continue;  // nothing was ever registered there
             }
             const std::size_t from = std::max(first, leaf_index << leaf_shift);
             const std::size_t to = std::min(last, ((leaf_index + 1) << leaf_shift) - 1);
             for (std::size_t chunk = from; chunk <= to; ++chunk) {
-                Slot& slot = leaf->slots[chunk & leaf_mask];
+                Slot& slot = leaf[chunk & leaf_mask];
                 // Sequence first, then the pin: a fault that publishes its
                 // pin and then reads the sequence sees one or the other.
                 slot.seq.fetch_add(1, std::memory_order_seq_cst);
@@ -79,11 +80,11 @@ void RegionCore::invalidate_everything(InvalidationReason reason) noexcept {
     if (config_.mode == Mode::Emulated) {
         epoch_.fetch_add(1, std::memory_order_seq_cst);
         for (std::size_t leaf_index = 0; leaf_index < top_size_; ++leaf_index) {
-            Leaf* leaf = top_[leaf_index].load(std::memory_order_seq_cst);
+            Slot* const leaf = top_[leaf_index].load(std::memory_order_seq_cst);
             if (leaf == nullptr) {
                 continue;
             }
-            for (Slot& slot : leaf->slots) {
+            for (Slot& slot : std::span(leaf, leaf_slots(leaf_index))) {
                 Pin* pin = slot.pin.load(std::memory_order_seq_cst);
                 if (pin != nullptr) {
                     mark_stale(*pin, true);

@@ -2,7 +2,9 @@
 //
 // Concurrency contract:
 //  * The table is two levels: top_ (fixed at creation) points to leaves of
-//    leaf_size slots, created on first use under the device mutex
+//    leaf_size slots (the last one only as many as the region has chunks:
+//    a region of one chunk pays for one slot, not a 96 KiB leaf that its
+//    first fault would zero), created on first use under the device mutex
 //    (ensure_leaf_locked) and never freed while the region lives, so a
 //    reader that loaded a leaf may keep using it.
 //  * A slot holds the pin of its chunk (or none) and a sequence number.
@@ -28,8 +30,8 @@ Range RegionCore::chunk_range(std::size_t chunk) const noexcept {
 }
 
 RegionCore::Slot* RegionCore::slot_if_present(std::size_t chunk) const noexcept {
-    Leaf* leaf = top_[chunk >> leaf_shift].load(std::memory_order_acquire);
-    return leaf == nullptr ? nullptr : &leaf->slots[chunk & leaf_mask];
+    Slot* leaf = top_[chunk >> leaf_shift].load(std::memory_order_acquire);
+    return leaf == nullptr ? nullptr : &leaf[chunk & leaf_mask];
 }
 
 bool RegionCore::present(std::size_t chunk) const noexcept {
@@ -38,22 +40,26 @@ bool RegionCore::present(std::size_t chunk) const noexcept {
     return pin != nullptr && (pin->state.load(std::memory_order_acquire) & Pin::unusable) == 0;
 }
 
-RegionCore::Leaf& RegionCore::ensure_leaf_locked(std::size_t chunk) {
-    std::atomic<Leaf*>& entry = top_[chunk >> leaf_shift];
-    if (Leaf* leaf = entry.load(std::memory_order_acquire)) {
-        return *leaf;
+RegionCore::Slot* RegionCore::ensure_leaf_locked(std::size_t chunk) {
+    std::atomic<Slot*>& entry = top_[chunk >> leaf_shift];
+    if (Slot* leaf = entry.load(std::memory_order_acquire)) {
+        return leaf;
     }
-    leaves_.push_back(std::make_unique<Leaf>());
+    leaves_.push_back(std::make_unique<Slot[]>(leaf_slots(chunk >> leaf_shift)));
     entry.store(leaves_.back().get(), std::memory_order_seq_cst);
-    return *leaves_.back();
+    return leaves_.back().get();
+}
+
+std::size_t RegionCore::leaf_slots(std::size_t leaf_index) const noexcept {
+    return std::min(leaf_size, chunk_count_ - (leaf_index << leaf_shift));
 }
 
 RegionCore::Hit RegionCore::try_acquire(std::size_t chunk, Range part) noexcept {
-    Leaf* leaf = top_[chunk >> leaf_shift].load(std::memory_order_acquire);
+    const Slot* leaf = top_[chunk >> leaf_shift].load(std::memory_order_acquire);
     if (leaf == nullptr) {
         return {};
     }
-    Pin* pin = leaf->slots[chunk & leaf_mask].pin.load(std::memory_order_acquire);
+    Pin* pin = leaf[chunk & leaf_mask].pin.load(std::memory_order_acquire);
     if (pin == nullptr) {
         return {};
     }

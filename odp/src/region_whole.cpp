@@ -37,7 +37,7 @@ void RegionCore::register_whole() {
         pin->chunk = Pin::whole_region;
         if (bytes != 0) {
             try {
-                dev_.reserve_locked(bytes, *this, what("register", range));
+                dev_.reserve_locked(bytes, *this, "register", range);
             } catch (...) {
                 return_unused_pin_locked(*pin);
                 throw;

@@ -1,6 +1,7 @@
 // Leases against invalidation: ordering, deferred deregistration, overflow,
 // teardown while leased.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <odp/device.hpp>
 #include <odp/region.hpp>
@@ -115,6 +116,36 @@ TEST_F(Invalidation, OverflowMarksEverythingStale) {
     { Lease again = region.translate(buffer.data(), 4096); }
     region.invalidate(chunk(3), InvalidationReason::Overflow);
     EXPECT_EQ(region.stats().chunks_invalidated, 4U);
+}
+
+// A region's last leaf has only as many slots as the region has chunks
+// left: here 4096 + 3 chunks of a page, the second leaf of 3 slots. Its
+// chunks fault, hit, and are reached by a range invalidation and by an
+// overflow like any other.
+TEST(InvalidationShortLeaf, TheLastLeafHoldsTheRegionsLastChunks) {
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    auto [fake, device] = test::make_device();
+    test::Mapping buffer((4096 + 3) * page);
+    Region region = device->register_region(buffer.data(), buffer.size(), Access::LocalWrite,
+                                            test::emulated(page));
+    const auto at = [&](std::size_t chunk) { return buffer.data() + chunk * page; };
+    for (const std::size_t chunk :
+         {std::size_t{0}, std::size_t{4095}, std::size_t{4096}, std::size_t{4098}}) {
+        { Lease lease = region.translate(at(chunk), page); }
+        { Lease again = region.translate(at(chunk), page); }
+    }
+    EXPECT_EQ(region.stats().chunk_faults, 4U);
+    EXPECT_EQ(region.stats().hits, 4U);
+
+    region.invalidate(Range::from_length(reinterpret_cast<std::uintptr_t>(at(4095)), 4 * page),
+                      InvalidationReason::Unmap);
+    EXPECT_EQ(region.stats().chunks_invalidated, 3U) << "chunks 4095, 4096 and 4098";
+    region.listener().on_invalidate_all(InvalidationReason::Overflow);
+    EXPECT_EQ(region.stats().chunks_invalidated, 4U) << "chunk 0 was the one left";
+    { Lease lease = region.translate(at(4098), page); }
+    EXPECT_EQ(region.stats().chunk_faults, 5U);
+    region.collect();
+    EXPECT_EQ(fake->live_registrations().size(), 1U);
 }
 
 TEST_F(Invalidation, InvalidationDuringFaultIsNotLost) {
