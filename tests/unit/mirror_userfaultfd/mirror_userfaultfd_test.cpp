@@ -529,15 +529,6 @@ std::uintptr_t reader_stack_pointer() {
     return 0;
 }
 
-// What hung the guide example on Linux 6.1: a registration of the mapping that
-// holds the reader thread's own stack outlived every watch (there, the
-// application's buffer had merged with the stack into one VMA, was registered
-// whole, then munmap()ped), and when the Mirror went away the exiting reader
-// madvise(DONTNEED)ed its stack (glibc does, at thread exit) and slept until
-// the event was read: by itself. Here the registration is left behind by
-// watching the bottom page of the stack's mapping and then splitting the
-// mapping with mprotect(). The reader's stack must never be registered, and
-// tearing the Mirror down must finish. In a child: a hang is killed.
 // Runs `body` in a forked child and returns how it ended. A child still
 // running after 20 s is killed: `hung`, with what each of its threads slept in.
 struct ChildEnd {
@@ -785,9 +776,7 @@ TEST(UserfaultfdDiagnostics, EpermIsBlamedOnTheSysctlOnlyWhenItForbids) {
 // /dev/userfaultfd ioctl answer EPERM. Installed in a child (filters cannot
 // be removed); the child exits 0 when the error names seccomp, not the sysctl.
 TEST(UserfaultfdDiagnostics, ASeccompFilterIsNotBlamedOnTheSysctl) {
-    const pid_t child = ::fork();
-    ASSERT_GE(child, 0);
-    if (child == 0) {
+    const ChildEnd end = run_in_child([] {
         const unsigned int eperm = SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA);
         sock_filter code[] = {
             BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
@@ -802,7 +791,7 @@ TEST(UserfaultfdDiagnostics, ASeccompFilterIsNotBlamedOnTheSysctl) {
         sock_fprog program{static_cast<unsigned short>(std::size(code)), code};
         if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
             ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) != 0) {
-            ::_exit(3);
+            return 3;
         }
         MirrorOptions options;
         options.kind = MonitorKind::Userfaultfd;
@@ -815,16 +804,15 @@ TEST(UserfaultfdDiagnostics, ASeccompFilterIsNotBlamedOnTheSysctl) {
             if (!right) {
                 std::fprintf(stderr, "child: %s\n", what.c_str());
             }
-            ::_exit(right ? 0 : 1);
+            return right ? 0 : 1;
         }
-        ::_exit(2);
-    }
-    int status = 0;
-    ASSERT_EQ(::waitpid(child, &status, 0), child);
-    ASSERT_TRUE(WIFEXITED(status));
-    ASSERT_NE(WEXITSTATUS(status), 3) << "cannot install a seccomp filter here";
-    EXPECT_NE(WEXITSTATUS(status), 2) << "the filter did not stop userfaultfd";
-    EXPECT_EQ(WEXITSTATUS(status), 0) << "the error blamed the sysctl (see the child's stderr)";
+        return 2;
+    });
+    ASSERT_FALSE(end.hung) << "the child hung (threads sleeping in:" << end.where << ")";
+    ASSERT_TRUE(WIFEXITED(end.status));
+    ASSERT_NE(WEXITSTATUS(end.status), 3) << "cannot install a seccomp filter here";
+    EXPECT_NE(WEXITSTATUS(end.status), 2) << "the filter did not stop userfaultfd";
+    EXPECT_EQ(WEXITSTATUS(end.status), 0) << "the error blamed the sysctl (see the child's stderr)";
 }
 
 }  // namespace
