@@ -8,6 +8,7 @@
 #include <odp/error.hpp>
 #include <odp/fake_nic.hpp>
 #include <odp/mirror.hpp>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -271,6 +272,24 @@ TEST(CompareFaults, JsonReadsBackTheSectionAndItsGoals) {
             EXPECT_DOUBLE_EQ(goals[i].measured->ratio, written.goals[i].measured->ratio);
         }
     }
+}
+
+// A file recorded before the fault-ahead counter existed (same schema) still
+// reads, with none counted, so that its plot can be drawn again; a counter
+// that is there but not a number is still refused.
+TEST(CompareFaults, JsonWithoutTheLaterCounterReadsAsNoneCounted) {
+    const std::string json = to_json(fault_result(), "odp-perf compare");
+    const std::regex counter("\"fault_ahead_hits\": [0-9]+, ");
+    const std::string older = std::regex_replace(json, counter, "");
+    ASSERT_NE(older, json);
+    const CompareResult read = parse_compare_json(older);
+    ASSERT_EQ(read.rows.size(), fault_result().rows.size());
+    for (const Row& row : read.rows) {
+        EXPECT_EQ(row.fault_ahead_hits, 0U) << row.test;
+    }
+    const std::string broken =
+        std::regex_replace(json, counter, "\"fault_ahead_hits\": \"many\", ");
+    EXPECT_THROW((void)parse_compare_json(broken), odp::Error);
 }
 
 }  // namespace

@@ -2,8 +2,11 @@
 #include "compare_merge.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <odp/error.hpp>
 #include <sstream>
 #include <stdexcept>
@@ -145,6 +148,29 @@ const Goal& bandwidth_goal(const CompareResult& result) {
 // narrow the interval of the median instead of widening a range. Each run
 // alone (four rounds, one disturbed) is inconclusive; merged, the 12 pairs
 // give the 3rd lowest to the 3rd highest ratio, which clears 0.97.
+// A file's error names the file and says the errno's text once.
+TEST(CompareMerge, AFileThatFailsIsNamedOnce) {
+    const std::string path =
+        testing::TempDir() + "compare-merge-bad-" + std::to_string(::getpid()) + ".json";
+    std::ofstream(path) << "{\"schema\": \"odp-perf-compare/1\", \"kernel\": \"x\"}";
+    try {
+        (void)read_compare_json(path);
+        ADD_FAILURE() << "a file without its device was read";
+    } catch (const odp::Error& error) {
+        EXPECT_EQ(error.errno_value(), EINVAL);
+        EXPECT_EQ(std::string(error.what()),
+                  path + ": compare JSON: \"device\" is missing: Invalid argument");
+    }
+    std::remove(path.c_str());
+    try {
+        (void)read_compare_json(path);
+        ADD_FAILURE() << "a missing file was read";
+    } catch (const odp::Error& error) {
+        EXPECT_EQ(error.errno_value(), ENOENT);
+        EXPECT_EQ(std::string(error.what()), "opening " + path + ": No such file or directory");
+    }
+}
+
 TEST(CompareMerge, MoreRunsNarrowTheInterval) {
     const std::vector<CompareResult> runs{run_of({100, 100, 100, 100}, {99, 98, 80, 100}),
                                           run_of({100, 100, 100, 100}, {99, 100, 101, 98}),

@@ -768,9 +768,13 @@ TEST(CompareWorkingSet, RatiosToPinnedInTableJsonAndPlot) {
     EXPECT_EQ(script.find("reg-0.dat"), std::string::npos) << script;
     EXPECT_EQ(script.find("bw.dat"), std::string::npos) << script;
     EXPECT_NE(script.find("ws-random-1.dat' using 1:5 axes x1y2"), std::string::npos) << script;
-    EXPECT_NE(script.find("title 'emulated sequential: bandwidth ratio'"), std::string::npos)
+    EXPECT_NE(script.find("title 'emulated sequential, bandwidth ratio'"), std::string::npos)
         << script;
     EXPECT_EQ(script.find("ws-sequential-0.dat"), std::string::npos) << "pinned is the reference";
+    // Two key lines per curve: under the panel, never over the curves.
+    const std::size_t panel = script.find("set title 'Working set");
+    ASSERT_NE(panel, std::string::npos) << script;
+    EXPECT_NE(script.find("set key outside below", panel), std::string::npos) << script;
     const std::filesystem::path png = dir / "working-set.png";
     plot(result, png.string());  // throws if gnuplot refused the script
     EXPECT_GT(std::filesystem::file_size(png), 0U);

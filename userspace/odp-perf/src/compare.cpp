@@ -1426,21 +1426,23 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
     }
     if (working_sets) {
         // Ratio on the left axis (lines with error bars), hit rate on the
-        // right (dashed), one colour per column and pattern.
+        // right (dashed), one colour per column and pattern. The key goes
+        // under the panel: inside, its two lines per curve covered the curves.
         script
             << "\nset title 'Working set against the pinned budget, 64 KiB WRITEs'\n"
-               "set xlabel 'working set / budget'\nset ylabel 'bandwidth / pinned (set "
+               "set xlabel 'working set / budget' offset 0,0.5\nset ylabel 'bandwidth / pinned "
+               "(set "
                "that fits)'\nset y2label 'hit rate'\nunset logscale\nset logscale x 2\n"
                "set xrange [0.8:10]\nset xtics norotate (\"1x\" 1, \"2x\" 2, \"4x\" 4, \"8x\" 8)\n"
                "set yrange [0:*]\nset y2range [0:1.05]\nset y2tics\nset ytics nomirror\n"
-               "set key inside bottom left vertical\nplot ";
+               "set key outside below center vertical maxrows 4 samplen 2 width -3\nplot ";
         for (std::size_t i = 0; i < working_set_lines.size(); ++i) {
             const auto& [file, title] = working_set_lines[i];
             const std::string colour = " lt " + std::to_string(i + 1);
             script << (i ? ", " : "") << "'" << file << "' using 1:2:3:4 with yerrorlines" << colour
-                   << " title '" << title << ": bandwidth ratio', '" << file
+                   << " title '" << title << ", bandwidth ratio', '" << file
                    << "' using 1:5 axes x1y2 with linespoints dt 2" << colour << " title '" << title
-                   << ": hit rate'";
+                   << ", hit rate'";
         }
     }
     script << "\nunset multiplot\n";

@@ -7,6 +7,7 @@
 #include <boost/property_tree/json_parser.hpp>
 #include <boost/property_tree/ptree.hpp>
 #include <cerrno>
+#include <fstream>
 #include <map>
 #include <odp/error.hpp>
 #include <sstream>
@@ -47,6 +48,13 @@ std::uint64_t count(const ptree& tree, const std::string& key) {
     return value ? static_cast<std::uint64_t>(*value) : 0;
 }
 
+// A counter added to schema 1 after files of it were recorded: absent in an
+// older file, which ran nothing that counts it (0), so that its plot can
+// still be redrawn and the file merged.
+std::uint64_t later_count(const ptree& tree, const std::string& key) {
+    return tree.get_child_optional(key) ? count(tree, key) : 0;
+}
+
 std::vector<double> numbers(const ptree& tree, const std::string& key) {
     std::vector<double> values;
     for (const auto& [unused, item] : child(tree, key)) {
@@ -85,7 +93,7 @@ Row row_from(const ptree& item) {
     row.pinned_bytes_peak = count(item, "pinned_bytes_peak");
     row.faults = count(item, "faults");
     row.invalidations = count(item, "invalidations");
-    row.fault_ahead_hits = count(item, "fault_ahead_hits");
+    row.fault_ahead_hits = later_count(item, "fault_ahead_hits");  // with fault-ahead
     row.verified_bytes = count(item, "verified_bytes");
     row.mismatched_bytes = count(item, "mismatched_bytes");
     const std::string error = text(item, "error");
@@ -192,6 +200,26 @@ CompareResult parse_compare_json(const std::string& text_of_json) {
         result.rows.push_back(row_from(item));
     }
     return result;
+}
+
+CompareResult read_compare_json(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) {
+        odp::throw_errno("opening " + path);
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    try {
+        return parse_compare_json(text.str());
+    } catch (const odp::Error& error) {
+        // what() ends in the errno's text, which the new error adds again.
+        std::string what = error.what();
+        const std::string errno_text = ": " + error.code().message();
+        if (what.ends_with(errno_text)) {
+            what.resize(what.size() - errno_text.size());
+        }
+        odp::throw_error(error.errno_value(), path + ": " + what);
+    }
 }
 
 CompareResult merge_runs(const std::vector<CompareResult>& runs) {

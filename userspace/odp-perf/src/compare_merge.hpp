@@ -15,6 +15,10 @@ namespace odp_perf {
 // odp::Error(EINVAL) naming what is missing or malformed.
 CompareResult parse_compare_json(const std::string& text);
 
+// parse_compare_json of the file at `path`; its errors name the file (and
+// say the errno's text once).
+CompareResult read_compare_json(const std::string& path);
+
 // One result of runs of the same comparison (same kernel, device, modes,
 // sources and fault-ahead,
 // else odp::Error(EINVAL) naming the difference). Per mode, test and size:

@@ -4,11 +4,11 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <odp/error.hpp>
 #include <optional>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -339,16 +339,6 @@ int client_main(Arguments& args) {
     return 0;
 }
 
-std::string read_file(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) {
-        odp::throw_errno("opening " + path);
-    }
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
 int compare_main(Arguments& args, const std::string& command_line) {
     CompareConfig config;
     config.command_line = command_line;
@@ -461,11 +451,7 @@ int compare_main(Arguments& args, const std::string& command_line) {
     } else {
         std::vector<CompareResult> runs;
         for (const std::string& path : merge) {
-            try {
-                runs.push_back(parse_compare_json(read_file(path)));
-            } catch (const odp::Error& error) {
-                odp::throw_error(error.errno_value(), path + ": " + error.what());
-            }
+            runs.push_back(read_compare_json(path));
         }
         result = merge_runs(runs);
         std::cout << "odp-perf compare: " << runs.size()
