@@ -94,6 +94,51 @@ TEST(CompareFaults, AFailedFaultFailsTheRowsAndLeaksNothing) {
     EXPECT_EQ(device->pinned_bytes(), 0U);
 }
 
+// The first touch, a cold start at a time (compare takes turns between modes
+// at each): only counted cold starts give samples, each on a fresh buffer
+// whose chunk the translate faults; an error ends the row, and the cold
+// starts after it do nothing. Nothing stays registered.
+TEST(CompareFirstTouch, CountedColdStartsGiveTheSamplesAndAnErrorEndsTheRow) {
+    auto nic = std::make_unique<odp::FakeNic>();
+    nic->set_registration_cost(std::chrono::microseconds(200));
+    odp::FakeNic& fake = *nic;
+    const std::shared_ptr<odp::Device> device = odp::Device::open(std::move(nic), {"", 4 * kChunk});
+    SourceKeeper keeper(*device, std::chrono::milliseconds(50));
+    keeper.use(odp::MonitorKind::Fake);
+    const Peer no_peer{};  // no cold start here writes the buffer
+    const std::uint64_t before = fake.counters().registrations;
+    FirstTouch touch(odp::Mode::Emulated, kChunk, false);
+    for (const bool counted : {false, true, true, true}) {
+        touch.cold_start(*device, no_peer, counted, false);
+    }
+    const Row row = std::move(touch).finish();
+    EXPECT_EQ(row.error, "");
+    EXPECT_EQ(row.test, "first_touch");
+    EXPECT_EQ(row.size, kChunk);
+    ASSERT_EQ(row.first_touch_us_samples.size(), 3U) << "the first cold start is not counted";
+    ASSERT_EQ(row.reg_us_samples.size(), 3U);
+    for (const double sample : row.first_touch_us_samples) {
+        EXPECT_GE(sample, 200.0) << "each translate registers its fresh chunk";
+    }
+    ASSERT_TRUE(row.first_touch_us && row.reg_us);
+    EXPECT_FALSE(row.prefetch_us);
+    EXPECT_EQ(fake.counters().registrations - before, 4U) << "one chunk per cold start";
+
+    FirstTouch failing(odp::Mode::Pinned, kChunk, true);
+    failing.cold_start(*device, no_peer, true, false);
+    fake.fail_next_registrations(EIO);
+    failing.cold_start(*device, no_peer, true, false);
+    const std::uint64_t after_error = fake.counters().registrations;
+    failing.cold_start(*device, no_peer, true, false);
+    EXPECT_EQ(fake.counters().registrations, after_error) << "nothing after the error";
+    const Row failed = std::move(failing).finish();
+    EXPECT_EQ(failed.test, "prefetch");
+    EXPECT_NE(failed.error.find("Input/output error"), std::string::npos) << failed.error;
+    EXPECT_FALSE(failed.first_touch_us) << "a failed row gives no times";
+    EXPECT_EQ(fake.live_registrations().size(), 0U);
+    EXPECT_EQ(device->pinned_bytes(), 0U);
+}
+
 TEST(CompareFaults, ABudgetShortOfTheChunksIsRefusedUpFront) {
     const std::shared_ptr<odp::Device> device =
         odp::Device::open(std::make_unique<odp::FakeNic>(), {"", 4 * kChunk});

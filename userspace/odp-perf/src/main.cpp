@@ -4,11 +4,11 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <odp/error.hpp>
 #include <optional>
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>

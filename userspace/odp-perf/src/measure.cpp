@@ -336,74 +336,83 @@ std::vector<Row> measure_registration(odp::Device& device, odp::Mode mode,
     return rows;
 }
 
-Row measure_first_touch(odp::Device& device, const Peer& peer, odp::Mode mode, std::uint64_t size,
-                        bool prefetch) {
-    Row row = base_row(mode, prefetch ? "prefetch" : "first_touch", size);
-    row.server_mode = "pinned";
-    try {
-        const auto length = static_cast<std::size_t>(size);
-        const odp::RegionOptions options = region_options(mode, length);
-        // A cold start is one sample of a millisecond or two: the times are
-        // medians over several fresh buffers, the last of which also moves
-        // data (first write against warm ones).
-        constexpr int kColdStarts = 5;
-        std::vector<double> registrations;
-        std::vector<double> prefetches;
-        std::vector<double> first_touches;
-        for (int cold_start = 1;; ++cold_start) {
-            TestMemory memory;
-            memory.buffer = MappedBuffer(length, options.chunk_size, true);
-            fill_pattern(memory.buffer.bytes(), kSeed, 0);
-            auto start = Clock::now();
-            memory.region =
-                device.register_region(memory.buffer.data(), length, kBufferAccess, options);
-            registrations.push_back(micros_since(start));
-            std::optional<PeerLink> link;
-            if (cold_start == kColdStarts) {
-                link.emplace(device, write_link(peer, size, 1), memory.region.mode());
-            }
-            if (prefetch) {
-                start = Clock::now();
-                memory.region.prefetch(memory.buffer.data(), length, odp::Prefetch::Read);
-                prefetches.push_back(micros_since(start));
-            }
-            // First use: translate() alone is what the mode costs to make the
-            // range usable (emulated: registers the chunk; pinned and native:
-            // a lookup, pinned paid at registration, native pays in the NIC
-            // later).
-            start = Clock::now();
-            odp::Lease cold = memory.region.translate(memory.buffer.data(), length, 4);
-            first_touches.push_back(micros_since(start));
-            if (!link) {
-                continue;
-            }
-            post_operation(*link, oob::TestKind::Write, cold, link->remote(0, length), 0);
-            wait_one(*link);  // throws unless the write succeeded
-            cold.release();
-            row.first_write_us = micros_since(start);
-            std::vector<double> warm;
-            for (int i = 0; i < 5; ++i) {
-                warm.push_back(timed_operation(*link, memory, oob::TestKind::Write, 0, length, 0));
-            }
-            row.warm_us = median(warm);
-            row.iterations = 6;
-            const oob::Report report = link->finish(oob::Done{6, 6 * size, kSeed, 1});
-            row.verified_bytes = report.verified_bytes;
-            row.mismatched_bytes = report.mismatched_bytes;
-            add_stats(row, memory.region.stats());
-            break;
-        }
-        row.reg_us = median(registrations);
-        row.first_touch_us = median(first_touches);
-        row.reg_us_samples = std::move(registrations);
-        row.first_touch_us_samples = std::move(first_touches);
-        if (prefetch) {
-            row.prefetch_us = median(prefetches);
-        }
-    } catch (const std::exception& error) {
-        row.error = error.what();
+FirstTouch::FirstTouch(odp::Mode mode, std::uint64_t size, bool prefetch)
+    : row_(base_row(mode, prefetch ? "prefetch" : "first_touch", size)),
+      mode_(mode),
+      prefetch_(prefetch) {
+    row_.server_mode = "pinned";
+}
+
+void FirstTouch::cold_start(odp::Device& device, const Peer& peer, bool counted, bool move_data) {
+    if (!row_.error.empty()) {
+        return;  // its first error is the row
     }
-    return row;
+    try {
+        const auto length = static_cast<std::size_t>(row_.size);
+        const odp::RegionOptions options = region_options(mode_, length);
+        TestMemory memory;
+        memory.buffer = MappedBuffer(length, options.chunk_size, true);
+        fill_pattern(memory.buffer.bytes(), kSeed, 0);
+        auto start = Clock::now();
+        memory.region =
+            device.register_region(memory.buffer.data(), length, kBufferAccess, options);
+        const double registration = micros_since(start);
+        std::optional<PeerLink> link;
+        if (move_data) {
+            link.emplace(device, write_link(peer, length, 1), memory.region.mode());
+        }
+        double prefetch = 0;
+        if (prefetch_) {
+            start = Clock::now();
+            memory.region.prefetch(memory.buffer.data(), length, odp::Prefetch::Read);
+            prefetch = micros_since(start);
+        }
+        // First use: translate() alone is what the mode costs to make the
+        // range usable (emulated: registers the chunk; pinned and native: a
+        // lookup, pinned paid at registration, native pays in the NIC later).
+        start = Clock::now();
+        odp::Lease cold = memory.region.translate(memory.buffer.data(), length, 4);
+        const double first_touch = micros_since(start);
+        if (counted) {
+            registrations_.push_back(registration);
+            first_touches_.push_back(first_touch);
+            if (prefetch_) {
+                prefetches_.push_back(prefetch);
+            }
+        }
+        if (!link) {
+            return;
+        }
+        post_operation(*link, oob::TestKind::Write, cold, link->remote(0, length), 0);
+        wait_one(*link);  // throws unless the write succeeded
+        cold.release();
+        row_.first_write_us = micros_since(start);
+        std::vector<double> warm;
+        for (int i = 0; i < 5; ++i) {
+            warm.push_back(timed_operation(*link, memory, oob::TestKind::Write, 0, length, 0));
+        }
+        row_.warm_us = median(warm);
+        row_.iterations = 6;
+        const oob::Report report = link->finish(oob::Done{6, 6 * row_.size, kSeed, 1});
+        row_.verified_bytes = report.verified_bytes;
+        row_.mismatched_bytes = report.mismatched_bytes;
+        add_stats(row_, memory.region.stats());
+    } catch (const std::exception& error) {
+        row_.error = error.what();
+    }
+}
+
+Row FirstTouch::finish() && {
+    if (row_.error.empty() && !first_touches_.empty()) {
+        row_.reg_us = median(registrations_);
+        row_.first_touch_us = median(first_touches_);
+        row_.reg_us_samples = std::move(registrations_);
+        row_.first_touch_us_samples = std::move(first_touches_);
+        if (prefetch_) {
+            row_.prefetch_us = median(prefetches_);
+        }
+    }
+    return std::move(row_);
 }
 
 Row measure_budget(const std::string& device_name, const Peer& peer, odp::Mode mode,

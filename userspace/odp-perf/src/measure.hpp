@@ -56,10 +56,27 @@ struct Peer {
 std::vector<Row> measure_registration(odp::Device& device, odp::Mode mode,
                                       const std::vector<std::uint64_t>& sizes);
 
-// First RDMA WRITE of `size` bytes from a freshly registered buffer against
-// the same write warm; with `prefetch`, Region::prefetch runs first (timed).
-Row measure_first_touch(odp::Device& device, const Peer& peer, odp::Mode mode, std::uint64_t size,
-                        bool prefetch);
+// A mode's first-touch row (test first_touch, or prefetch), one cold start
+// at a time so that modes can take turns: each cold start registers a fresh
+// populated buffer of `size` bytes and times its registration and its first
+// translate (with `prefetch`, Region::prefetch runs first, timed); the times
+// are medians over the counted cold starts. One cold start with `move_data`
+// also makes the first RDMA WRITE of the buffer, against the same write warm.
+// A cold start's error becomes the row's, and later ones do nothing.
+class FirstTouch {
+  public:
+    FirstTouch(odp::Mode mode, std::uint64_t size, bool prefetch);
+    void cold_start(odp::Device& device, const Peer& peer, bool counted, bool move_data);
+    [[nodiscard]] Row finish() &&;
+
+  private:
+    Row row_;
+    odp::Mode mode_;
+    bool prefetch_;
+    std::vector<double> registrations_;
+    std::vector<double> prefetches_;
+    std::vector<double> first_touches_;
+};
 
 // 64 KiB WRITEs over a working set through a device with a pinned budget.
 struct WorkingSetSpec {
