@@ -30,19 +30,37 @@ const Goal* goal_starting(const std::vector<Goal>& goals, const std::string& pre
     return nullptr;
 }
 
+// A device on a fake NIC whose budget holds `chunks` chunks, its emulated
+// regions watched by the fake source.
+struct FakeNicDevice {
+    explicit FakeNicDevice(std::uint64_t chunks, std::chrono::microseconds registration_cost = {})
+        : FakeNicDevice(std::make_unique<odp::FakeNic>(), chunks, registration_cost) {}
+
+    odp::FakeNic& fake;  // owned by the device
+    std::shared_ptr<odp::Device> device;
+    SourceKeeper keeper;
+
+  private:
+    FakeNicDevice(std::unique_ptr<odp::FakeNic> nic, std::uint64_t chunks,
+                  std::chrono::microseconds registration_cost)
+        : fake(*nic),
+          device(odp::Device::open(std::move(nic), {"", chunks * kChunk})),
+          keeper(*device, std::chrono::milliseconds(50)) {
+        fake.set_registration_cost(registration_cost);
+        keeper.use(odp::MonitorKind::Fake);
+    }
+};
+
 // Each thread count's rounds on a fake NIC that takes 200 us per
 // registration: every chunk is registered once per round, by the threads
 // given (emulated: a chunk fault; pinned: a 2 MiB region), and nothing stays
 // registered afterwards.
 void expect_each_chunk_registered_once_per_round(odp::Mode mode, std::uint64_t faults_per_row) {
-    auto nic = std::make_unique<odp::FakeNic>();
-    nic->set_registration_cost(std::chrono::microseconds(200));
-    odp::FakeNic& fake = *nic;
-    const std::shared_ptr<odp::Device> device = odp::Device::open(std::move(nic), {"", 8 * kChunk});
-    SourceKeeper keeper(*device, std::chrono::milliseconds(50));
-    keeper.use(odp::MonitorKind::Fake);
+    FakeNicDevice nic(8, std::chrono::microseconds(200));
+    odp::FakeNic& fake = nic.fake;
+    odp::Device& device = *nic.device;
     const std::uint64_t before = fake.counters().registrations;
-    const std::vector<Row> rows = measure_parallel_faults(*device, mode, 8, 3);
+    const std::vector<Row> rows = measure_parallel_faults(device, mode, 8, 3);
     ASSERT_EQ(rows.size(), 2U);
     for (const Row& row : rows) {
         SCOPED_TRACE(row.test);
@@ -63,7 +81,7 @@ void expect_each_chunk_registered_once_per_round(odp::Mode mode, std::uint64_t f
     EXPECT_EQ(fake.counters().registrations - before, 64U)
         << "two thread counts, a warm-up and 3 rounds, 8 chunks each";
     EXPECT_EQ(fake.live_registrations().size(), 0U);
-    EXPECT_EQ(device->pinned_bytes(), 0U) << "every measured region is gone";
+    EXPECT_EQ(device.pinned_bytes(), 0U) << "every measured region is gone";
 }
 
 TEST(CompareFaults, ParallelFaultsFaultEveryChunkOncePerRound) {
@@ -79,18 +97,16 @@ TEST(CompareFaults, PinnedRegistersOneMrPerChunkAndKeepsNone) {
 // A registration that fails fails both rows with its error; nothing stays
 // registered.
 TEST(CompareFaults, AFailedFaultFailsTheRowsAndLeaksNothing) {
-    auto nic = std::make_unique<odp::FakeNic>();
-    odp::FakeNic& fake = *nic;
-    const std::shared_ptr<odp::Device> device = odp::Device::open(std::move(nic), {"", 8 * kChunk});
-    SourceKeeper keeper(*device, std::chrono::milliseconds(50));
-    keeper.use(odp::MonitorKind::Fake);
+    FakeNicDevice nic(8);
+    odp::FakeNic& fake = nic.fake;
+    odp::Device& device = *nic.device;
     fake.fail_next_registrations(EIO);
-    const std::vector<Row> rows = measure_parallel_faults(*device, odp::Mode::Emulated, 8, 2);
+    const std::vector<Row> rows = measure_parallel_faults(device, odp::Mode::Emulated, 8, 2);
     for (const Row& row : rows) {
         EXPECT_NE(row.error.find("Input/output error"), std::string::npos) << row.error;
     }
     EXPECT_EQ(fake.live_registrations().size(), 0U);
-    EXPECT_EQ(device->pinned_bytes(), 0U);
+    EXPECT_EQ(device.pinned_bytes(), 0U);
 }
 
 // The first touch, a cold start at a time (compare takes turns between modes
@@ -98,17 +114,14 @@ TEST(CompareFaults, AFailedFaultFailsTheRowsAndLeaksNothing) {
 // whose chunk the translate faults; an error ends the row, and the cold
 // starts after it do nothing. Nothing stays registered.
 TEST(CompareFirstTouch, CountedColdStartsGiveTheSamplesAndAnErrorEndsTheRow) {
-    auto nic = std::make_unique<odp::FakeNic>();
-    nic->set_registration_cost(std::chrono::microseconds(200));
-    odp::FakeNic& fake = *nic;
-    const std::shared_ptr<odp::Device> device = odp::Device::open(std::move(nic), {"", 4 * kChunk});
-    SourceKeeper keeper(*device, std::chrono::milliseconds(50));
-    keeper.use(odp::MonitorKind::Fake);
+    FakeNicDevice nic(4, std::chrono::microseconds(200));
+    odp::FakeNic& fake = nic.fake;
+    odp::Device& device = *nic.device;
     const Peer no_peer{};  // no cold start here writes the buffer
     const std::uint64_t before = fake.counters().registrations;
     FirstTouch touch(odp::Mode::Emulated, kChunk, false);
     for (const bool counted : {false, true, true, true}) {
-        touch.cold_start(*device, no_peer, counted, false);
+        touch.cold_start(device, no_peer, counted, false);
     }
     const Row row = std::move(touch).finish();
     EXPECT_EQ(row.error, "");
@@ -124,26 +137,23 @@ TEST(CompareFirstTouch, CountedColdStartsGiveTheSamplesAndAnErrorEndsTheRow) {
     EXPECT_EQ(fake.counters().registrations - before, 4U) << "one chunk per cold start";
 
     FirstTouch failing(odp::Mode::Pinned, kChunk, true);
-    failing.cold_start(*device, no_peer, true, false);
+    failing.cold_start(device, no_peer, true, false);
     fake.fail_next_registrations(EIO);
-    failing.cold_start(*device, no_peer, true, false);
+    failing.cold_start(device, no_peer, true, false);
     const std::uint64_t after_error = fake.counters().registrations;
-    failing.cold_start(*device, no_peer, true, false);
+    failing.cold_start(device, no_peer, true, false);
     EXPECT_EQ(fake.counters().registrations, after_error) << "nothing after the error";
     const Row failed = std::move(failing).finish();
     EXPECT_EQ(failed.test, "prefetch");
     EXPECT_NE(failed.error.find("Input/output error"), std::string::npos) << failed.error;
     EXPECT_FALSE(failed.first_touch_us) << "a failed row gives no times";
     EXPECT_EQ(fake.live_registrations().size(), 0U);
-    EXPECT_EQ(device->pinned_bytes(), 0U);
+    EXPECT_EQ(device.pinned_bytes(), 0U);
 }
 
 TEST(CompareFaults, ABudgetShortOfTheChunksIsRefusedUpFront) {
-    const std::shared_ptr<odp::Device> device =
-        odp::Device::open(std::make_unique<odp::FakeNic>(), {"", 4 * kChunk});
-    SourceKeeper keeper(*device, std::chrono::milliseconds(50));
-    keeper.use(odp::MonitorKind::Fake);
-    const std::vector<Row> rows = measure_parallel_faults(*device, odp::Mode::Emulated, 8, 2);
+    FakeNicDevice nic(4);
+    const std::vector<Row> rows = measure_parallel_faults(*nic.device, odp::Mode::Emulated, 8, 2);
     for (const Row& row : rows) {
         EXPECT_NE(row.error.find("chunk faults of 16 MiB need a budget that holds them"),
                   std::string::npos)

@@ -1451,9 +1451,9 @@ std::string plot_script(const CompareResult& result, const std::filesystem::path
         // under the panel: inside, its two lines per curve covered the curves.
         script
             << "\nset title 'Working set against the pinned budget, 64 KiB WRITEs'\n"
-               "set xlabel 'working set / budget' offset 0,0.5\nset ylabel 'bandwidth / pinned "
-               "(set "
-               "that fits)'\nset y2label 'hit rate'\nunset logscale\nset logscale x 2\n"
+               "set xlabel 'working set / budget' offset 0,0.5\n"
+               "set ylabel 'bandwidth / pinned (set that fits)'\nset y2label 'hit rate'\n"
+               "unset logscale\nset logscale x 2\n"
                "set xrange [0.8:10]\nset xtics norotate (\"1x\" 1, \"2x\" 2, \"4x\" 4, \"8x\" 8)\n"
                "set yrange [0:*]\nset y2range [0:1.05]\nset y2tics\nset ytics nomirror\n"
                "set key outside below center vertical maxrows 4 samplen 2 width -3\nplot ";
