@@ -1,8 +1,11 @@
 // The invalidation sources against the guest kernels (5.10 to 7.3): each
 // mapping change the coherence tests make, seen (or, where documented in
 // docs/sources.md, refused) by the module and by userfaultfd.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <malloc.h>
+#include <odp_mirror.h>
+#include <sys/ioctl.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
@@ -250,6 +253,62 @@ TEST_P(MirrorInGuest, WatchingTheWholeAddressSpaceWorks) {
     ASSERT_EQ(::munmap(later, 2 * page), 0);
     mirror_->synchronize();
     EXPECT_EQ(mirror_->stats().events, before);
+}
+
+// The module's count of SNAPSHOTs by this process (arm()'s wait for changes
+// in progress): every file of an address space shares its counters.
+std::uint64_t module_snapshots() {
+    const int fd = ::open("/dev/odp_mirror", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        throw std::runtime_error(std::string("open /dev/odp_mirror: ") + std::strerror(errno));
+    }
+    odp_mirror_stats stats{};
+    stats.size = sizeof(stats);
+    const int rc = ::ioctl(fd, ODP_MIRROR_IOC_STATS, &stats);
+    const int error = errno;
+    ::close(fd);
+    if (rc != 0) {
+        throw std::runtime_error(std::string("ODP_MIRROR_IOC_STATS: ") + std::strerror(error));
+    }
+    return stats.process.snapshots;
+}
+
+// Before a chunk is pinned, arm() waits for the region's changes in progress
+// (SNAPSHOT), but only when one may have started since its last wait: the
+// region's generation, bumped when a change starts, tells without a system
+// call. A change right before arm() must make it wait even though its event
+// has not been delivered yet.
+TEST(ModuleArm, WaitsOnlyWhenTheRegionChangedSinceItsLastWait) {
+    if (!guest::module_expected()) {
+        GTEST_SKIP() << "odp_mirror.ko is not loaded in this guest";
+    }
+    MirrorOptions options;
+    options.kind = MonitorKind::Module;
+    const std::shared_ptr<Mirror> mirror = Mirror::acquire(options);
+    auto* const address = static_cast<unsigned char*>(map_anonymous(4 * page));
+    RecordingListener listener;
+    const Mirror::Watch watch = mirror->watch(range_of(address, 4 * page), listener);
+    const std::uint64_t before = module_snapshots();
+    const std::uint64_t armed_before = mirror->stats().armed_ranges;
+
+    watch.arm(range_of(address, page));
+    EXPECT_EQ(module_snapshots(), before + 1)
+        << "a region's first arm waits: a change may have been running when it was registered";
+    watch.arm(range_of(address, page));
+    watch.arm(range_of(address + 2 * page, page));
+    EXPECT_EQ(module_snapshots(), before + 1) << "nothing changed since the wait: none needed";
+
+    ASSERT_EQ(::madvise(address + page, page, MADV_DONTNEED), 0);
+    watch.arm(range_of(address + 3 * page, page));
+    EXPECT_EQ(module_snapshots(), before + 2)
+        << "the region changed (event not necessarily delivered yet): arm must wait";
+    watch.arm(range_of(address, page));
+    EXPECT_EQ(module_snapshots(), before + 2);
+
+    mirror->synchronize();
+    EXPECT_TRUE(heard(listener, range_of(address + page, page), InvalidationReason::Clear));
+    EXPECT_EQ(mirror->stats().armed_ranges, armed_before + 5);
+    ::munmap(address, 4 * page);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sources, MirrorInGuest,
