@@ -35,6 +35,11 @@ constexpr odp::Access kBufferAccess =
 // two and swings by a factor of two in a guest, so a run pairs many.
 constexpr int kFirstTouchColdStarts = 9;
 
+// Rounds of the chunk-fault section per --rounds: a round takes about 0.1 s
+// in a guest, and its ratio swings from 1.1 to 2.3 with the emulator's phases
+// (one vCPU slower than the other for seconds), so many are needed.
+constexpr std::uint32_t kFaultRoundsPerRound = 12;
+
 std::string kernel_release() {
     utsname names{};
     if (uname(&names) != 0) {
@@ -764,7 +769,8 @@ CompareResult run_compare(const CompareConfig& config) {
                 odp::Device::open({config.device, config.parallel_fault_chunks *
                                                       region_options(variant.mode, 0).chunk_size});
             fault_rows = measure_parallel_faults(*faulting, variant.mode,
-                                                 config.parallel_fault_chunks, 4 * rounds);
+                                                 config.parallel_fault_chunks,
+                                                 kFaultRoundsPerRound * rounds);
         } catch (const std::exception& error) {
             for (const char* test : kFaultThreadTests) {
                 Row row;
