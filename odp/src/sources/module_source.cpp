@@ -224,8 +224,19 @@ class ModuleSource final : public Source {
             throw Error(error, "odp_mirror REGISTER " + describe(aligned) + ": " +
                                    std::strerror(error) + " (" + hint + ")");
         }
-        const std::lock_guard lock(mutex_);
-        regions_[id] = ModuleRegion{.id = request.id, .slot = request.slot};
+        {
+            const std::lock_guard lock(mutex_);
+            regions_[id] = ModuleRegion{.id = request.id, .slot = request.slot};
+        }
+        // A change running when the notifier went in may never reach it:
+        // wait for it here, once, rather than in the region's first chunk
+        // fault (registration is the explicit, cheap call; the first touch
+        // is in the data path). If this fails, the first arm() waits.
+        try {
+            settle(id,
+                   wait_for_changes(request.id, Range::from_length(aligned.begin, page_size())));
+        } catch (const Error&) {
+        }
         return {};
     }
 
@@ -284,15 +295,22 @@ class ModuleSource final : public Source {
             __atomic_load_n(&generations_[region.slot], __ATOMIC_ACQUIRE) == region.generation) {
             return {sub};
         }
-        const Range page = Range::from_length(page_align(sub).begin, page_size());
+        settle(id,
+               wait_for_changes(region.id, Range::from_length(page_align(sub).begin, page_size())));
+        return {sub};
+    }
+
+  private:
+    // SNAPSHOT of `page` (nothing faulted): returns once no change of the
+    // region is in progress, with a generation whose changes are all over.
+    [[nodiscard]] std::uint64_t wait_for_changes(std::uint32_t region, Range page) const {
         for (;;) {
             auto request = sized<odp_mirror_snapshot>();
-            request.id = region.id;
+            request.id = region;
             request.start = page.begin;
             request.length = page.length();
             if (::ioctl(fd_.get(), ODP_MIRROR_IOC_SNAPSHOT, &request) == 0) {
-                settle(id, request.generation);
-                return {sub};
+                return request.generation;
             }
             const int error = errno;
             if (error == EINTR) {
@@ -302,14 +320,13 @@ class ModuleSource final : public Source {
                 throw Error(EAGAIN, "odp_mirror SNAPSHOT " + describe(page) +
                                         ": the mapping kept changing for a second: retry later");
             }
-            throw Error(error, "odp_mirror SNAPSHOT " + describe(page) + " of region " +
-                                   std::to_string(region.id) +
-                                   " (waiting for changes in progress before pinning): " +
-                                   std::strerror(error));
+            throw Error(
+                error,
+                "odp_mirror SNAPSHOT " + describe(page) + " of region " + std::to_string(region) +
+                    " (waiting for changes in progress before pinning): " + std::strerror(error));
         }
     }
 
-  private:
     // A module region and the latest generation a SNAPSHOT found settled.
     struct ModuleRegion {
         std::uint32_t id = 0;
