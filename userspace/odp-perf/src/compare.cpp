@@ -768,9 +768,9 @@ CompareResult run_compare(const CompareConfig& config) {
             const std::shared_ptr<odp::Device> faulting =
                 odp::Device::open({config.device, config.parallel_fault_chunks *
                                                       region_options(variant.mode, 0).chunk_size});
-            fault_rows = measure_parallel_faults(*faulting, variant.mode,
-                                                 config.parallel_fault_chunks,
-                                                 kFaultRoundsPerRound * rounds);
+            fault_rows =
+                measure_parallel_faults(*faulting, variant.mode, config.parallel_fault_chunks,
+                                        kFaultRoundsPerRound * rounds);
         } catch (const std::exception& error) {
             for (const char* test : kFaultThreadTests) {
                 Row row;
