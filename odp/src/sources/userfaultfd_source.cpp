@@ -46,8 +46,40 @@
 #include "../test_hooks.hpp"
 #include "source.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define ODP_ADDRESS_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ODP_ADDRESS_SANITIZER 1
+#endif
+#endif
+#ifdef ODP_ADDRESS_SANITIZER
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace odp::detail {
 namespace {
+
+// What AddressSanitizer's runtime maps for itself (none in other builds):
+// its shadow memory and its allocator's heap. The runtime remaps pages there
+// (mmap MAP_FIXED) from any thread, the reader included (shadow of a stack,
+// a size class's next region): registered, such a remap is an unmap event
+// that waits for the reader, which then waits for itself (seen as hangs of
+// the ASan tests of whole-address-space regions).
+std::vector<Range> sanitizer_runtime_memory() {
+#ifdef ODP_ADDRESS_SANITIZER
+    std::size_t scale = 0;
+    std::size_t offset = 0;
+    __asan_get_shadow_mapping(&scale, &offset);
+    // The shadow of the whole 47-bit user address space, its gap included;
+    // the primary allocator's space of compiler-rt on x86-64 (4 TiB at
+    // 0x600000000000, asan_allocator.h).
+    return {Range{offset, offset + ((std::uintptr_t{1} << 47) >> scale)},
+            Range{0x600000000000ULL, 0x640000000000ULL}};
+#else
+    return {};
+#endif
+}
 
 constexpr std::uint64_t required_features =
     UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP;
@@ -519,6 +551,7 @@ class UserfaultfdSource final : public Source {
         std::vector<Range> accepted;  // whole mappings UFFDIO_REGISTER accepted
         const std::vector<Mapping> mappings = read_mappings(range);
         run_test_hook(HookPoint::UserfaultfdMappingsRead);
+        const std::vector<Range> sanitizer = sanitizer_runtime_memory();
         for (const Mapping& mapping : mappings) {
             const Range piece = mapping.range.intersect(range);
             const std::string name =
@@ -529,6 +562,15 @@ class UserfaultfdSource final : public Source {
                     piece, EDEADLK,
                     name + ": the stack of libodp's own userfaultfd reader thread, which must "
                            "never wait for an event it would have to read itself",
+                    name});
+                continue;
+            }
+            if (std::any_of(sanitizer.begin(), sanitizer.end(),
+                            [&](Range used) { return mapping.range.overlaps(used); })) {
+                registration.refusals.push_back(Refusal{
+                    piece, EDEADLK,
+                    name + ": AddressSanitizer's own memory (shadow or heap), which its runtime "
+                           "remaps from any thread, libodp's userfaultfd reader included",
                     name});
                 continue;
             }
