@@ -47,13 +47,6 @@
 #include "source.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
-#define ODP_ADDRESS_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ODP_ADDRESS_SANITIZER 1
-#endif
-#endif
-#ifdef ODP_ADDRESS_SANITIZER
 #include <sanitizer/asan_interface.h>
 #endif
 
@@ -67,7 +60,7 @@ namespace {
 // that waits for the reader, which then waits for itself (seen as hangs of
 // the ASan tests of whole-address-space regions).
 std::vector<Range> sanitizer_runtime_memory() {
-#ifdef ODP_ADDRESS_SANITIZER
+#if defined(__SANITIZE_ADDRESS__)
     std::size_t scale = 0;
     std::size_t offset = 0;
     __asan_get_shadow_mapping(&scale, &offset);
