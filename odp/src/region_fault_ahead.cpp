@@ -4,6 +4,8 @@
 //  * The pattern detector is one relaxed atomic (last_demand_fault_), read
 //    and written by the threads that fault; a lost update only costs a
 //    request or a missed one (speculation, never correctness).
+//  * The window is refilled in batches: a request is made only when at most
+//    half of it is registered (present(), lock-free), for all of it.
 //  * Requests are queued under the device mutex to the device's one
 //    fault-ahead thread (DeviceState, device.cpp), which runs them as
 //    FaultKind::Ahead faults through the normal fault path: same claims,
@@ -43,13 +45,24 @@ void RegionCore::used_faulted_ahead(Pin& pin, std::size_t chunk) noexcept {
 }
 
 void RegionCore::request_ahead_of(std::size_t chunk) noexcept {
+    // The window is refilled in batches, as the page cache's readahead is:
+    // waking the thread is a system call in the data path (60 to 250 us in
+    // an emulated guest, docs/results/goals.md), so while more than half of
+    // the window is registered already, nothing is requested (lock-free).
+    const std::size_t end = std::min(chunk_count_, chunk + 1 + config_.fault_ahead);
+    std::size_t ready = 0;
+    while (chunk + 1 + ready < end && present(chunk + 1 + ready)) {
+        ++ready;
+    }
+    if (chunk + 1 + ready == end || ready > config_.fault_ahead / 2) {
+        return;
+    }
     try {
         const std::scoped_lock lock(dev_.mutex);
         if (closed_) {
             return;
         }
-        const std::size_t end = std::min(chunk_count_, chunk + 1 + config_.fault_ahead);
-        for (std::size_t next = chunk + 1; next < end; ++next) {
+        for (std::size_t next = chunk + 1 + ready; next < end; ++next) {
             if (!present(next) &&
                 std::find(faulting_.begin(), faulting_.end(), next) == faulting_.end()) {
                 dev_.request_fault_ahead_locked(*this, next);

@@ -36,7 +36,8 @@ struct RegionOptions {
     // Emulated mode: when chunks are faulted in address order, register up to
     // this many chunks beyond the last one used in the background, before
     // they are needed (within the budget; never evicting a leased chunk or
-    // another faulted-ahead one; it stops when the pattern stops). 0: off.
+    // another faulted-ahead one; it stops when the pattern stops). Refilled
+    // in batches: once at most half of them are registered. 0: off.
     std::size_t fault_ahead = 0;
 };
 
