@@ -87,22 +87,24 @@ TEST(FaultAhead, RefillsItsWindowInBatches) {
     touch(region, buffer, 0);
     touch(region, buffer, 1);  // sequential: chunks 2 to 5 are requested
     ASSERT_TRUE(faulted_ahead(region, 4));
-    // The requests are served in order: one for the last chunk, after a
-    // touch, proves that the touch requested nothing (or what it did).
+    // The requests are served in order: one for a far chunk not yet
+    // registered, after a touch, proves that the touch requested nothing (or
+    // what it did) once that chunk is registered.
+    std::size_t far = 16;
     const auto served_after = [&](std::size_t chunk, std::uint64_t expected) {
         touch(region, buffer, chunk);
-        region.prefetch_async(buffer.data() + 15 * 2 * MiB, 64);
+        region.prefetch_async(buffer.data() + --far * 2 * MiB, 64);
         EXPECT_TRUE(faulted_ahead(region, expected));
         EXPECT_EQ(region.stats().chunks_faulted_ahead, expected) << "after touching " << chunk;
     };
     served_after(2, 5);  // 3 of 4 ahead (3, 4, 5) are registered: no request
-    served_after(3, 7);  // 2 of 4 (4, 5): chunks 6 and 7 are requested
-    served_after(4, 7);  // 3 of 4 (5, 6, 7): none
+    served_after(3, 8);  // 2 of 4 (4, 5): chunks 6 and 7 are requested
+    served_after(4, 9);  // 3 of 4 (5, 6, 7): none
 
     const Stats stats = region.stats();
     EXPECT_EQ(stats.misses, 2U);
     EXPECT_EQ(stats.fault_ahead_hits, 3U);
-    EXPECT_EQ(fake->counters().registrations, 9U);  // chunks 0 to 7 and 15
+    EXPECT_EQ(fake->counters().registrations, 11U);  // chunks 0 to 7 and 13 to 15
 }
 
 TEST(FaultAhead, StopsWhenThePatternStops) {
