@@ -9,7 +9,8 @@
 # docs/sources.md), and pinned regions as the control (for --control-seconds,
 # default 15). Before each emulated run,
 # odp-zap-window (next to odp-stress) tries the widened fault-during-zap
-# window 10 times with that source. Every run prints its summary
+# window 10 times with that source. Emulated runs fault ahead and prefetch
+# asynchronously too (background faults racing the changes). Every run prints its summary
 # and a "ROW |...|" line (scripts/soak collects them). Afterwards unloads the
 # module and fails on a BUG/WARNING/Oops in the kernel log, or if any run
 # failed.
@@ -112,12 +113,16 @@ refused() {
         status=1
     fi
 }
+# Emulated runs also fault in the background: chunks faulted ahead and
+# prefetched asynchronously, registered by the device's thread while the
+# changes run (options after -- override these).
+background=(--fault-ahead 2 --prefetch-percent 10)
 for source in ${sources//,/ }; do
     case $source in
     module)
         if [ "$module" = 1 ]; then
             run "$zap_window" --source module
-            run "$stress" --mode emulated --source module "${limit[@]}" "$@"
+            run "$stress" --mode emulated --source module "${limit[@]}" "${background[@]}" "$@"
         else
             echo "run-stress: skipped the module source: no odp_mirror.ko for kernel $ODP_VM_KERNEL"
         fi
@@ -129,7 +134,7 @@ for source in ${sources//,/ }; do
             refused "$stress" --mode emulated --source userfaultfd "${limit[@]}" "$@"
         else
             run "$zap_window" --source userfaultfd
-            run "$stress" --mode emulated --source userfaultfd "${limit[@]}" "$@"
+            run "$stress" --mode emulated --source userfaultfd "${limit[@]}" "${background[@]}" "$@"
         fi
         ;;
     pinned) run "$stress" --mode pinned --seconds "$control_seconds" "$@" ;;

@@ -82,6 +82,10 @@ struct Options {
     std::size_t buffer_bytes = std::size_t{8} << 20;
     std::size_t max_transfer = std::size_t{512} << 10;
     std::size_t chunk_bytes = std::size_t{2} << 20;
+    // Background faults racing the changes: RegionOptions::fault_ahead, and
+    // prefetch_async of a transfer's range before some transfers.
+    std::size_t fault_ahead = 0;
+    unsigned prefetch_percent = 0;
     std::optional<std::uint64_t> budget_bytes;
     std::string device = "rxe0";
     double progress_seconds = 30;
@@ -113,6 +117,11 @@ const char* const usage_text = R"(usage: odp-stress [options]
   --buffer-mib N             source and target buffer size (default 8, even)
   --max-transfer-kib N       largest transfer (default 512)
   --chunk-kib N              emulated chunk size (default 2048)
+  --fault-ahead N            emulated regions fault up to N chunks ahead in the
+                             background when used in order (default 0: off)
+  --prefetch-percent P       transfers whose range is first handed to prefetch_async,
+                             registered by the background thread while the transfer
+                             and the changes run (default 0)
   --budget-mib N             pinned budget of the device (default: RLIMIT_MEMLOCK)
   --device NAME              verbs device (default rxe0)
   --progress S               progress line every S seconds (default 30; 0: none)
@@ -217,6 +226,10 @@ Options parse_options(int argc, char** argv) {
             options.max_transfer = parse_number<std::size_t>(option, value) << 10;
         } else if (option == "--chunk-kib") {
             options.chunk_bytes = parse_number<std::size_t>(option, value) << 10;
+        } else if (option == "--fault-ahead") {
+            options.fault_ahead = parse_number<std::size_t>(option, value);
+        } else if (option == "--prefetch-percent") {
+            options.prefetch_percent = parse_number<unsigned>(option, value);
         } else if (option == "--budget-mib") {
             options.budget_bytes = parse_number<std::uint64_t>(option, value) << 20;
         } else if (option == "--device") {
@@ -239,10 +252,10 @@ Options parse_options(int argc, char** argv) {
         usage_error("--buffer-mib must be a positive even number (whole 2 MiB huge pages)");
     }
     if (options.buffer_bytes / options.workers < page_size() || options.max_transfer < 1 ||
-        options.late_percent > 100) {
+        options.late_percent > 100 || options.prefetch_percent > 100) {
         usage_error(
             "buffers too small for the workers, or --max-transfer-kib 0, or "
-            "--late-percent above 100");
+            "--late-percent or --prefetch-percent above 100");
     }
     if (options.operations.empty()) {
         usage_error("--ops lists no operation");
@@ -488,6 +501,7 @@ class Stress {
 
   private:
     void setup();
+    void start_background_faults();
     void work(unsigned index, Loopback& loopback, std::latch& all_set_up);
     void change(unsigned index, std::latch& all_set_up);
     void transfer(unsigned index, Loopback& loopback, std::mt19937_64& random);
@@ -650,11 +664,33 @@ void Stress::setup() {
     region_options.mode = options_.mode;
     region_options.chunk_size = options_.chunk_bytes;
     region_options.monitor = options_.mode == Mode::Emulated ? options_.source : MonitorKind::None;
+    const bool emulated = options_.mode == Mode::Emulated;
+    region_options.fault_ahead = emulated ? options_.fault_ahead : 0;
     const Access access = Access::LocalWrite | Access::RemoteWrite | Access::RemoteRead;
     source_region_ =
         device_->register_region(source_->data(), source_->length(), access, region_options);
     target_region_ =
         device_->register_region(target_->data(), target_->length(), access, region_options);
+    if (emulated && (options_.fault_ahead != 0 || options_.prefetch_percent != 0)) {
+        start_background_faults();
+    }
+}
+
+// The device starts its fault-ahead thread on the first request, and the
+// thread's stack is a mapping: started during the run, it could land in a
+// hole a change opened and be replaced by the change's fresh pages (see
+// run()). One chunk prefetched and waited for starts it before any change.
+void Stress::start_background_faults() {
+    source_region_.prefetch_async(source_->data(), 1);
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    while (source_region_.stats().chunks_faulted_ahead == 0) {
+        if (Clock::now() > deadline) {
+            throw_error(ETIMEDOUT,
+                        "the fault-ahead thread registered no chunk in 30 s after "
+                        "prefetch_async: see the library's log");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
 }
 
 int Stress::run() {
@@ -771,6 +807,15 @@ void Stress::transfer(unsigned index, Loopback& loopback, std::mt19937_64& rando
     unsigned char* const source = source_->data() + offset;
     unsigned char* const target = target_->data() + offset;
     OperationCounters& counters = operations_[static_cast<std::size_t>(operation)];
+    // Registered by the background thread while this transfer translates
+    // and the changers change the range.
+    if (options_.prefetch_percent != 0 && random() % 100 < options_.prefetch_percent) {
+        if (random() % 2 == 0) {
+            source_region_.prefetch_async(source, length);
+        } else {
+            target_region_.prefetch_async(target, length);
+        }
+    }
 
     std::uint64_t first_change = 0;
     {
@@ -1164,6 +1209,14 @@ int Stress::report(double seconds) {
         std::cout << " " << to_string(static_cast<InvalidationReason>(i)) << " "
                   << stats.invalidations[i];
     }
+    const bool background =
+        !pinned && (options_.fault_ahead != 0 || options_.prefetch_percent != 0);
+    if (background) {
+        std::cout << "\nbackground faults (fault-ahead " << options_.fault_ahead << ", prefetch in "
+                  << options_.prefetch_percent << "% of transfers): " << stats.prefetches
+                  << " prefetches, " << stats.chunks_faulted_ahead << " chunks registered, "
+                  << stats.fault_ahead_hits << " of them used";
+    }
     if (const auto mirror = Mirror::current()) {
         const MirrorStats mirror_stats = mirror->stats();
         std::cout << "\nmirror (" << to_string(mirror->kind()) << "): " << mirror_stats.events
@@ -1199,6 +1252,12 @@ int Stress::report(double seconds) {
         std::cout << "verdict: FAIL: " << silent << " silent errors (transfers whose releases "
                   << "reported no change but whose target differs from the source); the first:\n  "
                   << first_silent_ << "\n";
+        status = 1;
+    } else if (background && stats.chunks_faulted_ahead < 2) {
+        std::cout << "verdict: FAIL: background faults were asked for but the background "
+                     "thread registered "
+                  << stats.chunks_faulted_ahead
+                  << " chunks, the setup's included: the run did not test them\n";
         status = 1;
     } else {
         std::cout << "verdict: PASS: " << verified << " transfers verified, " << changed
