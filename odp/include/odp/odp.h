@@ -196,7 +196,8 @@ struct odp_region_attr {
      * with -E2BIG). Emulated: when chunks are faulted in address order,
      * register up to this many chunks beyond the last one used in the
      * background, before they are needed (within the budget, never evicting
-     * a leased chunk; it stops when the pattern stops). 0: off. */
+     * a leased chunk; it stops when the pattern stops; refilled in batches,
+     * once at most half of them are registered). 0: off. */
     size_t fault_ahead;
 };
 static inline void odp_region_attr_init(struct odp_region_attr* attr) {
